@@ -1,0 +1,145 @@
+"""Value objects that travel between tables: ``Delta``, ``PatternSignature``, ``MergeStats``.
+
+A ``Delta`` is a slice of one origin's contribution: the cells that changed
+after ``from_version`` up to ``to_version``. Its arrays have exactly the wire
+dtypes (DESIGN §5), so encoding is a ``tobytes()`` and decoding a
+``frombuffer()``; nothing is converted on the hot path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from peerd.errors import (
+    BadActionIndex,
+    FingerprintMismatch,
+    NonFiniteValue,
+    ShapeMismatch,
+    ValueOutOfBounds,
+)
+
+#: Field name → dtype of a delta's cell arrays, as on the wire (little-endian).
+CELL_DTYPES: dict[str, np.dtype] = {
+    "keys": np.dtype("<u8"),
+    "actions": np.dtype("<u2"),
+    "q": np.dtype("<f4"),
+    "lw": np.dtype("<f8"),
+    "n": np.dtype("<u4"),
+    "succ": np.dtype("<u4"),
+    "fail": np.dtype("<u4"),
+    "version": np.dtype("<u8"),
+}
+CELL_FIELDS: tuple[str, ...] = tuple(CELL_DTYPES)
+
+#: Default bound on |q|: values beyond are rejected as absurd.
+DEFAULT_Q_BOUND = 1e6
+
+
+@dataclass(frozen=True, eq=False)
+class Delta:
+    """Cells of one origin's contribution changed in ``(from_version, to_version]``."""
+
+    origin: str
+    fingerprint: str
+    from_version: int
+    to_version: int
+    keys: np.ndarray
+    actions: np.ndarray
+    q: np.ndarray
+    lw: np.ndarray
+    n: np.ndarray
+    succ: np.ndarray
+    fail: np.ndarray
+    version: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.keys.shape[0])
+
+    @classmethod
+    def build(cls, origin: str, fingerprint: str, from_version: int, to_version: int,
+              **arrays: np.ndarray) -> Delta:
+        """Make a delta, converting each array to its wire dtype (a copy only when needed)."""
+        missing = set(CELL_FIELDS) - set(arrays)
+        if missing:
+            raise ShapeMismatch(f"delta lacks arrays {sorted(missing)}")
+        conv = {f: np.ascontiguousarray(arrays[f], dtype=CELL_DTYPES[f]) for f in CELL_FIELDS}
+        return cls(origin, fingerprint, int(from_version), int(to_version), **conv)
+
+    @classmethod
+    def empty(cls, origin: str, fingerprint: str, from_version: int = 0,
+              to_version: int = 0) -> Delta:
+        return cls.build(origin, fingerprint, from_version, to_version,
+                         **{f: np.empty(0, d) for f, d in CELL_DTYPES.items()})
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {f: getattr(self, f) for f in CELL_FIELDS}
+
+    def validate(self, *, fingerprint: str, n_actions: int,
+                 q_bound: float = DEFAULT_Q_BOUND, max_entries: int | None = None) -> None:
+        """Check everything that needs no clock; raise an ``InvalidDelta`` subclass.
+
+        Checks are ordered cheapest first and read each array once.
+        """
+        if self.fingerprint != fingerprint:
+            raise FingerprintMismatch(
+                f"delta from {self.origin!r} has task fingerprint {self.fingerprint!r}, "
+                f"expected {fingerprint!r}")
+        m = len(self)
+        for f in CELL_FIELDS:
+            a = getattr(self, f)
+            if not isinstance(a, np.ndarray) or a.ndim != 1:
+                raise ShapeMismatch(f"{f} must be a 1-d array")
+            if a.dtype != CELL_DTYPES[f]:
+                raise ShapeMismatch(f"{f} has dtype {a.dtype}, expected {CELL_DTYPES[f]}")
+            if a.shape[0] != m:
+                raise ShapeMismatch(f"{f} has {a.shape[0]} entries, keys has {m}")
+        if max_entries is not None and m > max_entries:
+            raise ShapeMismatch(f"delta has {m} cells, limit is {max_entries}")
+        if not (0 <= self.from_version <= self.to_version):
+            raise ValueOutOfBounds(
+                f"version range ({self.from_version}, {self.to_version}] is not ordered")
+        if m == 0:
+            return
+        if not (np.isfinite(self.q).all() and np.isfinite(self.lw).all()):
+            raise NonFiniteValue(f"delta from {self.origin!r} holds NaN or infinity")
+        if float(np.abs(self.q).max()) > q_bound:
+            raise ValueOutOfBounds(f"|q| exceeds q_bound={q_bound:g}")
+        if int(self.actions.max()) >= n_actions:
+            raise BadActionIndex(f"action index {int(self.actions.max())} outside 0..{n_actions - 1}")
+        if int(self.version.min()) <= self.from_version or int(self.version.max()) > self.to_version:
+            raise ValueOutOfBounds("a cell version lies outside the delta's version range")
+        if (self.n == 0).any():
+            raise ValueOutOfBounds("a cell with evidence must have n >= 1")
+        if ((self.succ.astype(np.uint64) + self.fail) > self.n).any():
+            raise ValueOutOfBounds("succ + fail exceeds n")
+
+
+@dataclass(frozen=True)
+class PatternSignature:
+    """A compact summary of one learned pattern: the best action in a state."""
+
+    key: int
+    action: int
+    confidence: float
+    visits: int
+
+
+@dataclass
+class MergeStats:
+    """What one ``apply`` did, for logs and metrics."""
+
+    origin: str = ""
+    cells: int = 0  # cells in the delta
+    new: int = 0  # cells this node had no value for from that origin
+    updated: int = 0  # cells replaced by a newer version
+    conflicts: int = 0  # cells ignored because the stored version was newer or equal
+    rejected: int = 0  # cells rejected (a rejected delta rejects all its cells)
+    total_visits: int = 0  # merged visits of the touched cells after the merge
+    confidence: float = 0.0  # mean confidence of the touched merged cells, in [0, 1]
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> int:
+        return self.new + self.updated
