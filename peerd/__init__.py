@@ -1,7 +1,35 @@
-"""peerd: a peer-to-peer learning daemon for edge nodes."""
+"""peerd: a peer-to-peer learning daemon for edge nodes.
+
+Data path: interaction → ``QTable`` (own contribution) → ``Delta`` → wire →
+transport → a peer's ``QTable.apply`` (CRDT merge) → merged view → ``act``.
+"""
 
 from peerd.delta import Delta, MergeStats, PatternSignature
 from peerd.errors import PeerdError, WireError
+from peerd.policy import UCB1, EpsilonGreedy, Policy, Thompson
+from peerd.qtable import QTable
+from peerd.strategies import Max, Median, MergeStrategy, Min, TrimmedMean, WeightedAverage
 from peerd.task import Task, state_key
+from peerd.trust import consensus_round
 
-__all__ = ["Delta", "MergeStats", "PatternSignature", "PeerdError", "Task", "WireError", "state_key"]
+__all__ = [
+    "UCB1",
+    "Delta",
+    "EpsilonGreedy",
+    "Max",
+    "Median",
+    "MergeStats",
+    "MergeStrategy",
+    "Min",
+    "PatternSignature",
+    "PeerdError",
+    "Policy",
+    "QTable",
+    "Task",
+    "Thompson",
+    "TrimmedMean",
+    "WeightedAverage",
+    "WireError",
+    "consensus_round",
+    "state_key",
+]

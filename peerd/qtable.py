@@ -1,0 +1,461 @@
+"""``QTable``: one node's own contribution, every peer's latest contribution, and the merged view.
+
+This is the pure core of peerd (no I/O). The merge is a state-based CRDT
+(DESIGN §2): each origin's cells are stored separately and an incoming cell
+replaces the stored one iff its version is greater. Nothing else changes state,
+so applying deltas is idempotent, commutative and associative, and a cell's
+merged visit count is the sum over origins of each origin's own latest ``n``:
+experience is never counted twice, whatever path it travelled.
+
+Each cell is recency-weighted evidence: ``q`` is the mean of the origin's TD
+targets weighted by ``2^(t/H)`` and ``lw`` the base-2 log of the total weight.
+The merged value ``Σ trust·2^lw·q / Σ trust·2^lw`` lets fresh evidence outvote
+stale bootstrapped values, which is what makes federation pay (DESIGN §2).
+
+The merged view is maintained incrementally: a delta recomputes only the cells
+it touches, vectorised over those cells × origins; a trust change recomputes
+everything.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import numpy as np
+
+from peerd.cells import KeyIndex, OriginCells
+from peerd.delta import CELL_FIELDS, DEFAULT_Q_BOUND, Delta, MergeStats, PatternSignature
+from peerd.errors import ExcessiveEvidence, UnknownAction
+from peerd.policy import Policy, make_policy
+from peerd.strategies import MergeStrategy, make_strategy
+from peerd.task import Task, state_key
+from peerd.trust import TRUST_MAX, TRUST_MIN
+
+
+class QTable:
+    """The federated Q-table of one node (see the module docstring)."""
+
+    def __init__(
+        self,
+        task: Task,
+        node_id: str,
+        *,
+        secret: bytes | str,
+        strategy: str | MergeStrategy = "weighted_average",
+        half_life: float = 600.0,
+        clock: Callable[[], float] = time.time,
+        min_visits: int = 1,
+        visit_cap: int = 1000,
+        policy: str | Policy = "epsilon_greedy",
+        q_bound: float = DEFAULT_Q_BOUND,
+        clock_skew: float | None = None,
+        q_init: float = 0.0,
+        seed: int | None = None,
+        policy_options: dict[str, float] | None = None,
+    ) -> None:
+        if half_life <= 0:
+            raise ValueError(f"half_life must be > 0, got {half_life}")
+        if visit_cap < 1 or min_visits < 0:
+            raise ValueError("visit_cap must be >= 1 and min_visits >= 0")
+        self.task = task
+        self.node_id = node_id
+        self.secret = secret
+        self.strategy = make_strategy(strategy)
+        self.half_life = float(half_life)
+        self.clock = clock
+        self.min_visits = int(min_visits)
+        self.visit_cap = int(visit_cap)
+        self.q_bound = float(q_bound)
+        self.clock_skew = 0.1 * self.half_life if clock_skew is None else float(clock_skew)
+        self.q_init = float(q_init)
+        self.policy = make_policy(policy, seed=seed, **(policy_options or {}))
+        self.steps = 0  # decisions taken by act(): drives ε decay
+
+        a = task.n_actions
+        self._index = KeyIndex()
+        self._cells = OriginCells(a)
+        self._origins: list[str] = [node_id]
+        self._origin_ix: dict[str, int] = {node_id: 0}
+        self._trust = np.ones(self._cells.origin_cap, np.float64)
+        self._max_version: dict[str, int] = {node_id: 0}
+        # merged view, [row_capacity, actions]
+        self._mq = np.full((self._cells.row_cap, a), self.q_init, np.float64)
+        self._mn = np.zeros((self._cells.row_cap, a), np.uint64)
+        self._msucc = np.zeros((self._cells.row_cap, a), np.uint64)
+        self._mfail = np.zeros((self._cells.row_cap, a), np.uint64)
+        self._key_cache: dict[Hashable, int] = {}
+
+    # ------------------------------------------------------------------ keys
+    def key(self, state: Any) -> int:
+        """The uint64 key of a state (cached for hashable states)."""
+        try:
+            return self._key_cache[state]
+        except (KeyError, TypeError):
+            pass
+        k = state_key(state, self.secret)
+        try:
+            if len(self._key_cache) < 1_000_000:
+                self._key_cache[state] = k
+        except TypeError:  # unhashable (dict, list): hash each time
+            pass
+        return k
+
+    # ------------------------------------------------------------- read side
+    @property
+    def version(self) -> int:
+        """Version of this node's own contribution: bumped by every own update."""
+        return self._max_version[self.node_id]
+
+    @property
+    def origins(self) -> list[str]:
+        return list(self._origins)
+
+    def max_version(self, origin: str) -> int:
+        """Highest version held of ``origin``'s cells (0 if none)."""
+        return self._max_version.get(origin, 0)
+
+    def trust(self, origin: str) -> float:
+        ix = self._origin_ix.get(origin)
+        return 1.0 if ix is None else float(self._trust[ix])
+
+    def values(self, state: Any) -> np.ndarray:
+        """Merged Q-values of a state (``q_init`` where nothing is known)."""
+        return self.values_key(self.key(state))
+
+    def values_key(self, key: int) -> np.ndarray:
+        row = self._index.find(key)
+        if row < 0:
+            return np.full(self.task.n_actions, self.q_init, np.float64)
+        return self._mq[row].copy()
+
+    def visits(self, state: Any) -> np.ndarray:
+        """Merged visit counts of a state: Σ over origins of each origin's own n."""
+        row = self._index.find(self.key(state))
+        if row < 0:
+            return np.zeros(self.task.n_actions, np.uint64)
+        return self._mn[row].copy()
+
+    def own_share(self, state: Any) -> np.ndarray:
+        """Fraction of each action's merged visits that are this node's own."""
+        row = self._index.find(self.key(state))
+        a = self.task.n_actions
+        if row < 0:
+            return np.zeros(a)
+        own = self._cells["n"][row, :, 0].astype(np.float64)
+        tot = self._mn[row].astype(np.float64)
+        return np.divide(own, tot, out=np.zeros(a), where=tot > 0)
+
+    def greedy(self, keys: np.ndarray) -> np.ndarray:
+        """Greedy actions for many keys at once (lowest index on ties): for evaluation."""
+        rows = self._index.lookup(np.asarray(keys, np.uint64))
+        vals = np.where((rows >= 0)[:, None], self._mq[np.maximum(rows, 0)], self.q_init)
+        return vals.argmax(axis=1)
+
+    @property
+    def size(self) -> int:
+        """Number of (state, action) cells with merged visits."""
+        return int(np.count_nonzero(self._mn[: self._index.size]))
+
+    def total_visits(self) -> int:
+        return int(self._mn[: self._index.size].sum())
+
+    def view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The merged view sorted by key: ``(keys, q[m, A], n[m, A])`` — for comparisons."""
+        rows = self._index.sorted_rows
+        return self._index.sorted_keys.copy(), self._mq[rows].copy(), self._mn[rows].copy()
+
+    # ------------------------------------------------------------ act, learn
+    def act(self, state: Any, *, explore: bool = True) -> int:
+        """Choose an action on the merged view with the node's policy."""
+        row = self._index.find(self.key(state))
+        self.steps += explore
+        a = self.task.n_actions
+        if row < 0:
+            z = np.zeros(a, np.uint64)
+            return self.policy.choose(np.full(a, self.q_init), z, z, z, self.steps, explore)
+        return self.policy.choose(self._mq[row], self._mn[row], self._msucc[row],
+                                  self._mfail[row], self.steps, explore)
+
+    def target(self, reward: float, next_state: Any = None, done: bool = False) -> float:
+        """TD target r + γ·max_a' M(s', a'); just r when done or without a next state."""
+        if done or next_state is None:
+            return float(reward)
+        row = self._index.find(self.key(next_state))
+        best = self.q_init if row < 0 else float(self._mq[row].max())
+        return float(reward) + self.task.gamma * best
+
+    def learn(self, state: Any, action: int | str, reward: float, next_state: Any = None,
+              done: bool = False, success: bool | None = None) -> Delta:
+        """Own update of (state, action) with the TD target; returns the 1-cell own delta.
+
+        The returned delta is what must be made durable before the interaction
+        is acknowledged.
+        """
+        a = self.task.action_index(action)
+        if not math.isfinite(reward):
+            raise ValueError(f"reward must be finite, got {reward}")
+        t = self.target(reward, next_state, done)
+        if abs(t) > self.q_bound:
+            raise ValueError(f"TD target {t:g} exceeds q_bound={self.q_bound:g}")
+        return self._update_own(self.key(state), a, t, success)
+
+    def _update_own(self, key: int, a: int, target: float, success: bool | None) -> Delta:
+        row = self._index.add(key)
+        self._reserve(self._index.size, len(self._origins))
+        c = self._cells.arrays
+        now = self.clock() / self.half_life
+        lw_old = float(c["lw"][row, a, 0])
+        lw_new = float(np.logaddexp2(lw_old, now))
+        q_old = float(c["q"][row, a, 0])
+        q_new = q_old + (target - q_old) * math.exp2(now - lw_new)
+        version = self._max_version[self.node_id] + 1
+        self._max_version[self.node_id] = version
+        c["q"][row, a, 0] = q_new
+        c["lw"][row, a, 0] = lw_new
+        c["n"][row, a, 0] += 1
+        if success is not None:
+            c["succ" if success else "fail"][row, a, 0] += 1
+        c["version"][row, a, 0] = version
+        self._recompute(np.array([row * self.task.n_actions + a], np.int64))
+        return self._delta_at(0, np.array([row], np.int64), np.array([a], np.int64),
+                              version - 1, version)
+
+    # ------------------------------------------------------------ deltas out
+    def delta(self, since: int = 0) -> Delta:
+        """Own cells changed after version ``since``, sorted by (key, action)."""
+        return self.delta_of(self.node_id, since)
+
+    def delta_of(self, origin: str, since: int = 0) -> Delta:
+        """Stored cells of any origin changed after ``since``: for catch-up and relaying."""
+        ix = self._origin_ix.get(origin)
+        top = self._max_version.get(origin, 0)
+        if ix is None or since >= top:
+            return Delta.empty(origin, self.task.fingerprint, since, max(since, top))
+        ver = self._cells["version"][: self._index.size, :, ix]
+        rows, acts = np.nonzero(ver > np.uint64(since))
+        return self._delta_at(ix, rows, acts, since, top)
+
+    def _delta_at(self, ix: int, rows: np.ndarray, acts: np.ndarray, since: int,
+                  top: int) -> Delta:
+        keys = self._index.row_keys[rows]
+        order = np.lexsort((acts, keys))
+        rows, acts, keys = rows[order], acts[order], keys[order]
+        c = self._cells.arrays
+        return Delta.build(
+            self._origins[ix], self.task.fingerprint, since, top, keys=keys, actions=acts,
+            **{f: c[f][rows, acts, ix] for f in CELL_FIELDS if f not in ("keys", "actions")},
+        )
+
+    # ------------------------------------------------------------- deltas in
+    def check(self, delta: Delta) -> None:
+        """Validate a peer's delta without applying it; raise an ``InvalidDelta``."""
+        delta.validate(fingerprint=self.task.fingerprint, n_actions=self.task.n_actions,
+                       q_bound=self.q_bound)
+        if len(delta):
+            limit = math.log2(self.visit_cap) + (self.clock() + self.clock_skew) / self.half_life
+            if float(delta.lw.max()) > limit:
+                raise ExcessiveEvidence(
+                    f"delta from {delta.origin!r} claims log-weight {float(delta.lw.max()):.3f} "
+                    f"> {limit:.3f}: more than visit_cap={self.visit_cap} fresh visits, "
+                    "or evidence from the future")
+
+    def apply(self, delta: Delta, *, guard: bool = True) -> MergeStats:
+        """Merge a peer's delta: each cell replaces the stored one iff its version is greater.
+
+        Validates everything first; a rejected delta raises and changes nothing.
+        Cells of this node's own origin are never taken from outside (this node
+        is the authority on its own contribution); they count as conflicts.
+        ``guard=False`` skips only the clock-based evidence guard: for cells
+        restored from this node's own store.
+        """
+        if guard:
+            self.check(delta)
+        else:
+            delta.validate(fingerprint=self.task.fingerprint, n_actions=self.task.n_actions,
+                           q_bound=self.q_bound)
+        m = len(delta)
+        stats = MergeStats(origin=delta.origin, cells=m)
+        if m == 0:
+            return stats
+        if delta.origin == self.node_id:
+            stats.conflicts = m
+            return stats
+        keys, acts, idx = delta.keys, delta.actions.astype(np.int64), np.arange(m)
+        if not _strictly_sorted(keys, acts):  # duplicates possible: keep the newest per cell
+            order = np.lexsort((delta.version, acts, keys))
+            k2, a2 = keys[order], acts[order]
+            last = np.ones(m, bool)
+            last[:-1] = (k2[1:] != k2[:-1]) | (a2[1:] != a2[:-1])
+            idx = order[last]
+            keys, acts = keys[idx], acts[idx]
+        ix = self._origin(delta.origin)
+        rows = self._index.ensure(keys)
+        self._reserve(self._index.size, len(self._origins))
+        c = self._cells.arrays
+        stored = c["version"][rows, acts, ix]
+        incoming = delta.version[idx]
+        newer = incoming > stored
+        stats.conflicts = int(m - np.count_nonzero(newer))
+        if newer.any():
+            r, a, sel = rows[newer], acts[newer], idx[newer]
+            stats.new = int(np.count_nonzero(stored[newer] == 0))
+            stats.updated = int(sel.shape[0]) - stats.new
+            for f in ("q", "lw", "n", "succ", "fail", "version"):
+                c[f][r, a, ix] = getattr(delta, f)[sel]
+            top = int(incoming.max())
+            if top > self._max_version.get(delta.origin, 0):
+                self._max_version[delta.origin] = top
+            flat = r * self.task.n_actions + a
+            self._recompute(flat)
+            stats.total_visits = int(self._mn.reshape(-1)[flat].sum())
+            stats.confidence = self._confidence(flat)
+        return stats
+
+    def load(self, origin: str, arrays: dict[str, np.ndarray]) -> None:
+        """Restore one origin's cells from the durable store (trusted; no evidence guard)."""
+        d = Delta.build(origin, self.task.fingerprint, 0,
+                        int(arrays["version"].max()) if len(arrays["version"]) else 0, **arrays)
+        if origin == self.node_id:
+            self._load_own(d)
+        else:
+            self.apply(d, guard=False)
+
+    def _load_own(self, d: Delta) -> None:
+        d.validate(fingerprint=self.task.fingerprint, n_actions=self.task.n_actions,
+                   q_bound=self.q_bound)
+        if not len(d):
+            return
+        rows = self._index.ensure(d.keys)
+        self._reserve(self._index.size, len(self._origins))
+        acts = d.actions.astype(np.int64)
+        c = self._cells.arrays
+        for f in ("q", "lw", "n", "succ", "fail", "version"):
+            c[f][rows, acts, 0] = getattr(d, f)
+        self._max_version[self.node_id] = max(self.version, int(d.version.max()))
+        self._recompute(rows * self.task.n_actions + acts)
+
+    def forget(self, origin: str) -> int:
+        """Drop an origin's contribution (``origin_ttl`` expiry); returns cells dropped."""
+        ix = self._origin_ix.get(origin)
+        if ix is None or origin == self.node_id:
+            return 0
+        c = self._cells.arrays
+        n = int(np.count_nonzero(c["version"][: self._index.size, :, ix]))
+        for f, fill in (("q", 0.0), ("lw", -np.inf), ("n", 0), ("succ", 0), ("fail", 0),
+                        ("version", 0)):
+            c[f][:, :, ix] = fill
+        self._max_version[origin] = 0
+        self.recompute_all()
+        return n
+
+    # ----------------------------------------------------------------- trust
+    def set_trust(self, origin: str, value: float) -> None:
+        """Set a peer's trust (clamped to [0.1, 2.0]) and recompute the whole view."""
+        if origin == self.node_id:
+            return  # own trust is 1 by definition
+        ix = self._origin(origin)
+        value = min(TRUST_MAX, max(TRUST_MIN, float(value)))
+        if self._trust[ix] != value:
+            self._trust[ix] = value
+            self.recompute_all()
+
+    # ------------------------------------------------------------ signatures
+    def signatures(self, k: int = 32) -> list[PatternSignature]:
+        """This node's own learned patterns: the k states it visited most.
+
+        Confidence grows with own visits of the state (n / (n + 10)) and is
+        halved when the best action is tied: it weights this node's vote in the
+        peers' consensus.
+        """
+        size = self._index.size
+        if size == 0 or k <= 0:
+            return []
+        c = self._cells.arrays
+        n = c["n"][:size, :, 0].astype(np.int64)
+        per_state = n.sum(axis=1)
+        cand = np.flatnonzero(per_state > 0)
+        if cand.shape[0] == 0:
+            return []
+        top = cand[np.argsort(-per_state[cand], kind="stable")[:k]]
+        q = np.where(n[top] > 0, c["q"][top, :, 0].astype(np.float64), -np.inf)
+        best = q.argmax(axis=1)
+        tied = (q == q.max(axis=1, keepdims=True)).sum(axis=1) > 1
+        vis = per_state[top]
+        conf = vis / (vis + 10.0) * np.where(tied, 0.5, 1.0)
+        keys = self._index.row_keys[top]
+        return [PatternSignature(int(kk), int(b), float(cf), int(v))
+                for kk, b, cf, v in zip(keys.tolist(), best.tolist(), conf.tolist(), vis.tolist(),
+                                        strict=True)]
+
+    # ------------------------------------------------------------- internals
+    def _origin(self, origin: str) -> int:
+        ix = self._origin_ix.get(origin)
+        if ix is None:
+            ix = len(self._origins)
+            self._origins.append(origin)
+            self._origin_ix[origin] = ix
+            self._max_version.setdefault(origin, 0)
+            self._reserve(self._index.size, ix + 1)
+        return ix
+
+    def _reserve(self, rows: int, origins: int) -> None:
+        cells = self._cells
+        old_r, old_o = cells.row_cap, cells.origin_cap
+        cells.reserve(rows, origins)
+        if cells.origin_cap != old_o:
+            trust = np.ones(cells.origin_cap, np.float64)
+            trust[:old_o] = self._trust
+            self._trust = trust
+        if cells.row_cap != old_r:
+            a = self.task.n_actions
+            for name, fill in (("_mq", self.q_init), ("_mn", 0), ("_msucc", 0), ("_mfail", 0)):
+                old = getattr(self, name)
+                grown = np.full((cells.row_cap, a), fill, old.dtype)
+                grown[:old_r] = old
+                setattr(self, name, grown)
+
+    def _recompute(self, flat: np.ndarray) -> None:
+        """Recompute merged cells ``flat = row * A + action``, vectorised over cells × origins."""
+        k = len(self._origins)
+        cells = self._cells
+        n = cells.flat("n")[flat, :k]
+        valid = n >= self.min_visits
+        valid[:, 0] = n[:, 0] > 0  # own evidence always counts
+        q = cells.flat("q")[flat, :k]
+        lw = cells.flat("lw")[flat, :k]
+        self._mq.reshape(-1)[flat] = self.strategy.combine(q, lw, valid, self._trust[:k],
+                                                           self.q_init)
+        self._mn.reshape(-1)[flat] = np.where(valid, n, 0).sum(axis=1, dtype=np.uint64)
+        self._msucc.reshape(-1)[flat] = np.where(valid, cells.flat("succ")[flat, :k], 0).sum(
+            axis=1, dtype=np.uint64)
+        self._mfail.reshape(-1)[flat] = np.where(valid, cells.flat("fail")[flat, :k], 0).sum(
+            axis=1, dtype=np.uint64)
+
+    def recompute_all(self) -> None:
+        """Recompute the whole merged view (after a trust change), in bounded chunks."""
+        total = self._index.size * self.task.n_actions
+        step = 1 << 18
+        for lo in range(0, total, step):
+            self._recompute(np.arange(lo, min(total, lo + step), dtype=np.int64))
+
+    def _confidence(self, flat: np.ndarray) -> float:
+        """Mean over cells of eff/(eff+1), eff = recency-weighted updates as of now."""
+        k = len(self._origins)
+        lw = self._cells.flat("lw")[flat, :k]
+        now = self.clock() / self.half_life
+        eff = np.exp2(np.minimum(lw - now, 30.0)).sum(axis=1)
+        return float((eff / (eff + 1.0)).mean()) if flat.shape[0] else 0.0
+
+
+def _strictly_sorted(keys: np.ndarray, acts: np.ndarray) -> bool:
+    """True when (key, action) pairs are strictly increasing: then there are no duplicates."""
+    if keys.shape[0] < 2:
+        return True
+    k0, k1 = keys[:-1], keys[1:]
+    return bool(((k1 > k0) | ((k1 == k0) & (acts[1:] > acts[:-1]))).all())
+
+
+__all__ = ["TRUST_MAX", "TRUST_MIN", "QTable", "UnknownAction"]
