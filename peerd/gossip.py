@@ -1,0 +1,78 @@
+"""Gossip bookkeeping, pure: when to publish, what we hold of each origin, when to ask.
+
+Unpublished changes are never queued: what must go out is computed from
+versions (``QTable.delta(since=published_version)``), so a broker outage or a
+crash loses nothing that a later publish cannot recompute.
+
+Catch-up (anti-entropy): ``known[origin]`` is the version up to which this node
+holds *everything* of that origin. A delta whose ``from_version`` lies beyond it
+leaves a gap; a heartbeat or birth that advertises a newer version shows we are
+behind. Either way we ask the origin for everything after ``known`` — at most
+once per ``sync_interval`` per origin, so a storm of adverts costs one request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class GossipState:
+    """Publish triggers and anti-entropy cursors of one node."""
+
+    publish_every: int = 10
+    publish_interval: float = 60.0
+    sync_interval: float = 2.0
+    published_version: int = 0
+    last_publish: float = 0.0
+    known: dict[str, int] = field(default_factory=dict)
+    _last_sync: dict[str, float] = field(default_factory=dict)
+    #: lowest ``since`` asked of us and not answered yet (None: nothing asked)
+    pending_answer: int | None = None
+
+    # ---------------------------------------------------------------- publish
+    def should_publish(self, version: int, now: float) -> bool:
+        """True after ``publish_every`` own updates, or ``publish_interval`` with any change."""
+        unpublished = version - self.published_version
+        if unpublished <= 0:
+            return False
+        return unpublished >= self.publish_every or now - self.last_publish >= self.publish_interval
+
+    def mark_published(self, version: int, now: float) -> None:
+        self.published_version = max(self.published_version, version)
+        self.last_publish = now
+
+    # -------------------------------------------------------------- catch-up
+    def on_delta(self, origin: str, from_version: int, to_version: int, now: float) -> int | None:
+        """Record a delta; return the version to ask a sync from, or None."""
+        have = self.known.get(origin, 0)
+        if from_version <= have:
+            self.known[origin] = max(have, to_version)
+            return None
+        return self._ask(origin, have, now)
+
+    def on_advert(self, origin: str, version: int, now: float) -> int | None:
+        """An origin advertised its published version (heartbeat, birth)."""
+        have = self.known.get(origin, 0)
+        if version <= have:
+            return None
+        return self._ask(origin, have, now)
+
+    def _ask(self, origin: str, since: int, now: float) -> int | None:
+        last = self._last_sync.get(origin)
+        if last is not None and now - last < self.sync_interval:
+            return None
+        self._last_sync[origin] = now
+        return since
+
+    def on_sync_request(self, since: int) -> None:
+        """Someone asked for our cells after ``since``: answer once for all askers."""
+        self.pending_answer = since if self.pending_answer is None else min(self.pending_answer, since)
+
+    def take_answer(self) -> int | None:
+        since, self.pending_answer = self.pending_answer, None
+        return since
+
+    def forget(self, origin: str) -> None:
+        self.known.pop(origin, None)
+        self._last_sync.pop(origin, None)

@@ -1,0 +1,532 @@
+"""``Node``: one peer of a federation — the daemon, the simulation and the tests all use it.
+
+A node owns a ``QTable`` (what it knows), a ``Store`` (what survives a crash),
+a transport (how it talks) and a wire ``Verifier`` (whom it believes). Its
+background work runs in one ``TaskGroup``:
+
+- the transport loop: connect forever, deliver messages to ``_on_message``;
+- the publisher: own delta after ``publish_every`` interactions or
+  ``publish_interval`` seconds with changes, and answers to sync requests;
+- the heartbeat: every ``heartbeat_interval``, advertise the own version, age
+  peers (online → suspect → offline), run a trust round over the signatures.
+
+``await node.learn(...)`` returns only when the interaction is durable;
+``node.act(...)`` never waits for anything. Shutdown publishes a final delta
+and the death message, flushes and closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from peerd import wire
+from peerd.config import NodeConfig
+from peerd.delta import Delta, MergeStats, PatternSignature
+from peerd.errors import WireError
+from peerd.gossip import GossipState
+from peerd.identity import Identity, Verifier
+from peerd.liveness import OFFLINE, Liveness
+from peerd.logs import get_logger
+from peerd.memtransport import Transport
+from peerd.peers import PeerRecord, TrustEvent
+from peerd.qtable import QTable
+from peerd.store import Store
+from peerd.trust import INVALID, Judgement, clamp_trust, consensus_round, convergence_score
+
+#: Rejections that say nothing bad about the sender: duplicates (QoS 1 is
+#: at-least-once) and retained births re-delivered on every reconnect.
+HARMLESS_REASONS = frozenset({"replay"})
+
+TransportFactory = Callable[..., Transport]
+
+
+class OriginMismatch(WireError):
+    """A node sent cells of another origin (relaying is not enabled)."""
+
+    reason = "origin_mismatch"
+
+
+@dataclass
+class NodeCounters:
+    """Plain counters; the metrics endpoint reads them."""
+
+    interactions: int = 0
+    deltas_sent: int = 0
+    deltas_applied: int = 0
+    cells_sent: int = 0
+    cells_applied: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    messages_received: int = 0
+    sync_requests_sent: int = 0
+    sync_answers_sent: int = 0
+    trust_rounds: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+
+
+class Node:
+    """One peer: learns locally, gossips, merges, remembers (module docstring)."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        transport_factory: TransportFactory | None = None,
+        identity: Identity | None = None,
+    ) -> None:
+        self.config = config
+        self.id = config.node
+        self.fed = config.federation
+        self.task = config.task
+        self.clock = clock
+        self.table = QTable(
+            self.task, self.id, secret=config.secret or config.federation,
+            strategy=config.strategy, half_life=config.half_life, clock=clock,
+            min_visits=config.min_visits, visit_cap=config.visit_cap, policy=config.policy,
+            q_bound=config.q_bound, seed=None if config.seed < 0 else config.seed,
+            policy_options=_policy_options(config),
+        )
+        self.counters = NodeCounters()
+        self.gossip = GossipState(publish_every=config.publish_every,
+                                  publish_interval=config.publish_interval,
+                                  sync_interval=config.sync_interval)
+        self.liveness = Liveness(heartbeat_interval=config.heartbeat_interval,
+                                 missed=config.suspect_after, peer_timeout=config.peer_timeout)
+        self.identity = identity
+        self.verifier = Verifier(allowlist={k: bytes.fromhex(v) for k, v in config.allowlist.items()},
+                                 strict=config.strict)
+        self.store: Store | None = None
+        self.transport: Transport | None = None
+        self._transport_factory = transport_factory
+        self.epoch = 0
+        self.seq = 0
+        self.peers: dict[str, PeerRecord] = {}
+        self.peer_signatures: dict[str, tuple[PatternSignature, ...]] = {}
+        self._fresh_signatures: set[str] = set()
+        self.alignment: dict[str, float] = {}
+        self.convergence: float | None = None
+        self._log = get_logger(node=self.id, fed=self.fed)
+        self._last_reject_log: dict[tuple[str, str], float] = {}
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self.applied_event = asyncio.Event()  # set on every applied delta (tests wait on it)
+        self.on_merge: Callable[[MergeStats], None] | None = None
+
+    # ------------------------------------------------------------ lifecycle
+    async def open(self) -> None:
+        """Open the store and load state: identity, epoch, own and peers' cells, peers."""
+        cfg = self.config
+        if cfg.state_dir:
+            state = Path(cfg.state_dir)
+            state.mkdir(parents=True, exist_ok=True)
+            if self.identity is None:
+                self.identity = Identity.load_or_create(state / "node.key")
+            self.store = await Store.open(state / "peerd.db", federation=self.fed, node_id=self.id,
+                                          fingerprint=self.task.fingerprint,
+                                          synchronous=cfg.synchronous.upper())
+            await self._load()
+        if self.identity is None:
+            self.identity = Identity.generate()
+        self.epoch += 1
+        self.gossip.last_publish = time.monotonic()
+        if self.store:
+            await self.store.set_meta("epoch", self.epoch)
+        self._log = self._log.bind(epoch=self.epoch)
+
+    async def _load(self) -> None:
+        assert self.store is not None
+        self.epoch = int(await self.store.get_meta("epoch", 0))
+        cells = await self.store.load_cells()
+        for origin, arrays in cells.items():
+            self.table.load(origin, arrays)
+        self.peers = await self.store.load_peers()
+        snap = await self.store.get_meta("verifier", None)
+        if snap:
+            self.verifier = Verifier.restore(_json_loads(snap), allowlist=self.verifier_allowlist(),
+                                             strict=self.config.strict)
+        for pid, rec in self.peers.items():
+            self.gossip.known[pid] = rec.version
+            self.table.set_trust(pid, rec.trust)
+            self.liveness.restore(pid, status=rec.status, epoch=rec.epoch, last_seen=rec.last_seen)
+        published = int(await self.store.get_meta("published_version", 0))
+        self.gossip.published_version = min(published, self.table.version)
+        self._log.info("state_loaded", cells=self.table.size, origins=len(cells),
+                       version=self.table.version, peers=len(self.peers))
+
+    def verifier_allowlist(self) -> dict[str, bytes]:
+        return {k: bytes.fromhex(v) for k, v in self.config.allowlist.items()}
+
+    async def run(self, shutdown_trigger: Callable[[], Awaitable[Any]] | None = None) -> None:
+        """Run until ``shutdown_trigger`` returns (default: ``stop()`` is called)."""
+        if self.identity is None:
+            await self.open()
+        trigger = shutdown_trigger or self._stop.wait
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(self._publisher(), name="publisher"),
+                         tg.create_task(self._heartbeat(), name="heartbeat")]
+                if self.config.broker_url or self._transport_factory:
+                    self.transport = self._make_transport()
+                    tasks.append(tg.create_task(
+                        self.transport.run(self._on_message, self._on_connect), name="transport"))
+                self._ready.set()
+                await trigger()
+                await self._shutdown()
+                for t in tasks:
+                    t.cancel()
+        finally:
+            await self._close_store()
+
+    async def start(self) -> None:
+        """Open and run in the background; ``await stop()`` ends it."""
+        if self.identity is None:
+            await self.open()
+        self._runner = asyncio.create_task(self.run(), name=f"node-{self.id}")
+        await self._ready.wait()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._runner is not None:
+            await self._runner
+
+    async def _shutdown(self) -> None:
+        """Final delta, death, disconnect: bounded so that a dead broker cannot hang us."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5.0):
+                if self.transport is not None and self.transport.connected:
+                    await self._publish_delta(force=True)
+                    await self._publish(wire.Death(self._header()), "presence", qos=1,
+                                        retain=True)
+                    await self.transport.disconnect()
+        self._log.info("node_stopped", version=self.table.version)
+
+    async def _close_store(self) -> None:
+        if self.store is not None:
+            await self._save_peers()
+            await self.store.set_meta("published_version", self.gossip.published_version)
+            await self.store.close()
+            self.store = None
+
+    def _make_transport(self) -> Transport:
+        death = wire.encode(wire.Death(self._header()), self.identity)
+        will = (wire.topic(self.fed, "presence", self.id), death, 1, True)
+        subs = [(f, 1) for f in wire.subscriptions(self.fed)]
+        if self._transport_factory is not None:
+            return self._transport_factory(client_id=f"peerd-{self.fed}-{self.id}",
+                                           subscriptions=subs, will=will)
+        from peerd.transport import MqttTransport
+        cfg = self.config
+        tls = None
+        if cfg.broker_url.startswith("mqtts://") or cfg.ca_certs:
+            from peerd.transport import TLSConfig
+            tls = TLSConfig(ca_certs=cfg.ca_certs or None, certfile=cfg.certfile or None,
+                            keyfile=cfg.keyfile or None)
+        return MqttTransport(cfg.broker_url, client_id=f"peerd-{self.fed}-{self.id}",
+                             subscriptions=subs, will=will, username=cfg.username or None,
+                             password=cfg.broker_password() or None, tls=tls,
+                             keepalive=cfg.keepalive)
+
+    # ---------------------------------------------------------- local API
+    def act(self, state: Any, *, explore: bool = True) -> int:
+        """Choose an action on the merged view. Never waits."""
+        return self.table.act(state, explore=explore)
+
+    async def learn(self, state: Any, action: int | str, reward: float, next_state: Any = None,
+                    done: bool = False, success: bool | None = None) -> int:
+        """Learn from one interaction; returns the own version once it is durable."""
+        delta = self.table.learn(state, action, reward, next_state, done, success)
+        self.counters.interactions += 1
+        if self.store is not None:
+            await self.store.write_cells(self.id, delta.arrays())
+        if self.gossip.should_publish(self.table.version, time.monotonic()):
+            self._wake.set()
+        return delta.to_version
+
+    # ------------------------------------------------------------ outgoing
+    def _header(self) -> wire.Header:
+        self.seq += 1
+        return wire.Header(fed=self.fed, node=self.id, fp=self.task.fingerprint, epoch=self.epoch,
+                           seq=self.seq, ts=time.time())
+
+    async def _publish(self, msg: Any, kind: str, *, qos: int, retain: bool = False) -> bool:
+        if self.transport is None:
+            return False
+        payload = wire.encode(msg, self.identity)
+        ok = await self.transport.publish(wire.topic(self.fed, kind, self.id), payload, qos=qos,
+                                          retain=retain)
+        if ok:
+            self.counters.bytes_sent += len(payload)
+        return ok
+
+    async def flush(self) -> bool:
+        """Publish every unpublished own change now (tests, shutdown, operators)."""
+        return await self._publish_delta(force=True)
+
+    async def _publish_delta(self, *, force: bool = False, since: int | None = None) -> bool:
+        """Publish own cells after ``since`` (default: after the last published version)."""
+        answering = since is not None
+        start = self.gossip.published_version if since is None else since
+        version = self.table.version
+        if not force and not answering and not self.gossip.should_publish(version, time.monotonic()):
+            return False
+        if version <= start and not answering:
+            return False
+        delta = self.table.delta(since=start)
+        sigs = tuple(self.table.signatures(self.config.signatures))
+        msg = wire.DeltaMsg(self._header(), delta=delta, signatures=sigs)
+        ok = await self._publish(msg, "delta", qos=1)
+        if ok:
+            self.counters.deltas_sent += 1
+            self.counters.cells_sent += len(delta)
+            if answering:
+                self.counters.sync_answers_sent += 1
+            if start <= self.gossip.published_version:
+                self.gossip.mark_published(delta.to_version, time.monotonic())
+            self._log.debug("delta_published", cells=len(delta), since=start, version=delta.to_version)
+        return ok
+
+    async def _publisher(self) -> None:
+        """Publish own deltas on trigger; answer sync requests, coalesced."""
+        tick = min(1.0, self.config.publish_interval)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(tick):
+                    await self._wake.wait()
+            self._wake.clear()
+            if self.transport is None or not self.transport.connected:
+                continue
+            since = self.gossip.take_answer()
+            if since is not None and not await self._publish_delta(since=since):
+                self.gossip.on_sync_request(since)  # not sent: try again next time
+            await self._publish_delta()
+
+    async def _on_connect(self) -> None:
+        """(Re)connected: birth, then everything unpublished (computed from versions)."""
+        birth = wire.Birth(self._header(), public_key=self.identity.public_key,
+                           version=self.gossip.published_version)
+        await self._publish(birth, "presence", qos=1, retain=True)
+        self._log.info("broker_connected", version=self.table.version)
+        self._wake.set()
+
+    async def _heartbeat(self) -> None:
+        interval = self.config.heartbeat_interval
+        while True:
+            await asyncio.sleep(interval * random.uniform(0.9, 1.1))
+            now = time.time()
+            if self.transport is not None and self.transport.connected:
+                hb = wire.Heartbeat(self._header(), version=self.gossip.published_version,
+                                    size=self.table.size)
+                await self._publish(hb, "heartbeat", qos=0)
+            for peer, old, new in self.liveness.tick(now):
+                self._log.info(f"peer_{new}", peer=peer, was=old)
+                self._touch_peer(peer, status=new)
+            for peer in self.liveness.expired(now, self.config.origin_ttl):
+                dropped = self.table.forget(peer)
+                if self.store:
+                    await self.store.delete_origin(peer)
+                self.gossip.forget(peer)
+                self._log.info("origin_expired", peer=peer, cells=dropped)
+            await self.trust_round()
+            await self._save_peers()
+
+    # ------------------------------------------------------------ incoming
+    async def _on_message(self, topic: str, payload: bytes, retain: bool) -> None:
+        parsed = wire.parse_topic(topic)
+        if parsed is None:
+            return
+        fed, _kind, sender = parsed
+        if sender == self.id or fed != self.fed:
+            return
+        self.counters.messages_received += 1
+        self.counters.bytes_received += len(payload)
+        try:
+            msg = wire.decode(payload, fed=self.fed, fingerprint=self.task.fingerprint,
+                              n_actions=self.task.n_actions, q_bound=self.config.q_bound,
+                              max_payload=self.config.max_payload,
+                              max_entries=self.config.max_entries, verifier=self.verifier,
+                              topic=topic)
+            await self._handle(msg)
+        except WireError as exc:
+            await self._reject(sender, exc, retain)
+
+    async def _handle(self, msg: Any) -> None:
+        now = time.time()
+        h: wire.Header = msg.header
+        peer = h.node
+        if isinstance(msg, wire.Birth):
+            t = self.liveness.on_birth(peer, h.epoch, now)
+            self._touch_peer(peer, public_key=msg.public_key, epoch=h.epoch, seq=h.seq,
+                             last_seen=now, status=self.liveness.status(peer))
+            if t:
+                self._log.info("peer_online", peer=peer, epoch=h.epoch)
+            self._ask(peer, self.gossip.on_advert(peer, msg.version, now))
+        elif isinstance(msg, wire.Death):
+            t = self.liveness.on_death(peer, h.epoch, now)
+            if t:
+                self._log.info("peer_offline", peer=peer, epoch=h.epoch, reason="death")
+                self._touch_peer(peer, status=OFFLINE)
+        elif isinstance(msg, wire.Heartbeat):
+            self._heard(peer, h.epoch, now)
+            self._ask(peer, self.gossip.on_advert(peer, msg.version, now))
+        elif isinstance(msg, wire.SyncRequest):
+            self._heard(peer, h.epoch, now)
+            if msg.origin == self.id:
+                self.gossip.on_sync_request(msg.since)
+                self._wake.set()
+        elif isinstance(msg, wire.DeltaMsg):
+            self._heard(peer, h.epoch, now)
+            await self._apply(peer, msg, now)
+        else:  # pragma: no cover - decode returns only the types above
+            raise AssertionError(type(msg))
+
+    async def _apply(self, peer: str, msg: Any, now: float) -> None:
+        delta: Delta = msg.delta
+        if delta.origin != peer:
+            raise OriginMismatch(f"{peer!r} sent cells of origin {delta.origin!r}")
+        stats = self.table.apply(delta)  # validates everything first; raises InvalidDelta
+        if stats.changed and self.store is not None:
+            await self.store.write_cells(peer, delta.arrays())
+            await self.store.log_merge(now, stats)
+        self.counters.deltas_applied += 1
+        self.counters.cells_applied += stats.changed
+        self.peer_signatures[peer] = tuple(msg.signatures)
+        self._fresh_signatures.add(peer)
+        self._ask(peer, self.gossip.on_delta(peer, delta.from_version, delta.to_version, now))
+        self._touch_peer(peer, version=self.gossip.known.get(peer, 0))
+        self._log.debug("delta_applied", peer=peer, cells=stats.cells, new=stats.new,
+                        updated=stats.updated, conflicts=stats.conflicts)
+        if self.on_merge:
+            self.on_merge(stats)
+        self.applied_event.set()
+
+    def _heard(self, peer: str, epoch: int, now: float) -> None:
+        if self.liveness.on_heard(peer, epoch, now):
+            self._log.info("peer_online", peer=peer, epoch=epoch)
+        self._touch_peer(peer, last_seen=now, status=self.liveness.status(peer))
+
+    def _ask(self, origin: str, since: int | None) -> None:
+        """Send a sync request (already rate-limited by the gossip state)."""
+        if since is None or self.transport is None:
+            return
+        req = wire.SyncRequest(self._header(), origin=origin, since=since)
+        self.counters.sync_requests_sent += 1
+        self._log.debug("sync_requested", peer=origin, since=since)
+        task = asyncio.ensure_future(self._publish(req, "sync", qos=1))
+        task.add_done_callback(_ignore_result)
+
+    async def _reject(self, sender: str, exc: WireError, retain: bool) -> None:
+        reason = exc.reason
+        self.counters.rejected[reason] = self.counters.rejected.get(reason, 0) + 1
+        now = time.time()
+        if now - self._last_reject_log.get((sender, reason), -1e9) >= 60.0:
+            self._last_reject_log[(sender, reason)] = now
+            self._log.warning("message_rejected", peer=sender, reason=reason, error=str(exc))
+        if reason in HARMLESS_REASONS or retain or sender not in self.peers:
+            return  # unknown senders have no trust to lose; a foreign client can't frame a peer
+        old = self.table.trust(sender)
+        new = clamp_trust(old + INVALID)
+        if new != old:
+            self.table.set_trust(sender, new)
+            self._touch_peer(sender, trust=new)
+            if self.store:
+                await self.store.add_trust_events([TrustEvent(sender, now, old, new, f"invalid:{reason}")])
+
+    # --------------------------------------------------------------- trust
+    async def trust_round(self) -> dict[str, Judgement]:
+        """Judge peers with fresh signatures against the leave-one-out consensus."""
+        if not self._fresh_signatures:
+            return {}
+        sigs = dict(self.peer_signatures)
+        sigs[self.id] = tuple(self.table.signatures(self.config.signatures))
+        trust = {p: self.table.trust(p) for p in sigs}
+        judged = consensus_round(sigs, trust)
+        self.convergence = convergence_score(judged)
+        events = []
+        now = time.time()
+        for peer in self._fresh_signatures:
+            j = judged.get(peer)
+            if j is None:
+                continue
+            if j.alignment is not None:
+                self.alignment[peer] = j.alignment
+            old = self.table.trust(peer)
+            new = clamp_trust(old + j.change)
+            if new != old:
+                events.append(TrustEvent(peer, now, old, new, f"consensus:+{j.agree}/-{j.disagree}"))
+                self.table.set_trust(peer, new)
+                self._touch_peer(peer, trust=new)
+        self._fresh_signatures.clear()
+        self.counters.trust_rounds += 1
+        if events and self.store:
+            await self.store.add_trust_events(events)
+        return judged
+
+    # ---------------------------------------------------------------- peers
+    def _touch_peer(self, peer: str, **changes: Any) -> None:
+        rec = self.peers.get(peer) or PeerRecord(peer, trust=self.table.trust(peer))
+        self.peers[peer] = rec.replace(**changes)
+
+    async def _save_peers(self) -> None:
+        if self.store is None:
+            return
+        for rec in self.peers.values():
+            await self.store.upsert_peer(rec.replace(trust=self.table.trust(rec.node_id),
+                                                     version=self.gossip.known.get(rec.node_id, 0)))
+        await self.store.set_meta("verifier", _json_dumps(self.verifier.snapshot()))
+
+    # --------------------------------------------------------------- status
+    def status(self) -> dict[str, Any]:
+        t = self.transport
+        return {
+            "node": self.id, "federation": self.fed, "fingerprint": self.task.fingerprint,
+            "epoch": self.epoch, "version": self.table.version,
+            "published_version": self.gossip.published_version,
+            "cells": self.table.size, "origins": len(self.table.origins),
+            "connected": bool(t and t.connected),
+            "peers": self.liveness.counts(), "convergence": self.convergence,
+            "counters": {k: v for k, v in vars(self.counters).items()},
+            "pid": os.getpid(),
+        }
+
+    def peer_table(self) -> list[dict[str, Any]]:
+        out = []
+        for pid, rec in sorted(self.peers.items()):
+            out.append({"node": pid, "status": self.liveness.status(pid), "epoch": rec.epoch,
+                        "last_seen": rec.last_seen, "trust": self.table.trust(pid),
+                        "alignment": self.alignment.get(pid),
+                        "known_version": self.gossip.known.get(pid, 0),
+                        "held_version": self.table.max_version(pid),
+                        "public_key": rec.public_key.hex() if rec.public_key else None})
+        return out
+
+
+def _policy_options(cfg: NodeConfig) -> dict[str, float]:
+    if cfg.policy == "epsilon_greedy":
+        return {"start": cfg.eps_start, "end": cfg.eps_end, "decay_steps": cfg.eps_decay_steps}
+    return {}
+
+
+def _ignore_result(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def _json_dumps(obj: Any) -> str:
+    import json
+    return json.dumps(obj, default=lambda b: b.hex() if isinstance(b, bytes) else str(b))
+
+
+def _json_loads(s: str) -> Any:
+    import json
+    return json.loads(s)
