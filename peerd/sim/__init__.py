@@ -1,0 +1,1 @@
+"""Multi-node simulation (``peerd sim``): tabular environments stepped in lockstep."""

@@ -1,0 +1,403 @@
+"""The federation simulation: N ``peerd.Node``s on real RL tasks, over a real MQTT broker.
+
+Modes, run side by side on the same environment seeds:
+
+- ``federated``: N nodes gossiping through the broker — the daemon's code path
+  (``Node`` + ``MqttTransport`` + wire + ``QTable.apply``), no in-memory shortcut;
+- ``isolated``: the same nodes with no broker: the baseline every speedup is against;
+- ``centralized``: one table fed by all N environments: the physical limit;
+- ``naive``: the seed designs' merge (fold peers' tables, sum visits), to show
+  why peerd does not do that.
+
+Time is virtual: the clock advances one tick after every node has taken one
+step, so the evidence half-life means the same at any machine speed. The
+network is real, so a delta may arrive a few ticks after it was published;
+``max_lag`` bounds that (the simulation waits for the broker rather than
+outrunning it) and the result says how long it waited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from peerd.config import NodeConfig
+from peerd.node import Node
+from peerd.qtable import QTable
+from peerd.sim.envs import EnvBatch, EnvSpec, evaluate, load_env
+from peerd.task import Task
+
+MODES = ("federated", "isolated", "centralized", "naive")
+DEFAULT_MODES = ("federated", "isolated", "centralized")
+
+
+class VirtualClock:
+    """Ticks of the simulation: one per step of every node."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@dataclass
+class SimSettings:
+    """What one simulation run does (the CLI fills it)."""
+
+    env: str = "taxi"
+    nodes: int = 8
+    seeds: int = 1
+    modes: Sequence[str] = DEFAULT_MODES
+    broker_url: str | None = None  # None: start the embedded broker
+    broker_kind: str = "amqtt"
+    publish_every: int = 10
+    max_lag: int | None = None  # ticks a delta may be late; None = publish_every
+    half_life: float | None = None  # None: the env's recommended H
+    step_cap: int | None = None
+    eval_every: int | None = None
+    strategy: str = "weighted_average"
+    seed: int = 2024
+
+
+@dataclass
+class RunResult:
+    """One mode on one seed."""
+
+    mode: str
+    seed: int
+    steps_to_target: int | None  # median over nodes of steps per node; None = not reached
+    node_steps: list[int | None]
+    curve_steps: list[int] = field(default_factory=list)
+    curve_metric: list[list[float]] = field(default_factory=list)  # per eval: per node
+    messages_per_node: float = 0.0
+    bytes_per_node: float = 0.0
+    policy_agreement: float | None = None
+    convergence: float | None = None
+    visits_total: int = 0
+    interactions: int = 0
+    lag_wait_s: float = 0.0
+    wall_s: float = 0.0
+
+
+Progress = Callable[[str, int, float, int], None]  # mode, ticks, best metric, step cap
+
+
+class _NaiveTable:
+    """The seed designs' merge, for comparison: fold a peer's table into ours, sum visits.
+
+    q ← (q_l·n_l + q_p·n_p)/(n_l + n_p), n ← n_l + n_p, own updates with a
+    constant step size. Re-gossiping merged tables counts experience again and
+    again: ``visits_total`` shows by how much.
+    """
+
+    def __init__(self, spec: EnvSpec, alpha: float, eps: Callable[[int], float],
+                 rng: np.random.Generator) -> None:
+        self.q = np.zeros((spec.n_states, spec.n_actions))
+        self.n = np.zeros((spec.n_states, spec.n_actions))
+        self.alpha, self.gamma, self.eps, self.rng = alpha, spec.gamma, eps, rng
+        self.steps = 0
+
+    def act(self, s: int) -> int:
+        self.steps += 1
+        if self.rng.random() < self.eps(self.steps):
+            return int(self.rng.integers(self.q.shape[1]))
+        row = self.q[s]
+        return int(self.rng.choice(np.flatnonzero(row == row.max())))
+
+    def learn(self, s: int, a: int, r: float, s2: int, done: bool) -> None:
+        t = r if done else r + self.gamma * self.q[s2].max()
+        self.q[s, a] += self.alpha * (t - self.q[s, a])
+        self.n[s, a] += 1
+
+    def fold(self, other: _NaiveTable) -> None:
+        tot = self.n + other.n
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.q = np.where(tot > 0, (self.q * self.n + other.q * other.n) / tot, self.q)
+        self.n = tot
+
+
+def _task(spec: EnvSpec) -> Task:
+    return Task(spec.action_names, gamma=spec.gamma, name=spec.name)
+
+
+def _node_config(spec: EnvSpec, s: SimSettings, i: int, seed: int, broker: str | None,
+                 half_life: float) -> NodeConfig:
+    return NodeConfig(
+        federation=f"sim-{spec.name.replace('/', '-')}"[:64], node_id=f"node{i:02d}",
+        secret="peerd-sim", actions=list(spec.action_names), gamma=spec.gamma,
+        task_name=spec.name, broker_url=broker or "", half_life=half_life,
+        eps_start=spec.eps_start, eps_end=spec.eps_end, eps_decay_steps=spec.eps_decay_steps,
+        publish_every=s.publish_every, publish_interval=3600.0, heartbeat_interval=5.0,
+        peer_timeout=600.0, strategy=s.strategy, seed=seed * 1000 + i, api_listen="",
+        q_bound=1e6,
+    )
+
+
+class Simulation:
+    """Runs the modes of ``SimSettings`` and collects ``RunResult``s."""
+
+    def __init__(self, settings: SimSettings, *, progress: Progress | None = None) -> None:
+        self.s = settings
+        self.spec = load_env(settings.env)
+        self.progress = progress
+        self.half_life = settings.half_life or self.spec.half_life
+        self.step_cap = settings.step_cap or self.spec.step_cap
+        self.eval_every = settings.eval_every or self.spec.eval_every
+        self.max_lag = settings.publish_every if settings.max_lag is None else settings.max_lag
+        for m in settings.modes:
+            if m not in MODES:
+                raise ValueError(f"unknown mode {m!r}; known: {', '.join(MODES)}")
+
+    # ---------------------------------------------------------------- helpers
+    def _keys(self, table: QTable) -> np.ndarray:
+        return np.array([table.key(s) for s in range(self.spec.n_states)], np.uint64)
+
+    def _batch(self, seed: int) -> EnvBatch:
+        if self.spec.kind == "bandit":
+            from peerd.sim.bandit import BanditBatch
+            seeds = np.random.SeedSequence(seed).generate_state(self.s.nodes, np.uint32)
+            return BanditBatch(self.spec, seeds)
+        return EnvBatch.from_seed(self.spec, self.s.nodes, seed)
+
+    def _eval(self, policies: np.ndarray) -> np.ndarray:
+        return np.atleast_1d(evaluate(self.spec, policies))
+
+    async def _loop(self, mode: str, seed: int, act: Callable[[int, int], int],
+                    learn: Callable[[int, int, int, float, int, bool], Any],
+                    greedy: Callable[[], np.ndarray], clock: VirtualClock,
+                    after_tick: Callable[[int], Any] | None = None) -> RunResult:
+        """Step every node's env once per tick; evaluate every ``eval_every`` ticks."""
+        n = self.s.nodes
+        batch = self._batch(seed)
+        batch.reset()
+        reached: list[int | None] = [None] * n
+        res = RunResult(mode, seed, None, reached)
+        target, t0 = self.spec.target, time.perf_counter()
+        best = -np.inf
+        for tick in range(1, self.step_cap + 1):
+            states = batch.states
+            actions = np.fromiter((act(i, int(states[i])) for i in range(n)), np.int64, n)
+            s2, r, term, _trunc = batch.step(actions)
+            for i in range(n):
+                out = learn(i, int(states[i]), int(actions[i]), float(r[i]), int(s2[i]), bool(term[i]))
+                if out is not None:
+                    await out
+            clock.t = float(tick)
+            if after_tick is not None:
+                w = after_tick(tick)
+                if w is not None:
+                    await w
+            if tick % self.eval_every == 0:
+                metrics = self._eval(greedy())
+                res.curve_steps.append(tick)
+                res.curve_metric.append([float(x) for x in metrics])
+                best = max(best, float(np.median(metrics)))
+                for i in range(n):
+                    if reached[i] is None and metrics[i] >= target:
+                        reached[i] = tick
+                if self.progress:
+                    self.progress(mode, tick, best, self.step_cap)
+                if all(x is not None for x in reached):
+                    break
+        res.wall_s = time.perf_counter() - t0
+        res.interactions = tick * n
+        done = sorted(x if x is not None else np.inf for x in reached)
+        med = float(np.median(done))
+        res.steps_to_target = int(med) if np.isfinite(med) else None
+        pis = greedy()
+        res.policy_agreement = float((pis == pis[0]).all(axis=0).mean())
+        return res
+
+    # ------------------------------------------------------------------ modes
+    async def run_federated(self, seed: int, broker_url: str, *, isolated: bool = False) -> RunResult:
+        spec, n = self.spec, self.s.nodes
+        clock = VirtualClock()
+        nodes = [Node(_node_config(spec, self.s, i, seed, None if isolated else broker_url,
+                                   self.half_life), clock=clock) for i in range(n)]
+        mode = "isolated" if isolated else "federated"
+        lag_wait = 0.0
+        try:
+            for node in nodes:
+                await node.start()
+            if not isolated:
+                await asyncio.gather(*(nd.transport.wait_connected(30) for nd in nodes))
+                await self._wait_births(nodes)
+            keys = self._keys(nodes[0].table)
+
+            async def backpressure() -> None:
+                nonlocal lag_wait
+                t = time.perf_counter()
+                await _wait_delivered(nodes, self.max_lag)
+                lag_wait += time.perf_counter() - t
+
+            def after(tick: int) -> Any:
+                if isolated:
+                    return None
+                if tick % self.s.publish_every == 0:
+                    return backpressure()
+                return asyncio.sleep(0) if tick % 2 == 0 else None
+
+            res = await self._loop(
+                mode, seed, lambda i, s: nodes[i].act(s),
+                lambda i, s, a, r, s2, d: nodes[i].learn(s, a, r, s2, done=d),
+                lambda: np.stack([nd.table.greedy(keys) for nd in nodes]), clock, after)
+            res.lag_wait_s = lag_wait
+            if not isolated:
+                for nd in nodes:
+                    await nd.flush()
+                await _wait_delivered(nodes, 0, timeout=30.0)
+                judged = [await nd.trust_round() for nd in nodes]
+                scores = [nd.convergence for nd in nodes if nd.convergence is not None]
+                res.convergence = float(np.mean(scores)) if scores else None
+                del judged
+                res.messages_per_node = float(np.mean([nd.transport.messages_out for nd in nodes]))
+                res.bytes_per_node = float(np.mean([nd.transport.bytes_out for nd in nodes]))
+            res.visits_total = int(np.median([nd.table.total_visits() for nd in nodes]))
+            return res
+        finally:
+            for node in nodes:
+                with contextlib.suppress(Exception):
+                    await node.stop()
+
+    async def _wait_births(self, nodes: list[Node], timeout: float = 30.0) -> None:
+        """Start learning once every node has seen every other node's birth."""
+        async with asyncio.timeout(timeout):
+            while any(len(nd.peers) < len(nodes) - 1 for nd in nodes):
+                await asyncio.sleep(0.01)
+
+    async def run_centralized(self, seed: int) -> RunResult:
+        spec = self.spec
+        clock = VirtualClock()
+        table = QTable(_task(spec), "central", secret="peerd-sim", half_life=self.half_life,
+                       clock=clock, seed=seed, strategy=self.s.strategy,
+                       policy_options={"start": spec.eps_start, "end": spec.eps_end,
+                                       "decay_steps": spec.eps_decay_steps})
+        keys = self._keys(table)
+
+        def act(i: int, s: int) -> int:
+            table.steps = int(clock.t)  # ε decays with steps per node, as for every node
+            return table.act(s)
+
+        def learn(i: int, s: int, a: int, r: float, s2: int, d: bool) -> None:
+            table.learn(s, a, r, s2, done=d)
+
+        res = await self._loop(
+            "centralized", seed, act, learn,
+            lambda: np.repeat(table.greedy(keys)[None, :], self.s.nodes, axis=0), clock)
+        res.visits_total = table.total_visits()
+        return res
+
+    async def run_naive(self, seed: int) -> RunResult:
+        spec, n = self.spec, self.s.nodes
+        rng = np.random.default_rng(seed)
+        tables = [_NaiveTable(spec, 0.5 if spec.name == "taxi" else 0.1, spec.epsilon, rng)
+                  for _ in range(n)]
+        clock = VirtualClock()
+
+        def after(tick: int) -> None:
+            if tick % self.s.publish_every == 0:
+                snap = [(t.q.copy(), t.n.copy()) for t in tables]
+                for i, t in enumerate(tables):
+                    for j, (q, cnt) in enumerate(snap):
+                        if i != j:
+                            other = _NaiveTable.__new__(_NaiveTable)
+                            other.q, other.n = q, cnt
+                            t.fold(other)
+
+        res = await self._loop(
+            "naive", seed, lambda i, s: tables[i].act(s),
+            lambda i, s, a, r, s2, d: tables[i].learn(s, a, r, s2, d),
+            lambda: np.stack([t.q.argmax(axis=1) for t in tables]), clock, after)
+        total = float(np.median([t.n.sum() for t in tables]))
+        res.visits_total = int(min(total, 2**62))
+        return res
+
+    # ------------------------------------------------------------------- all
+    async def run(self) -> dict[str, list[RunResult]]:
+        """Every mode on every seed; starts (and stops) the embedded broker if needed."""
+        out: dict[str, list[RunResult]] = {m: [] for m in self.s.modes}
+        broker = None
+        url = self.s.broker_url
+        if "federated" in self.s.modes and not url:
+            from peerd.broker import Broker
+            broker = Broker(self.s.broker_kind)
+            broker.start()
+            url = broker.url
+        try:
+            for k in range(self.s.seeds):
+                seed = self.s.seed + 101 * k
+                for mode in self.s.modes:
+                    if mode == "federated":
+                        r = await self.run_federated(seed, url or "")
+                    elif mode == "isolated":
+                        r = await self.run_federated(seed, "", isolated=True)
+                    elif mode == "centralized":
+                        r = await self.run_centralized(seed)
+                    else:
+                        r = await self.run_naive(seed)
+                    out[mode].append(r)
+        finally:
+            if broker is not None:
+                broker.stop()
+        return out
+
+
+async def _wait_delivered(nodes: list[Node], max_lag: int, timeout: float = 60.0) -> None:
+    """Wait until every node holds every other node's published cells up to ``max_lag`` versions."""
+    async with asyncio.timeout(timeout):
+        while True:
+            behind = False
+            for nd in nodes:
+                for other in nodes:
+                    if other is nd:
+                        continue
+                    if nd.gossip.known.get(other.id, 0) < other.gossip.published_version - max_lag:
+                        behind = True
+                        break
+                if behind:
+                    break
+            if not behind:
+                return
+            nd.applied_event.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await nd.applied_event.wait()
+
+
+def summarize(results: dict[str, list[RunResult]]) -> dict[str, Any]:
+    """Per mode: median steps to target over seeds, speedup vs isolated, traffic."""
+    modes: dict[str, Any] = {}
+    for mode, runs in results.items():
+        steps = [r.steps_to_target for r in runs]
+        finite = [s if s is not None else np.inf for s in steps]
+        med = float(np.median(finite)) if finite else np.inf
+        modes[mode] = {
+            "steps_to_target": int(med) if np.isfinite(med) else None,
+            "steps_per_seed": steps,
+            "messages_per_node": float(np.mean([r.messages_per_node for r in runs])),
+            "bytes_per_node": float(np.mean([r.bytes_per_node for r in runs])),
+            "convergence": _mean_or_none([r.convergence for r in runs]),
+            "policy_agreement": _mean_or_none([r.policy_agreement for r in runs]),
+            "visits_total": int(np.median([r.visits_total for r in runs])),
+            "interactions_per_node": int(np.median([r.interactions for r in runs])) // max(
+                1, len(runs[0].node_steps)) if runs else 0,
+            "lag_wait_s": float(np.sum([r.lag_wait_s for r in runs])),
+            "wall_s": float(np.sum([r.wall_s for r in runs])),
+        }
+    base = modes.get("isolated", {}).get("steps_to_target")
+    for m in modes.values():
+        s = m["steps_to_target"]
+        m["speedup"] = (base / s) if (base and s) else None
+    return {"modes": modes}
+
+
+def _mean_or_none(xs: Sequence[float | None]) -> float | None:
+    vals = [x for x in xs if x is not None]
+    return float(np.mean(vals)) if vals else None
