@@ -116,6 +116,7 @@ class Node:
         self.convergence: float | None = None
         self._log = get_logger(node=self.id, fed=self.fed)
         self._last_reject_log: dict[tuple[str, str], float] = {}
+        self._signatures_sent = -1e18
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
@@ -283,10 +284,17 @@ class Node:
         if version <= start and not answering:
             return False
         delta = self.table.delta(since=start)
-        sigs = tuple(self.table.signatures(self.config.signatures))
+        # Signatures feed the trust round, which runs once per heartbeat: sending
+        # them with every delta would only cost bytes and verification time.
+        now = time.monotonic()
+        sigs: tuple[PatternSignature, ...] = ()
+        if now - self._signatures_sent >= self.config.heartbeat_interval:
+            sigs = tuple(self.table.signatures(self.config.signatures))
         msg = wire.DeltaMsg(self._header(), delta=delta, signatures=sigs)
         ok = await self._publish(msg, "delta", qos=1)
         if ok:
+            if sigs:
+                self._signatures_sent = now
             self.counters.deltas_sent += 1
             self.counters.cells_sent += len(delta)
             if answering:
@@ -396,14 +404,14 @@ class Node:
             raise OriginMismatch(f"{peer!r} sent cells of origin {delta.origin!r}")
         stats = self.table.apply(delta)  # validates everything first; raises InvalidDelta
         if stats.changed and self.store is not None:
-            await self.store.write_cells(peer, delta.arrays())
-            await self.store.log_merge(now, stats)
+            await asyncio.gather(self.store.write_cells(peer, delta.arrays()),
+                                 self.store.log_merge(now, stats))  # one group commit
         self.counters.deltas_applied += 1
         self.counters.cells_applied += stats.changed
-        self.peer_signatures[peer] = tuple(msg.signatures)
-        self._fresh_signatures.add(peer)
+        if msg.signatures:
+            self.peer_signatures[peer] = tuple(msg.signatures)
+            self._fresh_signatures.add(peer)
         self._ask(peer, self.gossip.on_delta(peer, delta.from_version, delta.to_version, now))
-        self._touch_peer(peer, version=self.gossip.known.get(peer, 0))
         self._log.debug("delta_applied", peer=peer, cells=stats.cells, new=stats.new,
                         updated=stats.updated, conflicts=stats.conflicts)
         if self.on_merge:
@@ -413,7 +421,7 @@ class Node:
     def _heard(self, peer: str, epoch: int, now: float) -> None:
         if self.liveness.on_heard(peer, epoch, now):
             self._log.info("peer_online", peer=peer, epoch=epoch)
-        self._touch_peer(peer, last_seen=now, status=self.liveness.status(peer))
+            self._touch_peer(peer)
 
     def _ask(self, origin: str, since: int | None) -> None:
         """Send a sync request (already rate-limited by the gossip state)."""
@@ -480,9 +488,14 @@ class Node:
     async def _save_peers(self) -> None:
         if self.store is None:
             return
-        for rec in self.peers.values():
-            await self.store.upsert_peer(rec.replace(trust=self.table.trust(rec.node_id),
-                                                     version=self.gossip.known.get(rec.node_id, 0)))
+        for pid, rec in list(self.peers.items()):
+            life = self.liveness.peers.get(pid)
+            if life is not None:
+                rec = rec.replace(status=life.status, last_seen=life.last_seen,
+                                  epoch=max(rec.epoch, life.epoch))
+            self.peers[pid] = rec = rec.replace(trust=self.table.trust(pid),
+                                                version=self.gossip.known.get(pid, 0))
+            await self.store.upsert_peer(rec)
         await self.store.set_meta("verifier", _json_dumps(self.verifier.snapshot()))
 
     # --------------------------------------------------------------- status
@@ -502,8 +515,10 @@ class Node:
     def peer_table(self) -> list[dict[str, Any]]:
         out = []
         for pid, rec in sorted(self.peers.items()):
+            life = self.liveness.peers.get(pid)
             out.append({"node": pid, "status": self.liveness.status(pid), "epoch": rec.epoch,
-                        "last_seen": rec.last_seen, "trust": self.table.trust(pid),
+                        "last_seen": life.last_seen if life else rec.last_seen,
+                        "trust": self.table.trust(pid),
                         "alignment": self.alignment.get(pid),
                         "known_version": self.gossip.known.get(pid, 0),
                         "held_version": self.table.max_version(pid),
