@@ -55,7 +55,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
     from peerd import logs
     from peerd.sim import report
-    from peerd.sim.runner import Simulation, SimSettings, summarize
+    from peerd.sim.runner import SimSettings, Simulation, summarize
 
     logs.configure("warning")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]

@@ -33,10 +33,17 @@ def configure(level: str = "info", *, json: bool | None = None) -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=False,  # so that a later configure() (CLI, tests) applies
     )
     _configured = True
 
 
 def get_logger(**bound: object) -> structlog.typing.FilteringBoundLogger:
+    """A bound logger; configures the defaults (info, stderr) if nobody did.
+
+    structlog's own default prints debug lines to stdout, which would mix logs
+    into the output of commands such as ``peerd decode``.
+    """
+    if not _configured and not structlog.is_configured():
+        configure()
     return structlog.get_logger("peerd").bind(**bound)
