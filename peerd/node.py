@@ -122,7 +122,8 @@ class Node:
         self._runner: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self.applied_event = asyncio.Event()  # set on every applied delta (tests wait on it)
-        self.on_merge: Callable[[MergeStats], None] | None = None
+        #: called with (header, stats) after each applied delta: benchmarks, simulations
+        self.on_merge: Callable[[wire.Header, MergeStats], None] | None = None
 
     # ------------------------------------------------------------ lifecycle
     async def open(self) -> None:
@@ -415,7 +416,7 @@ class Node:
         self._log.debug("delta_applied", peer=peer, cells=stats.cells, new=stats.new,
                         updated=stats.updated, conflicts=stats.conflicts)
         if self.on_merge:
-            self.on_merge(stats)
+            self.on_merge(msg.header, stats)
         self.applied_event.set()
 
     def _heard(self, peer: str, epoch: int, now: float) -> None:
