@@ -1,0 +1,340 @@
+"""The transport contract, MQTT topic matching, and an in-memory bus for unit tests.
+
+Nothing here imports aiomqtt: the gossip logic can be unit-tested against
+``MemoryBus``/``MemoryTransport`` without a broker (DESIGN §9), and the real
+``peerd.transport.MqttTransport`` shares ``BaseTransport`` with it, so both
+count, deliver and report connection state the same way.
+
+What the memory bus models, and what it does not:
+
+- topic filters with ``+`` and ``#``, ``$``-topics hidden from leading wildcards;
+- retained messages (an empty retained payload clears the topic) delivered
+  with ``retain=True`` to each new subscription, live messages with ``False``;
+- the Will, published (and retained if asked) by ``bus.kill(transport)``,
+  which drops the connection abruptly; ``bus.reconnect(transport)`` brings it
+  back (re-subscribe, ``on_connect`` again), a clean ``disconnect()`` sends no Will;
+- clean sessions: a disconnected transport misses what is published meanwhile.
+- not modelled: QoS (delivery is reliable and in publish order), client-id
+  takeover, broker restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol, runtime_checkable
+
+import structlog
+
+__all__ = [
+    "BaseTransport",
+    "MemoryBus",
+    "MemoryTransport",
+    "OnConnect",
+    "OnMessage",
+    "Transport",
+    "Will",
+    "topic_matches",
+    "validate_filter",
+    "validate_topic",
+]
+
+#: ``on_message(topic, payload, retain)``; an exception is logged and counted, never fatal.
+OnMessage = Callable[[str, bytes, bool], Awaitable[None]]
+#: Called after every (re)connection once subscriptions are in place: publish the birth here.
+OnConnect = Callable[[], Awaitable[None]]
+#: ``(topic, payload, qos, retain)`` the broker publishes when the connection is lost abruptly.
+Will = tuple[str, bytes, int, bool]
+
+log = structlog.get_logger("peerd.transport")
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """Whether an MQTT 3.1.1 ``topic_filter`` (``+``, ``#``) matches a concrete ``topic``.
+
+    ``a/#`` also matches ``a`` (the parent level), and topics starting with
+    ``$`` are not matched by filters starting with a wildcard (MQTT-4.7.2-1).
+    """
+    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
+        return False
+    filter_levels = topic_filter.split("/")
+    topic_levels = topic.split("/")
+    for i, level in enumerate(filter_levels):
+        if level == "#":
+            return True
+        if i >= len(topic_levels):
+            return False
+        if level != "+" and level != topic_levels[i]:
+            return False
+    return len(filter_levels) == len(topic_levels)
+
+
+def validate_topic(topic: str) -> None:
+    """Reject a topic no broker would accept for PUBLISH (a caller bug, so ``ValueError``)."""
+    if not topic or "+" in topic or "#" in topic or "\x00" in topic:
+        raise ValueError(f"invalid MQTT topic name {topic!r}")
+    if len(topic.encode()) > 65535:
+        raise ValueError("MQTT topic name longer than 65535 bytes")
+
+
+def validate_filter(topic_filter: str) -> None:
+    """Reject a malformed subscription filter (``#`` not last, ``+``/``#`` inside a level)."""
+    if not topic_filter or "\x00" in topic_filter:
+        raise ValueError(f"invalid MQTT topic filter {topic_filter!r}")
+    levels = topic_filter.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            raise ValueError(f"'#' must be the whole last level: {topic_filter!r}")
+        if "+" in level and level != "+":
+            raise ValueError(f"'+' must be a whole level: {topic_filter!r}")
+
+
+def _validate_qos(qos: int) -> None:
+    if qos not in (0, 1, 2):
+        raise ValueError(f"QoS must be 0, 1 or 2, not {qos!r}")
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """What a node needs from its connection to the federation's broker."""
+
+    messages_in: int
+    messages_out: int
+    bytes_in: int
+    bytes_out: int
+    reconnects: int
+    callback_errors: int
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def run(self, on_message: OnMessage, on_connect: OnConnect) -> None: ...
+
+    async def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> bool: ...
+
+    async def disconnect(self) -> None: ...
+
+    async def wait_connected(self, timeout: float) -> bool: ...
+
+    async def wait_disconnected(self, timeout: float) -> bool: ...
+
+
+class BaseTransport:
+    """Counters, connection state and callback safety shared by the real and memory transports."""
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        subscriptions: Sequence[tuple[str, int]],
+        will: Will | None = None,
+    ) -> None:
+        if not client_id:
+            raise ValueError("client_id must be a non-empty string")
+        for topic_filter, qos in subscriptions:
+            validate_filter(topic_filter)
+            _validate_qos(qos)
+        if will is not None:
+            validate_topic(will[0])
+            _validate_qos(will[2])
+        self.client_id = client_id
+        self.subscriptions: list[tuple[str, int]] = list(subscriptions)
+        self.will = will
+        self.messages_in = 0
+        self.messages_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        #: Successful connections after the first one.
+        self.reconnects = 0
+        #: Exceptions raised by ``on_message``/``on_connect`` (logged, then ignored).
+        self.callback_errors = 0
+        self._connections = 0
+        self._up = asyncio.Event()
+        self._down = asyncio.Event()
+        self._down.set()
+        self._log = log.bind(client_id=client_id)
+
+    @property
+    def connected(self) -> bool:
+        """True while connected *and* subscribed: what is published now will be heard."""
+        return self._up.is_set()
+
+    async def wait_connected(self, timeout: float) -> bool:
+        """Wait until connected and subscribed; False on timeout."""
+        return await _wait_event(self._up, timeout)
+
+    async def wait_disconnected(self, timeout: float) -> bool:
+        """Wait until the connection is gone (lost or closed); False on timeout."""
+        return await _wait_event(self._down, timeout)
+
+    def _mark_connected(self) -> None:
+        if self._connections:
+            self.reconnects += 1
+        self._connections += 1
+        self._down.clear()
+        self._up.set()
+        self._log.info("transport_connected", connections=self._connections)
+
+    def _mark_disconnected(self) -> None:
+        was_up = self._up.is_set()
+        self._up.clear()
+        self._down.set()
+        if was_up:
+            self._log.info("transport_disconnected")
+
+    def _count_out(self, payload: bytes) -> None:
+        self.messages_out += 1
+        self.bytes_out += len(payload)
+
+    async def _call_on_connect(self, on_connect: OnConnect) -> None:
+        try:
+            await on_connect()
+        except Exception:
+            self.callback_errors += 1
+            self._log.exception("transport_on_connect_failed")
+
+    async def _deliver(self, on_message: OnMessage, topic: str, payload: bytes, retain: bool) -> None:
+        """Count and hand one message to the node; its exceptions must not stop the stream."""
+        self.messages_in += 1
+        self.bytes_in += len(payload)
+        try:
+            await on_message(topic, payload, retain)
+        except Exception:
+            self.callback_errors += 1
+            self._log.exception("transport_on_message_failed", topic=topic)
+
+
+async def _wait_event(event: asyncio.Event, timeout: float) -> bool:
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except TimeoutError:
+        return False
+    return True
+
+
+# -- in-memory bus -------------------------------------------------------------------------
+
+_DROP = object()  # queue sentinel: the connection was dropped
+
+
+class MemoryBus:
+    """A broker in a dict: routes publishes to matching connected transports, synchronously."""
+
+    def __init__(self) -> None:
+        self._connected: list[MemoryTransport] = []
+        #: topic → (payload, qos) of each retained message.
+        self.retained: dict[str, tuple[bytes, int]] = {}
+
+    def transport(
+        self,
+        *,
+        client_id: str,
+        subscriptions: Sequence[tuple[str, int]],
+        will: Will | None = None,
+    ) -> MemoryTransport:
+        """A new transport on this bus (same as ``MemoryTransport(bus, ...)``)."""
+        return MemoryTransport(self, client_id=client_id, subscriptions=subscriptions, will=will)
+
+    @property
+    def client_ids(self) -> list[str]:
+        """Ids of the transports connected now."""
+        return [t.client_id for t in self._connected]
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False) -> None:
+        """Route a message as the broker would (also usable directly by tests)."""
+        validate_topic(topic)
+        _validate_qos(qos)
+        if retain:
+            if payload:
+                self.retained[topic] = (bytes(payload), qos)
+            else:
+                self.retained.pop(topic, None)
+        for transport in self._connected:
+            if any(topic_matches(f, topic) for f, _ in transport.subscriptions):
+                transport._queue.put_nowait((topic, bytes(payload), False))
+
+    def kill(self, transport: MemoryTransport) -> None:
+        """Drop ``transport``'s connection abruptly: its Will is published; it stays down
+        until ``reconnect``."""
+        if transport not in self._connected:
+            return
+        self._detach(transport)
+        transport._allowed.clear()
+        if transport.will is not None:
+            topic, payload, qos, retain = transport.will
+            self.publish(topic, payload, qos=qos, retain=retain)
+
+    def reconnect(self, transport: MemoryTransport) -> None:
+        """Let a killed transport connect again (it re-subscribes and calls ``on_connect``)."""
+        transport._allowed.set()
+
+    def _attach(self, transport: MemoryTransport) -> None:
+        self._connected.append(transport)
+        for topic, (payload, _qos) in self.retained.items():
+            if any(topic_matches(f, topic) for f, _ in transport.subscriptions):
+                transport._queue.put_nowait((topic, payload, True))
+        transport._mark_connected()
+
+    def _detach(self, transport: MemoryTransport) -> None:
+        if transport in self._connected:
+            self._connected.remove(transport)
+            transport._mark_disconnected()
+            transport._queue.put_nowait(_DROP)
+
+
+class MemoryTransport(BaseTransport):
+    """``Transport`` over a ``MemoryBus``: same interface and counters as ``MqttTransport``."""
+
+    def __init__(
+        self,
+        bus: MemoryBus,
+        *,
+        client_id: str,
+        subscriptions: Sequence[tuple[str, int]],
+        will: Will | None = None,
+    ) -> None:
+        super().__init__(client_id=client_id, subscriptions=subscriptions, will=will)
+        self._bus = bus
+        self._queue: asyncio.Queue[tuple[str, bytes, bool] | object] = asyncio.Queue()
+        self._allowed = asyncio.Event()
+        self._allowed.set()
+        self._closing = False
+
+    async def run(self, on_message: OnMessage, on_connect: OnConnect) -> None:
+        """Connect, call ``on_connect``, deliver in order; after a kill wait for ``reconnect``."""
+        try:
+            while not self._closing:
+                await self._allowed.wait()
+                if self._closing:
+                    break
+                self._queue = asyncio.Queue()
+                self._bus._attach(self)
+                await self._call_on_connect(on_connect)
+                while True:
+                    item = await self._queue.get()
+                    if item is _DROP:
+                        break
+                    topic, payload, retain = item  # type: ignore[misc]
+                    await self._deliver(on_message, topic, payload, retain)
+        finally:
+            self._bus._detach(self)
+
+    async def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> bool:
+        """Route through the bus; False (nothing sent) while disconnected."""
+        validate_topic(topic)
+        _validate_qos(qos)
+        if not self.connected:
+            return False
+        self._bus.publish(topic, payload, qos=qos, retain=retain)
+        self._count_out(payload)
+        return True
+
+    async def disconnect(self) -> None:
+        """Clean disconnect: no Will; ``run`` returns."""
+        self._closing = True
+        self._allowed.set()  # wake a run() waiting for reconnect, so it can return
+        self._bus._detach(self)
