@@ -341,6 +341,7 @@ class Broker:
         defaults = {
             "allow_anonymous": "true",
             "persistence": "false",
+            "set_tcp_nodelay": "true",  # deltas are small writes that must leave at once
             # As root mosquitto drops to user "mosquitto" unless told otherwise, and
             # then cannot read files in our 0700 temp dir; as anyone else it is a no-op.
             "user": pwd.getpwuid(os.getuid()).pw_name,

@@ -118,6 +118,7 @@ class Node:
         self._last_reject_log: dict[tuple[str, str], float] = {}
         self._signatures_sent = -1e18
         self._wake = asyncio.Event()
+        self._publish_lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
@@ -276,7 +277,15 @@ class Node:
         return await self._publish_delta(force=True)
 
     async def _publish_delta(self, *, force: bool = False, since: int | None = None) -> bool:
-        """Publish own cells after ``since`` (default: after the last published version)."""
+        """Publish own cells after ``since`` (default: after the last published version).
+
+        Serialised by a lock: ``flush`` and the publisher task must not both
+        compute a delta from the same ``published_version`` and send it twice.
+        """
+        async with self._publish_lock:
+            return await self._publish_delta_locked(force=force, since=since)
+
+    async def _publish_delta_locked(self, *, force: bool, since: int | None) -> bool:
         answering = since is not None
         start = self.gossip.published_version if since is None else since
         version = self.table.version

@@ -26,10 +26,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peerd import logs  # noqa: E402
-from peerd.broker import Broker  # noqa: E402
-from peerd.config import NodeConfig  # noqa: E402
-from peerd.node import Node  # noqa: E402
+from peerd import logs
+from peerd.broker import Broker
+from peerd.config import NodeConfig
+from peerd.node import Node
 
 ACTIONS = [f"a{i}" for i in range(6)]
 
@@ -87,7 +87,7 @@ async def latency(broker_url: str, nodes: int, rounds: int) -> dict[str, float]:
     for nd in group:
         await nd.stop()
     ms = np.array(samples) * 1000.0
-    return {"deltas": int(len(ms)), "p50": float(np.percentile(ms, 50)),
+    return {"deltas": len(ms), "p50": float(np.percentile(ms, 50)),
             "p99": float(np.percentile(ms, 99)), "max": float(ms.max())}
 
 
