@@ -176,6 +176,8 @@ def _coerce(raw: Any, default: Any, where: str) -> Any:
             if s in ("0", "false", "no", "off"):
                 return False
             raise ValueError(f"not a boolean: {raw!r}")
+        if isinstance(raw, bool) and isinstance(default, (int, float)):
+            raise ValueError(f"expected a number, got a boolean {raw!r}")
         if isinstance(default, int):
             if isinstance(raw, float) and not raw.is_integer():
                 raise ValueError(f"not an integer: {raw!r}")
@@ -196,6 +198,8 @@ def _coerce(raw: Any, default: Any, where: str) -> Any:
             return {str(k): str(v) for k, v in raw.items()}
         if isinstance(raw, (dict, list)):
             raise ValueError("expected a string")
+        if isinstance(raw, bool):  # TOML ``json = false`` for a "true"/"false" string setting
+            return "true" if raw else "false"
         return str(raw)
     except (TypeError, ValueError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
@@ -221,7 +225,9 @@ def load_config(path: str | os.PathLike[str] | None = None, *,
         for key in table:
             if (section, key) not in fields:
                 known = sorted(k for s, k in fields if s == section)
-                hint = f"; known keys: {', '.join(known)}" if known else " (unknown section)"
+                sections = sorted({s for s, _ in fields})
+                hint = (f"; known keys: {', '.join(known)}" if known else
+                        f" (unknown section; known sections: {', '.join(sections)})")
                 raise ConfigError(f"[{section}] {key}: unknown setting{hint}")
     values: dict[str, Any] = {}
     for (section, key), f in fields.items():

@@ -73,6 +73,32 @@ class Delta:
         return cls.build(origin, fingerprint, from_version, to_version,
                          **{f: np.empty(0, d) for f, d in CELL_DTYPES.items()})
 
+    def split(self, max_cells: int) -> list[Delta]:
+        """Cut into deltas of at most ``max_cells`` cells with contiguous version ranges.
+
+        Cells are grouped by version, so the pieces cover ``(from, v1], (v1, v2],
+        ... (vk, to]``: a receiver that gets them in order advances its
+        catch-up cursor piece by piece, and one that misses a piece sees a gap
+        and asks for it. Each piece stays sorted by (key, action).
+        """
+        m = len(self)
+        if m <= max_cells:
+            return [self]
+        if max_cells < 1:
+            raise ValueError("max_cells must be >= 1")
+        by_version = np.argsort(self.version, kind="stable")
+        pieces: list[Delta] = []
+        lo_version = self.from_version
+        for start in range(0, m, max_cells):
+            idx = by_version[start : start + max_cells]
+            last = start + max_cells >= m
+            hi_version = self.to_version if last else int(self.version[idx[-1]])
+            idx = idx[np.lexsort((self.actions[idx], self.keys[idx]))]
+            pieces.append(Delta.build(self.origin, self.fingerprint, lo_version, hi_version,
+                                      **{f: getattr(self, f)[idx] for f in CELL_FIELDS}))
+            lo_version = hi_version
+        return pieces
+
     def arrays(self) -> dict[str, np.ndarray]:
         return {f: getattr(self, f) for f in CELL_FIELDS}
 

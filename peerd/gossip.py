@@ -27,6 +27,7 @@ class GossipState:
     last_publish: float = 0.0
     known: dict[str, int] = field(default_factory=dict)
     _last_sync: dict[str, float] = field(default_factory=dict)
+    _deferred: dict[str, int] = field(default_factory=dict)
     #: lowest ``since`` asked of us and not answered yet (None: nothing asked)
     pending_answer: int | None = None
 
@@ -48,22 +49,40 @@ class GossipState:
         have = self.known.get(origin, 0)
         if from_version <= have:
             self.known[origin] = max(have, to_version)
+            if self._deferred.get(origin, 0) <= self.known[origin]:
+                self._deferred.pop(origin, None)
             return None
-        return self._ask(origin, have, now)
+        return self._ask(origin, have, from_version, now)
 
     def on_advert(self, origin: str, version: int, now: float) -> int | None:
         """An origin advertised its published version (heartbeat, birth)."""
         have = self.known.get(origin, 0)
         if version <= have:
             return None
-        return self._ask(origin, have, now)
+        return self._ask(origin, have, version, now)
 
-    def _ask(self, origin: str, since: int, now: float) -> int | None:
+    def _ask(self, origin: str, since: int, wanted: int, now: float) -> int | None:
         last = self._last_sync.get(origin)
         if last is not None and now - last < self.sync_interval:
+            # not dropped: asked again once the interval has passed, if still behind
+            self._deferred[origin] = max(wanted, self._deferred.get(origin, 0))
             return None
         self._last_sync[origin] = now
+        self._deferred.pop(origin, None)
         return since
+
+    def due_asks(self, now: float) -> list[tuple[str, int]]:
+        """Deferred asks whose rate limit has passed and that are still needed: (origin, since)."""
+        out = []
+        for origin, wanted in list(self._deferred.items()):
+            if now - self._last_sync.get(origin, -1e18) < self.sync_interval:
+                continue
+            del self._deferred[origin]
+            have = self.known.get(origin, 0)
+            if have < wanted:
+                self._last_sync[origin] = now
+                out.append((origin, have))
+        return out
 
     def on_sync_request(self, since: int) -> None:
         """Someone asked for our cells after ``since``: answer once for all askers."""
@@ -76,3 +95,4 @@ class GossipState:
     def forget(self, origin: str) -> None:
         self.known.pop(origin, None)
         self._last_sync.pop(origin, None)
+        self._deferred.pop(origin, None)

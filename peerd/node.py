@@ -41,9 +41,15 @@ from peerd.qtable import QTable
 from peerd.store import Store
 from peerd.trust import INVALID, Judgement, clamp_trust, consensus_round, convergence_score
 
-#: Rejections that say nothing bad about the sender: duplicates (QoS 1 is
-#: at-least-once) and retained births re-delivered on every reconnect.
-HARMLESS_REASONS = frozenset({"replay"})
+#: Rejections that cost the named peer trust: only those raised *after* its
+#: signature was verified, so that a foreign client publishing garbage or
+#: forgeries on a peer's topic cannot frame it (replays are anyone's to make).
+PENALISED_REASONS = frozenset({"shape", "non_finite", "out_of_bounds", "unknown_action",
+                               "invalid_delta", "excessive_evidence", "origin_mismatch"})
+
+#: Bytes per cell a delta may need on the wire, uncompressed (42 raw + framing):
+#: used to cut deltas so that every message fits ``max_payload``.
+WORST_BYTES_PER_CELL = 48
 
 TransportFactory = Callable[..., Transport]
 
@@ -221,9 +227,12 @@ class Node:
             await self.store.close()
             self.store = None
 
-    def _make_transport(self) -> Transport:
+    def _will(self) -> tuple[str, bytes, int, bool]:
         death = wire.encode(wire.Death(self._header()), self.identity)
-        will = (wire.topic(self.fed, "presence", self.id), death, 1, True)
+        return (wire.topic(self.fed, "presence", self.id), death, 1, True)
+
+    def _make_transport(self) -> Transport:
+        will = self._will()
         subs = [(f, 1) for f in wire.subscriptions(self.fed)]
         if self._transport_factory is not None:
             return self._transport_factory(client_id=f"peerd-{self.fed}-{self.id}",
@@ -265,12 +274,17 @@ class Node:
     async def _publish(self, msg: Any, kind: str, *, qos: int, retain: bool = False) -> bool:
         if self.transport is None:
             return False
-        payload = wire.encode(msg, self.identity)
+        payload = wire.encode(msg, self.identity, max_payload=self.config.max_payload,
+                              max_entries=self.config.max_entries)
         ok = await self.transport.publish(wire.topic(self.fed, kind, self.id), payload, qos=qos,
                                           retain=retain)
         if ok:
             self.counters.bytes_sent += len(payload)
         return ok
+
+    def request_signatures(self) -> None:
+        """Send signatures with the next delta, whatever the heartbeat cadence (simulations)."""
+        self._signatures_sent = -1e18
 
     async def flush(self) -> bool:
         """Publish every unpublished own change now (tests, shutdown, operators)."""
@@ -300,19 +314,32 @@ class Node:
         sigs: tuple[PatternSignature, ...] = ()
         if now - self._signatures_sent >= self.config.heartbeat_interval:
             sigs = tuple(self.table.signatures(self.config.signatures))
-        msg = wire.DeltaMsg(self._header(), delta=delta, signatures=sigs)
-        ok = await self._publish(msg, "delta", qos=1)
-        if ok:
+        max_cells = min(self.config.max_entries, self.config.max_payload // WORST_BYTES_PER_CELL)
+        pending = delta.split(max_cells)  # pieces with contiguous version ranges, in order
+        while pending:
+            piece = pending.pop(0)
+            msg = wire.DeltaMsg(self._header(), delta=piece, signatures=sigs)
+            try:
+                ok = await self._publish(msg, "delta", qos=1)
+            except wire.PayloadTooLarge as exc:  # signatures or framing pushed it over: halve
+                if len(piece) <= 1:
+                    self._log.error("delta_too_large", cells=len(piece), error=str(exc))
+                    return False
+                pending[:0] = piece.split((len(piece) + 1) // 2)
+                continue
+            if not ok:
+                return False
             if sigs:
                 self._signatures_sent = now
+                sigs = ()
             self.counters.deltas_sent += 1
-            self.counters.cells_sent += len(delta)
-            if answering:
-                self.counters.sync_answers_sent += 1
+            self.counters.cells_sent += len(piece)
             if start <= self.gossip.published_version:
-                self.gossip.mark_published(delta.to_version, time.monotonic())
-            self._log.debug("delta_published", cells=len(delta), since=start, version=delta.to_version)
-        return ok
+                self.gossip.mark_published(piece.to_version, time.monotonic())
+        if answering:
+            self.counters.sync_answers_sent += 1
+        self._log.debug("delta_published", cells=len(delta), since=start, version=delta.to_version)
+        return True
 
     async def _publisher(self) -> None:
         """Publish own deltas on trigger; answer sync requests, coalesced."""
@@ -324,6 +351,8 @@ class Node:
             self._wake.clear()
             if self.transport is None or not self.transport.connected:
                 continue
+            for origin, since in self.gossip.due_asks(time.time()):
+                self._ask(origin, since)
             since = self.gossip.take_answer()
             if since is not None and not await self._publish_delta(since=since):
                 self.gossip.on_sync_request(since)  # not sent: try again next time
@@ -334,6 +363,10 @@ class Node:
         birth = wire.Birth(self._header(), public_key=self.identity.public_key,
                            version=self.gossip.published_version)
         await self._publish(birth, "presence", qos=1, retain=True)
+        # The Will of the *next* connection: a fresh (epoch, seq), or peers would
+        # reject a second abrupt death in this epoch as a replay.
+        if self.transport is not None:
+            self.transport.will = self._will()
         self._log.info("broker_connected", version=self.table.version)
         self._wake.set()
 
@@ -373,8 +406,9 @@ class Node:
                               n_actions=self.task.n_actions, q_bound=self.config.q_bound,
                               max_payload=self.config.max_payload,
                               max_entries=self.config.max_entries, verifier=self.verifier,
-                              topic=topic)
+                              topic=topic, commit=False)
             await self._handle(msg)
+            self.verifier.commit(msg)  # only an accepted message moves the replay window
         except WireError as exc:
             await self._reject(sender, exc, retain)
 
@@ -388,7 +422,11 @@ class Node:
                              last_seen=now, status=self.liveness.status(peer))
             if t:
                 self._log.info("peer_online", peer=peer, epoch=h.epoch)
-            self._ask(peer, self.gossip.on_advert(peer, msg.version, now))
+            # A node asks every origin it hears of and holds nothing of: the retained
+            # birth may advertise an old version, and waiting for a heartbeat costs
+            # a heartbeat interval.
+            advert = msg.version if self.gossip.known.get(peer, 0) else max(msg.version, 1)
+            self._ask(peer, self.gossip.on_advert(peer, advert, now))
         elif isinstance(msg, wire.Death):
             t = self.liveness.on_death(peer, h.epoch, now)
             if t:
@@ -450,8 +488,8 @@ class Node:
         if now - self._last_reject_log.get((sender, reason), -1e9) >= 60.0:
             self._last_reject_log[(sender, reason)] = now
             self._log.warning("message_rejected", peer=sender, reason=reason, error=str(exc))
-        if reason in HARMLESS_REASONS or retain or sender not in self.peers:
-            return  # unknown senders have no trust to lose; a foreign client can't frame a peer
+        if reason not in PENALISED_REASONS or retain or sender not in self.peers:
+            return
         old = self.table.trust(sender)
         new = clamp_trust(old + INVALID)
         if new != old:

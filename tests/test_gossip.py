@@ -1,0 +1,174 @@
+"""Gossip bookkeeping (DESIGN §4): publish triggers, anti-entropy cursors, rate-limited asks. Pure."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from peerd.gossip import GossipState
+
+
+def make(**kw: float) -> GossipState:
+    base: dict[str, Any] = dict(publish_every=10, publish_interval=60.0, sync_interval=2.0)
+    base.update(kw)
+    return GossipState(**base)
+
+
+# ------------------------------------------------------------------ publish
+
+def test_publish_after_publish_every_versions() -> None:
+    """A publish is due once ``publish_every`` own updates are unpublished, not before."""
+    g = make()
+    g.mark_published(0, now=0.0)
+    assert not g.should_publish(9, now=1.0)
+    assert g.should_publish(10, now=1.0)
+    g.mark_published(10, now=1.0)
+    assert not g.should_publish(19, now=2.0)
+    assert g.should_publish(20, now=2.0)
+
+
+def test_publish_after_interval_with_changes() -> None:
+    """With fewer than ``publish_every`` changes, a publish is due once ``publish_interval`` has passed."""
+    g = make()
+    g.mark_published(0, now=100.0)
+    assert not g.should_publish(1, now=159.9)
+    assert g.should_publish(1, now=160.0)
+
+
+def test_never_publish_without_changes() -> None:
+    """However long it has been, nothing is due when nothing changed since the last publish."""
+    g = make()
+    g.mark_published(5, now=0.0)
+    assert not g.should_publish(5, now=1e9)
+    assert not g.should_publish(3, now=1e9)  # an older version is not a change either
+
+
+def test_mark_published_never_goes_back() -> None:
+    """Marking an older version published (a late answer) does not rewind ``published_version``."""
+    g = make()
+    g.mark_published(20, now=1.0)
+    g.mark_published(12, now=2.0)
+    assert g.published_version == 20
+    assert g.last_publish == 2.0
+
+
+# ----------------------------------------------------------------- catch-up
+
+def test_contiguous_delta_advances_known() -> None:
+    """A delta starting at or before ``known`` advances it to the delta's end and asks nothing."""
+    g = make()
+    assert g.on_delta("o", 0, 10, now=0.0) is None
+    assert g.known["o"] == 10
+    assert g.on_delta("o", 10, 15, now=0.0) is None
+    assert g.known["o"] == 15
+    assert g.on_delta("o", 3, 12, now=0.0) is None  # overlapping, older: no regression
+    assert g.known["o"] == 15
+    assert g.on_delta("o", 12, 30, now=0.0) is None  # overlapping, newer: advances
+    assert g.known["o"] == 30
+
+
+def test_gap_asks_from_known_and_does_not_advance() -> None:
+    """A delta leaving a gap asks for everything after ``known`` and leaves ``known`` where it was."""
+    g = make()
+    g.on_delta("o", 0, 10, now=0.0)
+    assert g.on_delta("o", 20, 30, now=1.0) == 10
+    assert g.known["o"] == 10
+    assert g.on_delta("x", 5, 6, now=1.0) == 0  # never heard of x: ask from 0
+    assert "x" not in g.known or g.known["x"] == 0
+
+
+def test_advert_asks_when_behind() -> None:
+    """A heartbeat/birth advertising a newer version asks from ``known``; an older or equal one does not."""
+    g = make()
+    g.on_delta("o", 0, 10, now=0.0)
+    assert g.on_advert("o", 10, now=1.0) is None
+    assert g.on_advert("o", 4, now=1.0) is None
+    assert g.on_advert("o", 11, now=1.0) == 10
+    assert g.on_advert("new", 3, now=1.0) == 0
+    assert g.on_advert("empty", 0, now=1.0) is None
+
+
+def test_ask_is_rate_limited_per_origin() -> None:
+    """A second ask of the same origin within ``sync_interval`` returns None; after it, the version."""
+    g = make(sync_interval=2.0)
+    assert g.on_advert("o", 5, now=100.0) == 0
+    assert g.on_advert("o", 6, now=101.0) is None
+    assert g.on_delta("o", 3, 7, now=101.9) is None
+    assert g.on_advert("other", 5, now=101.0) == 0  # the limit is per origin
+    assert g.on_advert("o", 7, now=102.0) == 0
+    assert g.on_advert("o", 7, now=103.0) is None
+
+
+def test_forget_drops_cursor_and_rate_limit() -> None:
+    """``forget`` resets an origin: it is asked from 0 again, at once."""
+    g = make()
+    g.on_delta("o", 0, 10, now=0.0)
+    g.on_advert("o", 12, now=0.0)
+    g.forget("o")
+    assert "o" not in g.known
+    assert g.on_advert("o", 12, now=0.1) == 0
+
+
+def test_pending_answers_coalesce_to_min_since() -> None:
+    """Several sync requests before the publisher runs yield one answer from the lowest ``since``."""
+    g = make()
+    assert g.take_answer() is None
+    g.on_sync_request(7)
+    g.on_sync_request(3)
+    g.on_sync_request(9)
+    assert g.pending_answer == 3
+    assert g.take_answer() == 3
+    assert g.take_answer() is None
+    g.on_sync_request(0)
+    assert g.take_answer() == 0  # 0 is a real "since", not "nothing pending"
+
+
+# ---------------------------------------------------------------- property
+
+@st.composite
+def deliveries(draw: st.DrawFn) -> tuple[list[tuple[int, int]], list[int], list[float]]:
+    """Contiguous deltas of one origin, a delivery order with duplicates, and time steps."""
+    sizes = draw(st.lists(st.integers(1, 5), min_size=1, max_size=12))
+    bounds = [0]
+    for s in sizes:
+        bounds.append(bounds[-1] + s)
+    deltas = list(itertools.pairwise(bounds))
+    order = draw(st.permutations(range(len(deltas))))
+    dups = draw(st.lists(st.integers(0, len(deltas) - 1), max_size=10))
+    seq = list(order)
+    for d in dups:
+        seq.insert(draw(st.integers(0, len(seq))), d)
+    steps = draw(st.lists(st.sampled_from([0.0, 0.5, 1.0, 2.5]), min_size=len(seq),
+                          max_size=len(seq)))
+    return deltas, seq, steps
+
+
+@settings(max_examples=300, deadline=None)
+@given(deliveries(), st.randoms(use_true_random=False))
+def test_known_reaches_max_whatever_the_order(
+    case: tuple[list[tuple[int, int]], list[int], list[float]], rnd: random.Random
+) -> None:
+    """Contiguous deltas in any order, duplicated, plus the answers to the asks bring ``known`` to the max."""
+    deltas, seq, steps = case
+    top = deltas[-1][1]
+    g = GossipState(sync_interval=2.0)
+    asks: list[int] = []
+    now = 0.0
+    for i, step in zip(seq, steps, strict=True):
+        now += step
+        lo, hi = deltas[i]
+        since = g.on_delta("o", lo, hi, now)
+        assert g.known.get("o", 0) <= top
+        if since is not None:
+            asks.append(since)
+    assert (g.known.get("o", 0) == top) or asks, "a gap was left without any ask"
+    answers = list(asks) * 2  # the origin's answers, duplicated and shuffled as the broker may
+    rnd.shuffle(answers)
+    for since in answers:  # the origin answers with one delta (since, its version]
+        now += 0.1
+        assert g.on_delta("o", since, top, now) is None
+    assert g.known["o"] == top
