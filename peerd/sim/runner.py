@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from peerd.config import NodeConfig
+from peerd.delta import Delta, PatternSignature
 from peerd.node import Node
 from peerd.qtable import QTable
 from peerd.sim.envs import EnvBatch, EnvSpec, evaluate, load_env
@@ -64,6 +65,9 @@ class SimSettings:
     eval_every: int | None = None
     strategy: str = "weighted_average"
     seed: int = 2024
+    attackers: int = 0  # extra federated nodes publishing validly signed poisoned deltas
+    attack: str = "invert"  # invert | extreme | visits | copycat (see PoisonedTable)
+    trust_every: int = 500  # ticks between signature exchanges + trust rounds (federated)
 
 
 @dataclass
@@ -84,6 +88,8 @@ class RunResult:
     interactions: int = 0
     lag_wait_s: float = 0.0
     wall_s: float = 0.0
+    #: with attackers: tick → mean trust honest nodes give the attackers
+    attacker_trust: list[tuple[int, float]] = field(default_factory=list)
 
 
 Progress = Callable[[str, int, float, int], None]  # mode, ticks, best metric, step cap
@@ -123,6 +129,68 @@ class _NaiveTable:
         self.n = tot
 
 
+ATTACKS = ("invert", "extreme", "visits", "copycat")
+
+
+class PoisonedTable:
+    """A node's ``QTable`` whose *published* cells are poisoned (validly signed by the node).
+
+    The attacker learns honestly from its own environment, but what it tells
+    the federation is a lie:
+
+    - ``invert``: every q negated — the worst actions look best;
+    - ``extreme``: q pushed to ±q_bound (a random action per state at +bound);
+    - ``visits``: inverted q, claiming n = 10^9 visits and the largest log-weight
+      the receivers' evidence guard lets through (``visit_cap`` fresh visits);
+    - ``copycat``: inverted q, with signatures copied from an honest peer, so that
+      signature consensus cannot see it.
+
+    Its signatures (except the copycat's) agree with what it publishes.
+    """
+
+    def __init__(self, table: QTable, attack: str, node: Node, rng: np.random.Generator) -> None:
+        if attack not in ATTACKS:
+            raise ValueError(f"unknown attack {attack!r}; known: {', '.join(ATTACKS)}")
+        self._table, self.attack, self._node, self._rng = table, attack, node, rng
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._table, name)
+
+    def _poison(self, d: Delta) -> Delta:
+        if not len(d):
+            return d
+        t = self._table
+        a = d.arrays()
+        q = a["q"].astype(np.float64)
+        if self.attack == "extreme":
+            favoured = (d.keys % np.uint64(t.task.n_actions)).astype(np.int64)
+            q = np.where(d.actions == favoured, t.q_bound, -t.q_bound)
+        else:
+            q = -q
+        a["q"] = q
+        if self.attack == "visits":
+            a["n"] = np.full(len(d), 10**9, np.uint32)
+            ceiling = np.log2(t.visit_cap) + t.clock() / t.half_life - 1e-3
+            a["lw"] = np.full(len(d), ceiling)
+        return Delta.build(d.origin, d.fingerprint, d.from_version, d.to_version, **a)
+
+    def delta(self, since: int = 0) -> Delta:
+        return self._poison(self._table.delta(since))
+
+    def signatures(self, k: int = 32) -> list[PatternSignature]:
+        if self.attack == "copycat":
+            others = [s for s in self._node.peer_signatures.values() if s]
+            return list(others[int(self._rng.integers(len(others)))][:k]) if others else []
+        honest = self._table.signatures(k)
+        n_act = self._table.task.n_actions
+        out = []
+        for sig in honest:  # the best action of the published (poisoned) values
+            q = self._table.values_key(sig.key) * -1.0
+            action = int(sig.key % n_act) if self.attack == "extreme" else int(np.argmax(q))
+            out.append(PatternSignature(sig.key, action, sig.confidence, sig.visits))
+        return out
+
+
 def _task(spec: EnvSpec) -> Task:
     return Task(spec.action_names, gamma=spec.gamma, name=spec.name)
 
@@ -159,12 +227,12 @@ class Simulation:
     def _keys(self, table: QTable) -> np.ndarray:
         return np.array([table.key(s) for s in range(self.spec.n_states)], np.uint64)
 
-    def _batch(self, seed: int) -> EnvBatch:
+    def _batch(self, seed: int, n: int) -> EnvBatch:
         if self.spec.kind == "bandit":
             from peerd.sim.bandit import BanditBatch
-            seeds = np.random.SeedSequence(seed).generate_state(self.s.nodes, np.uint32)
+            seeds = np.random.SeedSequence(seed).generate_state(n, np.uint32)
             return BanditBatch(self.spec, seeds)
-        return EnvBatch.from_seed(self.spec, self.s.nodes, seed)
+        return EnvBatch.from_seed(self.spec, n, seed)
 
     def _eval(self, policies: np.ndarray) -> np.ndarray:
         return np.atleast_1d(evaluate(self.spec, policies))
@@ -172,10 +240,16 @@ class Simulation:
     async def _loop(self, mode: str, seed: int, act: Callable[[int, int], int],
                     learn: Callable[[int, int, int, float, int, bool], Any],
                     greedy: Callable[[], np.ndarray], clock: VirtualClock,
-                    after_tick: Callable[[int], Any] | None = None) -> RunResult:
-        """Step every node's env once per tick; evaluate every ``eval_every`` ticks."""
+                    after_tick: Callable[[int], Any] | None = None,
+                    actors: int | None = None) -> RunResult:
+        """Step every node's env once per tick; evaluate every ``eval_every`` ticks.
+
+        ``actors`` nodes act (default: ``nodes``); ``greedy()`` returns the
+        policies of the first ``nodes`` (the honest ones), which are judged.
+        """
         n = self.s.nodes
-        batch = self._batch(seed)
+        na = actors or n
+        batch = self._batch(seed, na)
         batch.reset()
         reached: list[int | None] = [None] * n
         res = RunResult(mode, seed, None, reached)
@@ -183,9 +257,9 @@ class Simulation:
         best = -np.inf
         for tick in range(1, self.step_cap + 1):
             states = batch.states
-            actions = np.fromiter((act(i, int(states[i])) for i in range(n)), np.int64, n)
+            actions = np.fromiter((act(i, int(states[i])) for i in range(na)), np.int64, na)
             s2, r, term, _trunc = batch.step(actions)
-            for i in range(n):
+            for i in range(na):
                 out = learn(i, int(states[i]), int(actions[i]), float(r[i]), int(s2[i]), bool(term[i]))
                 if out is not None:
                     await out
@@ -207,7 +281,7 @@ class Simulation:
                 if all(x is not None for x in reached):
                     break
         res.wall_s = time.perf_counter() - t0
-        res.interactions = tick * n
+        res.interactions = tick * na
         done = sorted(x if x is not None else np.inf for x in reached)
         med = float(np.median(done))
         res.steps_to_target = int(med) if np.isfinite(med) else None
@@ -218,11 +292,17 @@ class Simulation:
     # ------------------------------------------------------------------ modes
     async def run_federated(self, seed: int, broker_url: str, *, isolated: bool = False) -> RunResult:
         spec, n = self.spec, self.s.nodes
+        n_att = 0 if isolated else self.s.attackers
         clock = VirtualClock()
         nodes = [Node(_node_config(spec, self.s, i, seed, None if isolated else broker_url,
-                                   self.half_life), clock=clock) for i in range(n)]
+                                   self.half_life), clock=clock) for i in range(n + n_att)]
+        for k, nd in enumerate(nodes[n:]):
+            nd.table = PoisonedTable(nd.table, self.s.attack, nd,  # type: ignore[assignment]
+                                     np.random.default_rng(seed + k))
+        honest, attackers = nodes[:n], nodes[n:]
         mode = "isolated" if isolated else "federated"
         lag_wait = 0.0
+        trust_log: list[tuple[int, float]] = []
         try:
             for node in nodes:
                 await node.start()
@@ -237,9 +317,23 @@ class Simulation:
                 await _wait_delivered(nodes, self.max_lag)
                 lag_wait += time.perf_counter() - t
 
+            async def trust_round(tick: int) -> None:
+                await backpressure()
+                for nd in nodes:
+                    await nd.trust_round()
+                if attackers:
+                    trust_log.append((tick, float(np.mean(
+                        [h.table.trust(a.id) for h in honest for a in attackers]))))
+
             def after(tick: int) -> Any:
                 if isolated:
                     return None
+                phase = tick % self.s.trust_every
+                if phase == 0:  # the next deltas carry signatures ...
+                    for nd in nodes:
+                        nd.request_signatures()
+                elif phase == self.s.publish_every + self.max_lag:  # ... which have arrived
+                    return trust_round(tick)
                 if tick % self.s.publish_every == 0:
                     return backpressure()
                 return asyncio.sleep(0) if tick % 2 == 0 else None
@@ -247,19 +341,21 @@ class Simulation:
             res = await self._loop(
                 mode, seed, lambda i, s: nodes[i].act(s),
                 lambda i, s, a, r, s2, d: nodes[i].learn(s, a, r, s2, done=d),
-                lambda: np.stack([nd.table.greedy(keys) for nd in nodes]), clock, after)
+                lambda: np.stack([nd.table.greedy(keys) for nd in honest]), clock, after,
+                actors=len(nodes))
             res.lag_wait_s = lag_wait
+            res.attacker_trust = trust_log
             if not isolated:
                 for nd in nodes:
                     await nd.flush()
                 await _wait_delivered(nodes, 0, timeout=30.0)
-                judged = [await nd.trust_round() for nd in nodes]
-                scores = [nd.convergence for nd in nodes if nd.convergence is not None]
+                for nd in nodes:
+                    await nd.trust_round()
+                scores = [nd.convergence for nd in honest if nd.convergence is not None]
                 res.convergence = float(np.mean(scores)) if scores else None
-                del judged
-                res.messages_per_node = float(np.mean([nd.transport.messages_out for nd in nodes]))
-                res.bytes_per_node = float(np.mean([nd.transport.bytes_out for nd in nodes]))
-            res.visits_total = int(np.median([nd.table.total_visits() for nd in nodes]))
+                res.messages_per_node = float(np.mean([nd.transport.messages_out for nd in honest]))
+                res.bytes_per_node = float(np.mean([nd.transport.bytes_out for nd in honest]))
+            res.visits_total = int(np.median([nd.table.total_visits() for nd in honest]))
             return res
         finally:
             for node in nodes:
