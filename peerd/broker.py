@@ -5,10 +5,9 @@ session starts itself, never the system broker on 1883, so that fault tests can
 kill and restart theirs. Two kinds, driven the same way:
 
 - ``mosquitto``: the binary, with a generated config in a temp directory;
-- ``amqtt``: the pure-Python broker, run in a *subprocess*
-  (``python -m peerd.broker --kind amqtt --port N``) so that its event loop
-  never competes with the nodes' and ``kill()``/``restart()`` behave exactly as
-  for mosquitto.
+- ``amqtt``: the pure-Python broker, run in a *subprocess* (this module with
+  the internal ``--serve-amqtt`` flag) so that its event loop never competes
+  with the nodes' and ``kill()``/``restart()`` behave exactly as for mosquitto.
 
 Command line (blocks until SIGTERM/SIGINT)::
 
@@ -131,9 +130,10 @@ class Broker:
     """One broker process on ``host:port``; stop/kill/restart keep the port.
 
     ``config_lines`` (mosquitto only) are appended to the generated config;
-    an option they set (``allow_anonymous``, ``persistence``) replaces our
-    default instead of being repeated. ``config_file`` is appended likewise.
-    Without persistence, retained messages do not survive a restart.
+    an option they set (``allow_anonymous``, ``persistence``,
+    ``set_tcp_nodelay``, ``user``) replaces our default instead of being
+    repeated. ``config_file`` is appended likewise. Without persistence,
+    retained messages do not survive a restart.
     """
 
     def __init__(
@@ -156,8 +156,7 @@ class Broker:
         self.stop_timeout = stop_timeout
         self._config_lines = list(config_lines)
         self._config_file = Path(config_file) if config_file is not None else None
-        self._workdir = Path(tempfile.mkdtemp(prefix=f"peerd-{self.kind}-{self.port}-"))
-        self.log_path = self._workdir / "broker.log"
+        self._workdir: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
     @classmethod
@@ -174,6 +173,18 @@ class Broker:
     @property
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def workdir(self) -> Path:
+        """Temp directory with the generated config and the log (made on first use)."""
+        if self._workdir is None:
+            self._workdir = Path(tempfile.mkdtemp(prefix=f"peerd-{self.kind}-{self.port}-"))
+        return self._workdir
+
+    @property
+    def log_path(self) -> Path:
+        """The broker's stdout+stderr, appended across restarts."""
+        return self.workdir / "broker.log"
 
     @property
     def pid(self) -> int | None:
@@ -204,7 +215,7 @@ class Broker:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                cwd=self._workdir,
+                cwd=self.workdir,
                 env=self._env(),
                 preexec_fn=_die_with_parent(os.getpid()),
             )
@@ -249,7 +260,9 @@ class Broker:
     def close(self) -> None:
         """Stop and remove the temp directory (config and log)."""
         self.stop()
-        shutil.rmtree(self._workdir, ignore_errors=True)
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
 
     def __enter__(self) -> Self:
         return self.start()
@@ -305,6 +318,8 @@ class Broker:
 
     def log_tail(self, lines: int = 30) -> str:
         """Last lines of the broker's log, for error messages and failing tests."""
+        if self._workdir is None:
+            return "(no log)"
         try:
             text = self.log_path.read_text(errors="replace")
         except OSError:
@@ -320,7 +335,7 @@ class Broker:
         binary = find_mosquitto()
         if binary is None:  # pragma: no cover - resolved in __init__
             raise ConfigError("mosquitto binary disappeared")
-        conf = self._workdir / "mosquitto.conf"
+        conf = self.workdir / "mosquitto.conf"
         conf.write_text(self._mosquitto_config())
         return [binary, "-c", str(conf)]
 

@@ -210,7 +210,6 @@ class MqttTransport(BaseTransport):
         """
         client = self._new_client()
         async with client:
-            _set_nodelay(client)
             try:
                 await self._subscribe(client)
                 self._client = client
@@ -256,6 +255,10 @@ class MqttTransport(BaseTransport):
             password=self._password,
             tls_params=tls_params,
             timeout=self.timeout,
+            # Nagle off: a delta is one small write that must leave now. With it on, a
+            # publish written while the previous one is unacknowledged waits for the
+            # peer's delayed ACK (~40 ms on Linux), slower than the broker round trip.
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
         # publish() leaves QoS 1 confirmations pending by design; aiomqtt warns
         # from 10 on. Only a real backlog should be worth a warning.
@@ -339,17 +342,3 @@ class MqttTransport(BaseTransport):
             # _session is bounded by self.timeout for the flush and for DISCONNECT.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopped.wait(), 3 * self.timeout)
-
-
-def _set_nodelay(client: aiomqtt.Client) -> None:
-    """Disable Nagle on the connection: a delta is one small write that must leave now.
-
-    With Nagle on, a publish written while the previous one is unacknowledged
-    waits for the peer's delayed ACK (~40 ms on Linux) — that alone made
-    delta propagation tens of milliseconds slower than the broker round trip.
-    """
-    sock = client._client.socket()  # paho's socket; aiomqtt has no public accessor
-    if sock is None:
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

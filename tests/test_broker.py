@@ -125,8 +125,9 @@ async def test_command_line_runs_until_sigterm(kind: str) -> None:
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
     )
     try:
-        line = await asyncio.wait_for(proc.stdout.readline(), 15)  # type: ignore[union-attr]
-        assert f"{kind} broker ready on mqtt://127.0.0.1:{port}".encode() in line
+        ready = f"{kind} broker ready on mqtt://127.0.0.1:{port}".encode()
+        while ready not in (line := await asyncio.wait_for(proc.stdout.readline(), 15)):  # type: ignore[union-attr]
+            assert line, "broker command exited before it was ready"
         _, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.close()
         proc.send_signal(signal.SIGTERM)

@@ -89,28 +89,34 @@ async def test_retained_message_reaches_late_subscriber(broker: Broker, root: st
                                                         recorder: type[Recorder],
                                                         run_transport: Run) -> None:
     """A retained message is delivered, flagged retained, to a client that subscribes later."""
-    pub = make(broker.url, "pub")
-    run_transport(pub, recorder())
+    topic = f"{root}/presence/n1"
+    pub_rec = recorder()
+    pub = make(broker.url, "pub", [(topic, 1)])
+    run_transport(pub, pub_rec)
     await connected(pub)
-    assert await pub.publish(f"{root}/presence/n1", b"online", qos=1, retain=True)
-    await pub.disconnect()  # flushes: the broker has acknowledged it
+    assert await pub.publish(topic, b"online", qos=1, retain=True)
+    # Its echo proves the broker has processed (and retained) it: "later" is now.
+    await pub_rec.wait_for(lambda r: (topic, b"online", False) in r.messages)
 
     late_rec = recorder()
     late = make(broker.url, "late", [(f"{root}/presence/+", 1)])
     run_transport(late, late_rec)
     await late_rec.wait_for(lambda r: len(r.messages) >= 1)
-    assert late_rec.messages[0] == (f"{root}/presence/n1", b"online", True)
+    assert late_rec.messages[0] == (topic, b"online", True)
 
 
 async def test_empty_retained_payload_clears_the_topic(broker: Broker, root: str,
                                                        recorder: type[Recorder],
                                                        run_transport: Run) -> None:
     """Publishing an empty retained payload removes the retained message for later subscribers."""
-    pub = make(broker.url, "pub")
-    run_transport(pub, recorder())
+    topic = f"{root}/r"
+    pub_rec = recorder()
+    pub = make(broker.url, "pub", [(topic, 1)])
+    run_transport(pub, pub_rec)
     await connected(pub)
-    assert await pub.publish(f"{root}/r", b"stale", retain=True)
-    assert await pub.publish(f"{root}/r", b"", retain=True)
+    assert await pub.publish(topic, b"stale", retain=True)
+    assert await pub.publish(topic, b"", retain=True)
+    await pub_rec.wait_for(lambda r: (topic, b"", False) in r.messages)
 
     late_rec = recorder()
     late = make(broker.url, "late", [(f"{root}/#", 1)])
@@ -118,16 +124,18 @@ async def test_empty_retained_payload_clears_the_topic(broker: Broker, root: str
     await connected(late)
     assert await pub.publish(f"{root}/marker", b"m")
     await late_rec.wait_for(lambda r: (f"{root}/marker", b"m", False) in r.messages)
-    assert late_rec.payloads(f"{root}/r") == []
+    assert late_rec.payloads(topic) == []
 
 
 async def test_subscriber_receives_only_what_it_subscribed_to(
         broker: Broker, root: str, recorder: type[Recorder], run_transport: Run) -> None:
     """Retained messages under another client's filter are not sent to a connecting client."""
+    other_rec = recorder()
     other = make(broker.url, "other", [(f"{root}/a/#", 1)])
-    run_transport(other, recorder())
+    run_transport(other, other_rec)
     await connected(other)
     assert await other.publish(f"{root}/a/x", b"not for b", retain=True)
+    await other_rec.wait_for(lambda r: len(r.messages) == 1)  # retained by the broker now
 
     b_rec = recorder()
     b = make(broker.url, "b", [(f"{root}/b/#", 1)])
@@ -269,9 +277,8 @@ async def test_connects_once_a_missing_broker_appears(fresh_broker: Callable[...
     rec = recorder()
     node = make(f"mqtt://127.0.0.1:{port}", "early", backoff=(0.05, 0.2))
     run_transport(node, rec)
-    assert not await node.wait_connected(0.3)
+    assert not node.connected
     assert await node.publish("peerd-test/x", b"x") is False
-    assert node.last_error
 
     fresh_broker(port=port)
     await rec.wait_for(lambda r: r.connects == 1, timeout=10)
@@ -314,21 +321,28 @@ async def test_clean_disconnect_delivers_death_and_sends_no_will(
         broker: Broker, root: str, recorder: type[Recorder], run_transport: Run) -> None:
     """A death published just before disconnect() is delivered, run() returns, the Will is not sent."""
     topic = f"{root}/presence/n"
+    watch_rec = recorder()
+    watch = make(broker.url, "watch", [(f"{root}/#", 1)])
+    run_transport(watch, watch_rec)
     node = make(broker.url, "node", will=(topic, b"will", 1, True))
     task = run_transport(node, recorder())
-    await connected(node)
+    await connected(watch, node)
+
     assert await node.publish(topic, b"death", qos=1, retain=True)
     await node.disconnect()
     await asyncio.wait_for(task, 5)
     assert not node.connected
     assert await node.publish(topic, b"late") is False
+    await watch_rec.wait_for(lambda r: (topic, b"death", False) in r.messages)
 
+    # A Will would come from the broker handling the disconnect, before this marker.
+    assert await watch.publish(f"{root}/marker", b"m")
+    await watch_rec.wait_for(lambda r: (f"{root}/marker", b"m", False) in r.messages)
     late_rec = recorder()
-    late = make(broker.url, "late", [(f"{root}/#", 1)])
-    run_transport(late, late_rec)
-    await connected(late)
+    run_transport(make(broker.url, "late", [(topic, 1)]), late_rec)
     await late_rec.wait_for(lambda r: len(r.messages) >= 1)
     assert late_rec.messages[0] == (topic, b"death", True)
+    assert b"will" not in watch_rec.payloads(topic)
 
 
 # -- configuration and pure pieces -----------------------------------------------------------
