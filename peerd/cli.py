@@ -116,9 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'peerd COMMAND --help' for the options of a command.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _sim_parser(sub)
-    from peerd import decode_cmd
+    from peerd import daemon, decode_cmd, inspect_cmd, tools_cmd
 
+    daemon.add_parser(sub)
     decode_cmd.add_parser(sub)
+    inspect_cmd.add_parser(sub)
+    tools_cmd.add_parser(sub)
     return parser
 
 
@@ -128,11 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    handlers = {"sim": _cmd_sim}
-    if args.command == "decode":
-        from peerd import decode_cmd
+    from peerd import daemon, decode_cmd, inspect_cmd, tools_cmd
 
-        return decode_cmd.run(args)
+    handlers = {"sim": _cmd_sim, "run": daemon.run, "decode": decode_cmd.run,
+                "inspect": inspect_cmd.run, **dict.fromkeys(tools_cmd.COMMANDS, tools_cmd.run)}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:
