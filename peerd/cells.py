@@ -6,7 +6,9 @@ origins of these cells" (the merge's inner loop) reads contiguous memory. Rows
 are appended (capacity doubles) and found through a sorted key index, so a
 batch of keys is located with one ``searchsorted`` and no per-cell Python.
 
-An empty slot has ``lw = -inf``, ``n = 0`` and ``version = 0``.
+An empty slot has ``lw = -inf``, ``n = 0`` and ``version = 0``; a filled one
+has a finite ``lw`` and ``n >= 1`` (deltas are validated, own updates add a
+finite weight), so the merge can tell held evidence from ``lw`` alone.
 """
 
 from __future__ import annotations
@@ -101,6 +103,10 @@ class OriginCells:
         """The field as ``[row_capacity * n_actions, origin_capacity]`` (a view)."""
         a = self.arrays[field]
         return a.reshape(self.row_cap * self.n_actions, self.origin_cap)
+
+    def field(self, field: str) -> np.ndarray:
+        """The field as one flat view: slot ``(row * n_actions + action) * origin_capacity + origin``."""
+        return self.arrays[field].reshape(-1)
 
     def reserve(self, rows: int, origins: int) -> None:
         """Grow (doubling) so that ``rows`` rows and ``origins`` origins fit."""

@@ -30,7 +30,13 @@ from peerd.cells import KeyIndex, OriginCells
 from peerd.delta import CELL_FIELDS, DEFAULT_Q_BOUND, Delta, MergeStats, PatternSignature
 from peerd.errors import ExcessiveEvidence, UnknownAction
 from peerd.policy import Policy, make_policy
-from peerd.strategies import MergeStrategy, make_strategy
+from peerd.strategies import (
+    MergeStrategy,
+    WeightedAverage,
+    make_strategy,
+    relative_weights_t,
+    weighted_average_t,
+)
 from peerd.task import Task, state_key
 from peerd.trust import TRUST_MAX, TRUST_MIN
 
@@ -80,6 +86,7 @@ class QTable:
         self._origins: list[str] = [node_id]
         self._origin_ix: dict[str, int] = {node_id: 0}
         self._trust = np.ones(self._cells.origin_cap, np.float64)
+        self._with_outcomes: set[int] = set()  # origins that may hold nonzero succ/fail
         self._max_version: dict[str, int] = {node_id: 0}
         # merged view, [row_capacity, actions]
         self._mq = np.full((self._cells.row_cap, a), self.q_init, np.float64)
@@ -216,12 +223,18 @@ class QTable:
         c["q"][row, a, 0] = q_new
         c["lw"][row, a, 0] = lw_new
         c["n"][row, a, 0] += 1
-        if success is not None:
-            c["succ" if success else "fail"][row, a, 0] += 1
         c["version"][row, a, 0] = version
-        self._recompute(np.array([row * self.task.n_actions + a], np.int64))
-        return self._delta_at(0, np.array([row], np.int64), np.array([a], np.int64),
-                              version - 1, version)
+        # Own evidence always counts and its counts only grow: the merged counts go up
+        # by exactly what the own cell did (as in _recompute_counts, without the re-sum).
+        self._mn[row, a] += 1
+        if success is not None:
+            self._with_outcomes.add(0)
+            c["succ" if success else "fail"][row, a, 0] += 1
+            (self._msucc if success else self._mfail)[row, a] += 1
+        self._recompute_values(np.array([row * self.task.n_actions + a], np.int64))
+        return Delta.build(self.node_id, self.task.fingerprint, version - 1, version,
+                           keys=np.array([key], np.uint64), actions=np.array([a], np.uint16),
+                           **{f: c[f][row, a, :1].copy() for f in _OWN_FIELDS})
 
     # ------------------------------------------------------------ deltas out
     def delta(self, since: int = 0) -> Delta:
@@ -283,36 +296,80 @@ class QTable:
         if delta.origin == self.node_id:
             stats.conflicts = m
             return stats
-        keys, acts, idx = delta.keys, delta.actions.astype(np.int64), np.arange(m)
+        keys, acts = delta.keys, delta.actions.astype(np.int64)
+        sel = None  # positions in the delta of the cells still considered; None: all, in order
         if not _strictly_sorted(keys, acts):  # duplicates possible: keep the newest per cell
             order = np.lexsort((delta.version, acts, keys))
             k2, a2 = keys[order], acts[order]
             last = np.ones(m, bool)
             last[:-1] = (k2[1:] != k2[:-1]) | (a2[1:] != a2[:-1])
-            idx = order[last]
-            keys, acts = keys[idx], acts[idx]
+            sel = order[last]
+            keys, acts = keys[sel], acts[sel]
         ix = self._origin(delta.origin)
         rows = self._index.ensure(keys)
         self._reserve(self._index.size, len(self._origins))
-        c = self._cells.arrays
-        stored = c["version"][rows, acts, ix]
-        incoming = delta.version[idx]
-        newer = incoming > stored
-        stats.conflicts = int(m - np.count_nonzero(newer))
-        if newer.any():
-            r, a, sel = rows[newer], acts[newer], idx[newer]
-            stats.new = int(np.count_nonzero(stored[newer] == 0))
-            stats.updated = int(sel.shape[0]) - stats.new
-            for f in ("q", "lw", "n", "succ", "fail", "version"):
-                c[f][r, a, ix] = getattr(delta, f)[sel]
-            top = int(incoming.max())
+        flat = rows * self.task.n_actions + acts  # merged cell = row * A + action
+        if delta.succ.any() or delta.fail.any():
+            self._with_outcomes.add(ix)
+        # Chunks of cells stay in the CPU cache from the version check to the recompute.
+        step = max(1024, _APPLY_CHUNK_SLOTS // len(self._origins))
+        conf = 0.0
+        for lo in range(0, flat.shape[0], step):
+            pos = slice(lo, lo + step) if sel is None else sel[lo : lo + step]
+            conf += self._merge_chunk(delta, pos, flat[lo : lo + step], ix, stats,
+                                      outcomes=ix in self._with_outcomes)
+        stats.conflicts = m - stats.changed
+        if stats.changed:
+            top = int(delta.version.max())
             if top > self._max_version.get(delta.origin, 0):
                 self._max_version[delta.origin] = top
-            flat = r * self.task.n_actions + a
-            self._recompute(flat)
-            stats.total_visits = int(self._mn.reshape(-1)[flat].sum())
-            stats.confidence = self._confidence(flat)
+            stats.confidence = conf / stats.changed
         return stats
+
+    def _merge_chunk(self, delta: Delta, pos: slice | np.ndarray, flat: np.ndarray, ix: int,
+                     stats: MergeStats, *, outcomes: bool) -> float:
+        """Store the cells ``delta.*[pos]`` (merged cells ``flat``) that are newer; recompute them.
+
+        Updates ``stats`` (new, updated, total_visits) and returns the sum of the
+        changed cells' confidences. ``outcomes=False``: the origin's stored and
+        incoming succ/fail are all 0, so they need not be touched.
+        """
+        c = self._cells
+        slot = flat * c.origin_cap + ix  # this origin's slot of each cell in c.field(...)
+        stored = c.field("version")[slot]
+        newer = delta.version[pos] > stored
+        changed = int(np.count_nonzero(newer))
+        if changed == 0:
+            return 0.0
+        if changed < newer.shape[0]:
+            flat, slot, stored = flat[newer], slot[newer], stored[newer]
+            pos = (np.flatnonzero(newer) + pos.start) if isinstance(pos, slice) else pos[newer]
+        new = int(np.count_nonzero(stored == 0))
+        stats.new += new
+        stats.updated += changed - new
+        # Merged counts are exact integer sums: they change by the difference between
+        # this origin's new and old counted cells; the other origins need not be read.
+        # An empty slot holds n = succ = fail = 0 and incoming cells have n >= 1, so
+        # with min_visits <= 1 every held cell counts and the difference is plain.
+        mv = self.min_visits
+        if mv > 1:
+            old_ok = c.field("n")[slot] >= mv
+            new_ok = delta.n[pos] >= mv
+        counts = (("n", self._mn), ("succ", self._msucc), ("fail", self._mfail))
+        for f, merged in counts if outcomes else counts[:1]:
+            cell = c.field(f)
+            new_v, old_v = getattr(delta, f)[pos], cell[slot]
+            cell[slot] = new_v
+            if mv > 1:
+                new_v, old_v = np.where(new_ok, new_v, 0), np.where(old_ok, old_v, 0)
+            m_all = merged.reshape(-1).view(np.int64)  # uint64 read as int64: the same bits
+            m_new = m_all[flat] + (new_v.astype(np.int64) - old_v)
+            m_all[flat] = m_new
+            if f == "n":
+                stats.total_visits += int(m_new.sum())
+        for f in ("q", "lw", "version"):
+            c.field(f)[slot] = getattr(delta, f)[pos]
+        return self._recompute_values(flat, confidence=True)
 
     def load(self, origin: str, arrays: dict[str, np.ndarray]) -> None:
         """Restore one origin's cells from the durable store (trusted; no evidence guard)."""
@@ -331,6 +388,8 @@ class QTable:
         rows = self._index.ensure(d.keys)
         self._reserve(self._index.size, len(self._origins))
         acts = d.actions.astype(np.int64)
+        if d.succ.any() or d.fail.any():
+            self._with_outcomes.add(0)
         c = self._cells.arrays
         for f in ("q", "lw", "n", "succ", "fail", "version"):
             c[f][rows, acts, 0] = getattr(d, f)
@@ -419,20 +478,65 @@ class QTable:
 
     def _recompute(self, flat: np.ndarray) -> None:
         """Recompute merged cells ``flat = row * A + action``, vectorised over cells × origins."""
+        self._recompute_counts(flat)
+        self._recompute_values(flat)
+
+    def _recompute_counts(self, flat: np.ndarray) -> None:
+        """Merged visits, successes and failures: sums over the origins whose cell counts."""
         k = len(self._origins)
         cells = self._cells
         n = cells.flat("n")[flat, :k]
-        valid = n >= self.min_visits
+        valid = n >= max(self.min_visits, 1)  # an empty slot (n = 0) is no evidence
         valid[:, 0] = n[:, 0] > 0  # own evidence always counts
-        q = cells.flat("q")[flat, :k]
-        lw = cells.flat("lw")[flat, :k]
-        self._mq.reshape(-1)[flat] = self.strategy.combine(q, lw, valid, self._trust[:k],
-                                                           self.q_init)
         self._mn.reshape(-1)[flat] = np.where(valid, n, 0).sum(axis=1, dtype=np.uint64)
         self._msucc.reshape(-1)[flat] = np.where(valid, cells.flat("succ")[flat, :k], 0).sum(
             axis=1, dtype=np.uint64)
         self._mfail.reshape(-1)[flat] = np.where(valid, cells.flat("fail")[flat, :k], 0).sum(
             axis=1, dtype=np.uint64)
+
+    def _recompute_values(self, flat: np.ndarray, *, confidence: bool = False) -> float:
+        """Merged values of cells ``flat`` with the strategy; optionally the sum of their confidences.
+
+        Works in cache-sized chunks, each gathered origin-major (``[k, chunk]``)
+        into buffers reused from chunk to chunk, so that every reduction over
+        origins runs along the outer axis. The confidence of a cell is
+        eff/(eff+1), eff = its counted evidence as a number of fresh updates:
+        Σ 2^(lw − now/H), at most 2^30.
+        """
+        k = len(self._origins)
+        cells = self._cells
+        qf, lwf = cells.flat("q"), cells.flat("lw")
+        nf = cells.flat("n") if self.min_visits > 1 else None
+        trust = self._trust[:k]
+        mq = self._mq.reshape(-1)
+        default_wa = type(self.strategy) is WeightedAverage
+        now = self.clock() / self.half_life if confidence else 0.0
+        conf = 0.0
+        step = max(1, _CHUNK_SLOTS // k)
+        gather = _Gather(min(step, flat.shape[0]), cells.origin_cap, k)
+        for lo in range(0, flat.shape[0], step):
+            f = flat[lo : lo + step]
+            lw_t = gather(lwf, f)
+            if nf is None:  # n >= 1 exactly where lw is finite (peerd.cells): no need to read n
+                valid_t = None
+            else:
+                n_t = gather(nf, f)
+                valid_t = n_t >= self.min_visits
+                valid_t[0] = n_t[0] > 0  # own evidence always counts
+            if default_wa:  # its evidence sums give the confidence for free
+                mq[f], top, evidence = weighted_average_t(gather(qf, f, np.float64), lw_t, valid_t,
+                                                          trust, self.q_init, overwrite=True)
+            else:
+                if valid_t is None:
+                    valid_t = lw_t > -np.inf
+                mq[f] = self.strategy.combine_t(gather(qf, f), lw_t, valid_t, trust, self.q_init)
+                if confidence:
+                    w, top = relative_weights_t(lw_t, valid_t)
+                    evidence = w.sum(axis=0)
+            if confidence:
+                eff = np.exp2(np.minimum(top - now, 30.0)) * evidence
+                conf += float((eff / (eff + 1.0)).sum())
+        return conf
 
     def recompute_all(self) -> None:
         """Recompute the whole merged view (after a trust change), in bounded chunks."""
@@ -441,13 +545,41 @@ class QTable:
         for lo in range(0, total, step):
             self._recompute(np.arange(lo, min(total, lo + step), dtype=np.int64))
 
-    def _confidence(self, flat: np.ndarray) -> float:
-        """Mean over cells of eff/(eff+1), eff = recency-weighted updates as of now."""
-        k = len(self._origins)
-        lw = self._cells.flat("lw")[flat, :k]
-        now = self.clock() / self.half_life
-        eff = np.exp2(np.minimum(lw - now, 30.0)).sum(axis=1)
-        return float((eff / (eff + 1.0)).mean()) if flat.shape[0] else 0.0
+
+_OWN_FIELDS = ("q", "lw", "n", "succ", "fail", "version")
+#: Cells × origins per chunk of ``_recompute_values``: 512 KiB of log-weights (L2-sized).
+_CHUNK_SLOTS = 1 << 16
+#: Cells × origins per chunk of ``apply``: the cells' rows of every field stay in L3.
+_APPLY_CHUNK_SLOTS = 1 << 17
+
+
+class _Gather:
+    """Gathers rows of ``[cells, origin_capacity]`` fields origin-major, ``[k, m]``, into reused buffers.
+
+    Temporaries of a few hundred KiB cost page faults at every allocation; the
+    buffers are allocated once per recompute. A returned array is valid until
+    the next call with the same source and result dtypes (q, lw and n differ).
+    """
+
+    def __init__(self, m: int, origin_cap: int, k: int) -> None:
+        self.m, self.cap, self.k = m, origin_cap, k
+        self.bufs: dict[tuple[np.dtype, np.dtype], tuple[np.ndarray, np.ndarray]] = {}
+
+    def __call__(self, field: np.ndarray, flat: np.ndarray, dtype: type | None = None) -> np.ndarray:
+        """``field[flat, :k].T`` as a C-contiguous array (converted to ``dtype`` on the way)."""
+        dtype = np.dtype(dtype or field.dtype)
+        if self.m <= 64:  # a few cells (an own update): buffers are not worth setting up
+            return np.ascontiguousarray(field[flat, : self.k].T, dtype=dtype)
+        bufs = self.bufs.get((field.dtype, dtype))
+        if bufs is None:
+            bufs = self.bufs[field.dtype, dtype] = (np.empty((self.m, self.cap), field.dtype),
+                                                    np.empty(self.k * self.m, dtype))
+        c = flat.shape[0]
+        rows = bufs[0][:c]
+        np.take(field, flat, axis=0, out=rows)
+        out = bufs[1][: self.k * c].reshape(self.k, c)
+        np.copyto(out, rows[:, : self.k].T)
+        return out
 
 
 def _strictly_sorted(keys: np.ndarray, acts: np.ndarray) -> bool:

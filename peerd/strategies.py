@@ -7,7 +7,8 @@ counted evidence for that cell) and the trust vector ``trust[k]``, and returns
 the merged values ``[m]``. Where no origin is valid the result is ``default``:
 written down here, not left to chance (NaN never leaks into the view).
 
-The mathematics lives in these functions; ``MergedView`` only gathers inputs.
+The mathematics lives in these functions; ``QTable`` only gathers inputs (origin-major,
+``[k, m]``, through ``combine_t``: see there).
 """
 
 from __future__ import annotations
@@ -16,6 +17,74 @@ from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import numpy as np
+
+#: numpy's exp2 is fast for results well inside the normal float64 range
+#: (≥ 2^-1021) and 5-40× slower for -inf, subnormal or zero results.
+EXP2_FLOOR = -1021.0
+
+
+def relative_weights_t(lw_t: np.ndarray, valid_t: np.ndarray | None = None, *,
+                       overwrite: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Evidence weights of origin-major cells ``[k, m]``: ``(2^(lw − top), top)``.
+
+    ``top[m]`` is each cell's largest valid log-weight, ``-inf`` where no origin
+    is valid. Subtracting it first keeps absolute log-weights of millions
+    (wall-clock seconds / H) from overflowing, and the common factor 2^top
+    cancels in every ratio of weights.
+
+    With a ``valid_t`` mask the weights are exactly ``where(valid, 2^(lw − top), 0)``.
+    With ``valid_t=None`` the slots holding evidence are those with a finite
+    ``lw`` (an empty slot has ``lw = -inf``, see ``peerd.cells``) and every
+    weight below 2^-1021 is taken as 2^-1021 ≈ 4e-308: empty slots and evidence
+    over 1021 half-lives older than its cell's newest, next to which (weight 1)
+    it is invisible. That path skips three passes and stays on exp2's fast
+    path (see ``EXP2_FLOOR``); ``QTable`` uses it, empty slots have ``q = 0``.
+    ``overwrite`` computes the weights in ``lw_t`` itself (``valid_t=None`` only).
+    """
+    if valid_t is None:
+        w = lw_t if overwrite else lw_t.copy()
+        top = w.max(axis=0) if w.shape[0] else np.full(w.shape[1], -np.inf)
+        np.subtract(w, np.where(np.isfinite(top), top, 0.0), out=w)
+        np.maximum(w, EXP2_FLOOR, out=w)
+        return np.exp2(w, out=w), top
+    valid_t = np.asarray(valid_t, bool)
+    w = np.where(valid_t, lw_t, -np.inf)
+    top = w.max(axis=0) if w.shape[0] else np.full(w.shape[1], -np.inf)
+    np.subtract(w, np.where(np.isfinite(top), top, 0.0), out=w)
+    tiny = (w < EXP2_FLOOR) & valid_t  # rare: computed exactly below, on the slow path
+    exact = np.exp2(w[tiny]) if tiny.any() else None
+    np.maximum(w, EXP2_FLOOR, out=w)
+    np.exp2(w, out=w)
+    w *= valid_t
+    if exact is not None:
+        w[tiny] = exact
+    return w, top
+
+
+def weighted_average_t(q_t: np.ndarray, lw_t: np.ndarray, valid_t: np.ndarray | None,
+                       trust: np.ndarray, default: float = 0.0, *,
+                       overwrite: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Σ t·2^lw·q / Σ t·2^lw per origin-major cell, with the evidence behind it.
+
+    Returns ``(values, top, evidence)``: the merged values (``default`` where no
+    origin is valid), each cell's largest valid log-weight (``-inf`` where
+    none) and ``evidence = Σ 2^(lw − top)``, the untrusted evidence weight
+    relative to ``top`` (``QTable`` turns it into its confidence). Arguments as
+    in ``relative_weights_t``.
+    """
+    out = np.full(lw_t.shape[1], default, dtype=np.float64)
+    w, top = relative_weights_t(lw_t, valid_t, overwrite=overwrite)
+    evidence = w.sum(axis=0)
+    trust = np.asarray(trust, np.float64)
+    if (trust != 1.0).any():  # multiplying by 1.0 changes nothing: skip the pass
+        w *= trust[:, None]
+        den = w.sum(axis=0)
+    else:
+        den = evidence
+    w *= q_t
+    num = w.sum(axis=0)
+    np.divide(num, den, out=out, where=(den > 0) & np.isfinite(top))
+    return out, top, evidence
 
 
 class MergeStrategy(ABC):
@@ -28,6 +97,15 @@ class MergeStrategy(ABC):
                 default: float = 0.0) -> np.ndarray:
         """Merged value per row of the ``[m, k]`` inputs."""
 
+    def combine_t(self, q_t: np.ndarray, lw_t: np.ndarray, valid_t: np.ndarray, trust: np.ndarray,
+                  default: float = 0.0) -> np.ndarray:
+        """``combine`` on origin-major inputs ``[k, m]``, the layout ``QTable`` gathers: same result.
+
+        numpy reduces over a short inner axis slowly; a strategy on the merge's
+        hot path overrides this to reduce over the outer axis instead.
+        """
+        return self.combine(q_t.T, lw_t.T, valid_t.T, trust, default)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -38,23 +116,18 @@ class WeightedAverage(MergeStrategy):
     The largest log-weight of each cell is subtracted before exponentiating, so
     absolute log-weights of millions (wall-clock seconds / H) never overflow,
     and the common decay factor cancels: the value does not depend on when it is
-    read.
+    read. The work is done origin-major by ``weighted_average_t``.
     """
 
     name = "weighted_average"
 
     def combine(self, q: np.ndarray, lw: np.ndarray, valid: np.ndarray, trust: np.ndarray,
                 default: float = 0.0) -> np.ndarray:
-        lw_valid = np.where(valid, lw, -np.inf)
-        top = lw_valid.max(axis=1, keepdims=True)
-        top[~np.isfinite(top)] = 0.0
-        w = np.exp2(lw_valid - top) * trust
-        den = w.sum(axis=1)
-        num = (w * q).sum(axis=1)
-        out = np.full(q.shape[0], default, dtype=np.float64)
-        ok = den > 0
-        np.divide(num, den, out=out, where=ok)
-        return out
+        return self.combine_t(np.asarray(q).T, np.asarray(lw).T, np.asarray(valid).T, trust, default)
+
+    def combine_t(self, q_t: np.ndarray, lw_t: np.ndarray, valid_t: np.ndarray, trust: np.ndarray,
+                  default: float = 0.0) -> np.ndarray:
+        return weighted_average_t(q_t, lw_t, valid_t, trust, default)[0]
 
 
 class _Extreme(MergeStrategy):
@@ -63,7 +136,7 @@ class _Extreme(MergeStrategy):
     def combine(self, q: np.ndarray, lw: np.ndarray, valid: np.ndarray, trust: np.ndarray,
                 default: float = 0.0) -> np.ndarray:
         vals = np.where(valid, q.astype(np.float64), self.fill)
-        out = vals.max(axis=1) if self.fill < 0 else vals.min(axis=1)
+        out = vals.max(axis=1, initial=self.fill) if self.fill < 0 else vals.min(axis=1, initial=self.fill)
         return np.where(valid.any(axis=1), out, default)
 
 

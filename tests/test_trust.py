@@ -1,0 +1,115 @@
+"""Leave-one-out consensus over pattern signatures and trust clamping (DESIGN §6)."""
+
+from __future__ import annotations
+
+import pytest
+
+from peerd.delta import PatternSignature
+from peerd.trust import (
+    AGREE,
+    DISAGREE,
+    TRUST_MAX,
+    TRUST_MIN,
+    Judgement,
+    clamp_trust,
+    consensus_round,
+    convergence_score,
+)
+
+
+def sigs(action: int, keys: range | list[int] = range(3), confidence: float = 0.8) -> list[PatternSignature]:
+    return [PatternSignature(k, action, confidence, 10) for k in keys]
+
+
+def test_a_liar_against_three_honest_nodes_loses_and_the_honest_gain() -> None:
+    """Three honest nodes agree, a liar signs another action: the liar loses, every honest node gains."""
+    signatures = {"h1": sigs(0), "h2": sigs(0), "h3": sigs(0), "liar": sigs(1)}
+    j = consensus_round(signatures, {})
+    assert (j["liar"].agree, j["liar"].disagree) == (0, 3)
+    assert j["liar"].change == pytest.approx(3 * DISAGREE) and j["liar"].alignment == 0.0
+    for h in ("h1", "h2", "h3"):
+        assert (j[h].agree, j[h].disagree) == (3, 0)
+        assert j[h].change == pytest.approx(3 * AGREE) and j[h].alignment == 1.0
+    assert convergence_score(j) == pytest.approx(9 / 12)
+
+
+def test_no_node_votes_for_itself() -> None:
+    """A node's own vote is left out of the consensus it is judged by, however heavy it is."""
+    signatures = {"x": sigs(1, confidence=1.0), "y": sigs(0, confidence=0.2), "z": sigs(0, confidence=0.2)}
+    j = consensus_round(signatures, {"x": 2.0})  # with its own vote x would outweigh y + z
+    assert (j["x"].agree, j["x"].disagree) == (0, 3)
+    # y is judged by x and z: x's 2.0 outweighs z's 0.2, so y disagrees with that consensus
+    assert (j["y"].agree, j["y"].disagree) == (0, 3)
+
+
+def test_two_nodes_that_disagree_are_each_judged_by_the_other_alone() -> None:
+    """With two nodes, each one's consensus is the other's lone vote: both count a disagreement.
+
+    That is sensible because trust changes apply only to peers (a node's own
+    trust is fixed at 1): in a two-node federation each node lowers its trust in
+    a peer that keeps disagreeing with it, the only evidence there is, and the
+    judged node's own opinion never counts for itself. Agreement gains more
+    (+0.05) than disagreement costs (−0.03), so honest peers that mostly agree
+    still gain.
+    """
+    j = consensus_round({"a": sigs(0), "b": sigs(1)}, {})
+    assert (j["a"].agree, j["a"].disagree) == (0, 3)
+    assert (j["b"].agree, j["b"].disagree) == (0, 3)
+    agreeing = consensus_round({"a": sigs(0), "b": sigs(0)}, {})
+    assert all((x.agree, x.disagree) == (3, 0) for x in agreeing.values())
+
+
+def test_states_without_a_unique_consensus_of_others_are_not_judged() -> None:
+    """A state nobody else signed, a tie among the others, or only zero-confidence others: no judgement."""
+    signatures = {
+        "lonely": [PatternSignature(99, 0, 0.9, 5)],
+        "a": [PatternSignature(1, 0, 0.5, 5)],
+        "b": [PatternSignature(1, 1, 0.5, 5)],
+        "c": [PatternSignature(1, 2, 0.5, 5), PatternSignature(2, 0, 0.7, 5)],
+        "d": [PatternSignature(2, 1, 0.0, 5)],
+    }
+    j = consensus_round(signatures, {})
+    assert (j["lonely"].agree, j["lonely"].disagree) == (0, 0)
+    assert j["lonely"].alignment is None and j["lonely"].change == 0.0
+    # state 1: every node is judged by a tie of the two others
+    for n in ("a", "b"):
+        assert (j[n].agree, j[n].disagree) == (0, 0)
+    # c on state 2 faces only d's zero-confidence vote; d faces c's vote and disagrees
+    assert (j["c"].agree, j["c"].disagree) == (0, 0)
+    assert (j["d"].agree, j["d"].disagree) == (0, 1)
+
+
+def test_votes_are_weighted_by_trust_and_clamped_confidence() -> None:
+    """A voter weighs trust × confidence (confidence clamped to [0, 1]); duplicates count once."""
+    signatures = {
+        "judged": sigs(0, [7]),
+        "trusted": sigs(1, [7], confidence=0.5),
+        "doubted1": sigs(0, [7], confidence=0.5) * 3,  # the same signature three times: one vote
+        "doubted2": sigs(0, [7], confidence=5.0),  # counts as confidence 1
+    }
+    # doubted: 0.2·0.5 + 0.2·1.0 = 0.3 for action 0 against 2.0·0.5 = 1.0 for action 1
+    j = consensus_round(signatures, {"trusted": 2.0, "doubted1": 0.2, "doubted2": 0.2})
+    assert (j["judged"].agree, j["judged"].disagree) == (0, 1)
+    # at equal trust the doubted pair (0.5 + 1.0) outvotes the trusted one (0.5)
+    j = consensus_round(signatures, {})
+    assert (j["judged"].agree, j["judged"].disagree) == (1, 0)
+
+
+def test_repeated_rounds_drive_trust_to_the_clamps() -> None:
+    """Applying each round's change with clamping: the liar ends at 0.1, the honest at 2.0."""
+    signatures = {"h1": sigs(0), "h2": sigs(0), "h3": sigs(0), "liar": sigs(1)}
+    trust = dict.fromkeys(signatures, 1.0)
+    for _ in range(40):
+        for node, j in consensus_round(signatures, trust).items():
+            trust[node] = clamp_trust(trust[node] + j.change)
+    assert trust == {"h1": TRUST_MAX, "h2": TRUST_MAX, "h3": TRUST_MAX, "liar": TRUST_MIN}
+
+
+def test_clamp_trust_bounds_and_judgement_arithmetic() -> None:
+    """Trust stays within [0.1, 2.0]; a judgement's change is +0.05 per agreement, −0.03 per disagreement."""
+    assert clamp_trust(5) == 2.0 and clamp_trust(-1.0) == 0.1 and clamp_trust(0.7) == 0.7
+    assert (TRUST_MIN, TRUST_MAX) == (0.1, 2.0)
+    j = Judgement("n", agree=2, disagree=3)
+    assert j.change == pytest.approx(2 * 0.05 - 3 * 0.03) and j.alignment == pytest.approx(0.4)
+    assert convergence_score({}) is None
+    assert consensus_round({}, {}) == {}
