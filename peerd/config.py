@@ -61,6 +61,9 @@ class NodeConfig:
     eps_end: float = _opt("learning", "eps_end", 0.05, "ε-greedy: final exploration rate")
     eps_decay_steps: int = _opt("learning", "eps_decay_steps", 2000, "ε-greedy: decisions to decay over")
     q_bound: float = _opt("learning", "q_bound", 1e6, "reject |q| above this")
+    quarantine_below: float = _opt("learning", "quarantine_below", 0.2,
+                                   "peers trusted less than this do not count in the merged "
+                                   "view until their trust recovers; 0 = off")
     seed: int = _opt("learning", "seed", -1, "random seed of the policy; -1 = random")
     publish_every: int = _opt("gossip", "publish_every", 10, "publish after this many interactions")
     publish_interval: float = _opt("gossip", "publish_interval", 60.0, "or after this many seconds")
@@ -109,6 +112,8 @@ class NodeConfig:
             v = getattr(self, key)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise bad(key, f"must be a positive number, got {v!r}")
+        if not 0.0 <= self.quarantine_below <= 2.0:
+            raise bad("quarantine_below", f"must be within [0, 2], got {self.quarantine_below}")
         for key in ("sync_interval", "min_visits", "signatures", "eps_decay_steps"):
             if getattr(self, key) < 0:
                 raise bad(key, f"cannot be negative, got {getattr(self, key)}")

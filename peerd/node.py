@@ -99,7 +99,7 @@ class Node:
             strategy=config.strategy, half_life=config.half_life, clock=clock,
             min_visits=config.min_visits, visit_cap=config.visit_cap, policy=config.policy,
             q_bound=config.q_bound, seed=None if config.seed < 0 else config.seed,
-            policy_options=_policy_options(config),
+            policy_options=_policy_options(config), quarantine_below=config.quarantine_below,
         )
         self.counters = NodeCounters()
         self.gossip = GossipState(publish_every=config.publish_every,

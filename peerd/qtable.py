@@ -61,6 +61,7 @@ class QTable:
         q_init: float = 0.0,
         seed: int | None = None,
         policy_options: dict[str, float] | None = None,
+        quarantine_below: float = 0.0,
     ) -> None:
         if half_life <= 0:
             raise ValueError(f"half_life must be > 0, got {half_life}")
@@ -77,6 +78,8 @@ class QTable:
         self.q_bound = float(q_bound)
         self.clock_skew = 0.1 * self.half_life if clock_skew is None else float(clock_skew)
         self.q_init = float(q_init)
+        #: peers trusted less than this do not count in the merged view (0: off)
+        self.quarantine_below = float(quarantine_below)
         self.policy = make_policy(policy, seed=seed, **(policy_options or {}))
         self.steps = 0  # decisions taken by act(): drives ε decay
 
@@ -507,7 +510,7 @@ class QTable:
         cells = self._cells
         qf, lwf = cells.flat("q"), cells.flat("lw")
         nf = cells.flat("n") if self.min_visits > 1 else None
-        trust = self._trust[:k]
+        trust, excluded = self._effective_trust(k)
         mq = self._mq.reshape(-1)
         default_wa = type(self.strategy) is WeightedAverage
         now = self.clock() / self.half_life if confidence else 0.0
@@ -529,6 +532,8 @@ class QTable:
             else:
                 if valid_t is None:
                     valid_t = lw_t > -np.inf
+                if excluded is not None:
+                    valid_t &= ~excluded[:, None]
                 mq[f] = self.strategy.combine_t(gather(qf, f), lw_t, valid_t, trust, self.q_init)
                 if confidence:
                     w, top = relative_weights_t(lw_t, valid_t)
@@ -537,6 +542,24 @@ class QTable:
                 eff = np.exp2(np.minimum(top - now, 30.0)) * evidence
                 conf += float((eff / (eff + 1.0)).sum())
         return conf
+
+    def _effective_trust(self, k: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Trust as the merge uses it: quarantined peers weigh 0 (and are not valid votes).
+
+        Trust is floored at 0.1 so that a peer can earn it back; but a liar's
+        fresh evidence can outweigh honest evidence that is a few half-lives
+        older by far more than 10×, so a floor alone does not stop poisoning.
+        Quarantine keeps the liar's cells (the CRDT state is untouched) and
+        only leaves them out of the view until consensus restores its trust.
+        """
+        trust = self._trust[:k]
+        if self.quarantine_below <= 0.0:
+            return trust, None
+        excluded = trust < self.quarantine_below
+        excluded[0] = False  # own evidence always counts
+        if not excluded.any():
+            return trust, None
+        return np.where(excluded, 0.0, trust), excluded
 
     def recompute_all(self) -> None:
         """Recompute the whole merged view (after a trust change), in bounded chunks."""

@@ -1,7 +1,8 @@
 """Trust arithmetic: leave-one-out consensus over pattern signatures (DESIGN §6). Pure.
 
 After each round of signatures, for every state where the *other* nodes reach a
-consensus (their trust × confidence-weighted vote has a unique winner), a node
+consensus (one action holds a strict majority of their trust × confidence-weighted
+vote), a node
 whose best action agrees gains ``AGREE`` and one that disagrees loses
 ``DISAGREE``. Leaving the judged node out means no node votes for itself, so a
 liar cannot outvote the honest majority about its own honesty. Trust stays
@@ -86,9 +87,16 @@ def consensus_round(
 
 
 def _unique_winner(tally: Mapping[int, float]) -> int | None:
+    """The action holding a strict majority of the weighted vote, if any.
+
+    A plurality is not a consensus: early in learning the honest votes are
+    spread over several actions, and two colluding liars voting alike would
+    then "win" and be rewarded for agreeing with each other.
+    """
     eps = 1e-12
+    total = sum(v for v in tally.values() if v > 0)
     best = max(tally.values(), default=0.0)
-    if best <= eps:
+    if best <= eps or best <= total / 2 + eps:
         return None
     winners = [a for a, v in tally.items() if v >= best - eps]
     return winners[0] if len(winners) == 1 else None

@@ -37,7 +37,7 @@ FULL = {
     ],
 }
 QUICK = {
-    "env": "routing", "nodes": 8, "trust_every": 40, "seeds": 1,
+    "env": "routing", "nodes": 8, "trust_every": 20, "seeds": 1,
     "plan": [(2, "invert", "weighted_average"), (2, "visits", "weighted_average")],
 }
 

@@ -184,8 +184,10 @@ class PoisonedTable:
         honest = self._table.signatures(k)
         n_act = self._table.task.n_actions
         out = []
-        for sig in honest:  # the best action of the published (poisoned) values
-            q = self._table.values_key(sig.key) * -1.0
+        t = self._table
+        for sig in honest:  # the best action of the published (poisoned) own values
+            row = t._index.find(sig.key)
+            q = -t._cells["q"][row, :, 0].astype(np.float64)
             action = int(sig.key % n_act) if self.attack == "extreme" else int(np.argmax(q))
             out.append(PatternSignature(sig.key, action, sig.confidence, sig.visits))
         return out
@@ -219,6 +221,9 @@ class Simulation:
         self.step_cap = settings.step_cap or self.spec.step_cap
         self.eval_every = settings.eval_every or self.spec.eval_every
         self.max_lag = settings.publish_every if settings.max_lag is None else settings.max_lag
+        if settings.trust_every < settings.publish_every + self.max_lag:
+            raise ValueError("trust_every must leave time for signatures to arrive: "
+                             f">= publish_every + max_lag = {settings.publish_every + self.max_lag}")
         for m in settings.modes:
             if m not in MODES:
                 raise ValueError(f"unknown mode {m!r}; known: {', '.join(MODES)}")
@@ -325,15 +330,17 @@ class Simulation:
                     trust_log.append((tick, float(np.mean(
                         [h.table.trust(a.id) for h in honest for a in attackers]))))
 
+            async def trust_cycle(tick: int) -> None:
+                if tick > self.s.trust_every:  # judge the signatures asked for last cycle ...
+                    await trust_round(tick)
+                for nd in nodes:  # ... and ask for fresh ones with the next deltas
+                    nd.request_signatures()
+
             def after(tick: int) -> Any:
                 if isolated:
                     return None
-                phase = tick % self.s.trust_every
-                if phase == 0:  # the next deltas carry signatures ...
-                    for nd in nodes:
-                        nd.request_signatures()
-                elif phase == self.s.publish_every + self.max_lag:  # ... which have arrived
-                    return trust_round(tick)
+                if tick % self.s.trust_every == 0:
+                    return trust_cycle(tick)
                 if tick % self.s.publish_every == 0:
                     return backpressure()
                 return asyncio.sleep(0) if tick % 2 == 0 else None
