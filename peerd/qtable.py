@@ -172,6 +172,18 @@ class QTable:
     def total_visits(self) -> int:
         return int(self._mn[: self._index.size].sum())
 
+    def confidence(self) -> float:
+        """Mean eff/(eff+1) over cells with merged visits, eff = fresh-update equivalents now.
+
+        For ``peerd_merge_confidence``: 0 for an empty table, towards 1 where the
+        federation holds much recent evidence. Reads the whole table: call it
+        at scrape time, not on a hot path.
+        """
+        flat = np.flatnonzero(self._mn[: self._index.size].reshape(-1))
+        if flat.shape[0] == 0:
+            return 0.0
+        return self._recompute_values(flat, confidence=True) / flat.shape[0]
+
     def view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The merged view sorted by key: ``(keys, q[m, A], n[m, A])`` — for comparisons."""
         rows = self._index.sorted_rows

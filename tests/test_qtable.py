@@ -432,3 +432,18 @@ def test_invalid_constructor_settings_raise() -> None:
                    {"strategy": "mean"}, {"policy": "softmax"}):
         with pytest.raises(ValueError):
             table(**kwargs)
+
+
+def test_confidence_grows_with_fresh_evidence_and_decays_with_time() -> None:
+    """QTable.confidence is 0 when empty, rises with updates, decays as evidence ages; the view does not."""
+    clk = [0.0]
+    t = QTable(Task(["a", "b"]), "n", secret="s", clock=lambda: clk[0], half_life=10.0)
+    assert t.confidence() == 0.0
+    for i in range(40):
+        t.learn(i % 4, i % 2, 1.0, done=True)
+        clk[0] += 1.0
+    fresh = t.confidence()
+    view = t.view()
+    clk[0] += 100.0
+    assert 0.0 < t.confidence() < fresh < 1.0
+    assert all(np.array_equal(a, b) for a, b in zip(view, t.view(), strict=True))
