@@ -123,9 +123,12 @@ class _NaiveTable:
         self.n[s, a] += 1
 
     def fold(self, other: _NaiveTable) -> None:
-        tot = self.n + other.n
-        with np.errstate(invalid="ignore", divide="ignore"):
-            self.q = np.where(tot > 0, (self.q * self.n + other.q * other.n) / tot, self.q)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            tot = self.n + other.n
+            merged = (self.q * self.n + other.q * other.n) / tot
+        # Once the summed counts overflow to inf the formula is NaN: keep the old value
+        # (the seed designs had no answer for this; their counts grow without bound).
+        self.q = np.where((tot > 0) & np.isfinite(merged), merged, self.q)
         self.n = tot
 
 
@@ -418,8 +421,9 @@ class Simulation:
             "naive", seed, lambda i, s: tables[i].act(s),
             lambda i, s, a, r, s2, d: tables[i].learn(s, a, r, s2, d),
             lambda: np.stack([t.q.argmax(axis=1) for t in tables]), clock, after)
-        total = float(np.median([t.n.sum() for t in tables]))
-        res.visits_total = int(min(total, 2**62))
+        with np.errstate(over="ignore"):
+            total = float(np.median([t.n.sum() for t in tables]))
+        res.visits_total = int(min(total, 2**62))  # saturates: the real count is unbounded
         return res
 
     # ------------------------------------------------------------------- all
