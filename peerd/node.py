@@ -487,7 +487,11 @@ class Node:
         now = time.time()
         if now - self._last_reject_log.get((sender, reason), -1e9) >= 60.0:
             self._last_reject_log[(sender, reason)] = now
-            self._log.warning("message_rejected", peer=sender, reason=reason, error=str(exc))
+            # Retained presence of a node we never met (its death from an earlier run,
+            # a birth already superseded) is normal on a shared broker: not a warning.
+            log = self._log.debug if retain and reason in ("unknown_sender", "replay") else \
+                self._log.warning
+            log("message_rejected", peer=sender, reason=reason, error=str(exc), retained=retain)
         if reason not in PENALISED_REASONS or retain or sender not in self.peers:
             return
         old = self.table.trust(sender)

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -201,9 +203,9 @@ def _task(spec: EnvSpec) -> Task:
 
 
 def _node_config(spec: EnvSpec, s: SimSettings, i: int, seed: int, broker: str | None,
-                 half_life: float) -> NodeConfig:
+                 half_life: float, fed: str) -> NodeConfig:
     return NodeConfig(
-        federation=f"sim-{spec.name.replace('/', '-')}"[:64], node_id=f"node{i:02d}",
+        federation=fed, node_id=f"node{i:02d}",
         secret="peerd-sim", actions=list(spec.action_names), gamma=spec.gamma,
         task_name=spec.name, broker_url=broker or "", half_life=half_life,
         eps_start=spec.eps_start, eps_end=spec.eps_end, eps_decay_steps=spec.eps_decay_steps,
@@ -302,8 +304,10 @@ class Simulation:
         spec, n = self.spec, self.s.nodes
         n_att = 0 if isolated else self.s.attackers
         clock = VirtualClock()
+        # A federation of its own: a broker shared by several runs keeps retained presence.
+        fed = f"sim-{re.sub(r'[^A-Za-z0-9_.-]', '-', spec.name)[:32]}-{uuid.uuid4().hex[:8]}"
         nodes = [Node(_node_config(spec, self.s, i, seed, None if isolated else broker_url,
-                                   self.half_life), clock=clock) for i in range(n + n_att)]
+                                   self.half_life, fed), clock=clock) for i in range(n + n_att)]
         for k, nd in enumerate(nodes[n:]):
             nd.table = PoisonedTable(nd.table, self.s.attack, nd,  # type: ignore[assignment]
                                      np.random.default_rng(seed + k))
