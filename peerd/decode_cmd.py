@@ -168,6 +168,11 @@ def describe(msg: Message, frame: Frame, *, full: bool = False) -> dict[str, Any
     """A readable summary of a validated message; arrays summarised unless ``full``."""
     if isinstance(msg, DeltaMsg):
         return _describe_delta(msg, frame, full)
+    return describe_control(msg)
+
+
+def describe_control(msg: Message) -> dict[str, Any]:
+    """The fields of a birth, heartbeat or sync request (empty for a death or a delta)."""
     if isinstance(msg, Birth):
         return {"public_key": msg.public_key.hex(), "version": msg.version}
     if isinstance(msg, Heartbeat):

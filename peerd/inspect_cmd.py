@@ -47,7 +47,7 @@ from typing import Any, TextIO
 
 from peerd.decode_cmd import _raw as raw_value
 from peerd.decode_cmd import _rejected as rejected_text
-from peerd.decode_cmd import describe
+from peerd.decode_cmd import describe, describe_control
 from peerd.delta import DEFAULT_Q_BOUND
 from peerd.errors import ConfigError, PeerdError, WireError
 from peerd.identity import Verifier
@@ -57,9 +57,7 @@ from peerd.wire import (
     TYPES,
     Birth,
     DeltaMsg,
-    Heartbeat,
     Message,
-    SyncRequest,
     check_id,
     decode,
     is_safe_id,
@@ -372,13 +370,7 @@ def _summary_fields(msg: Message) -> dict[str, Any]:
                 "to_version": d.to_version,
                 "cell_versions": [int(d.version.min()), int(d.version.max())] if len(d) else None,
                 "signatures": len(msg.signatures), "max_action": max(actions, default=-1)}
-    if isinstance(msg, Birth):
-        return {"public_key": msg.public_key.hex(), "version": msg.version}
-    if isinstance(msg, Heartbeat):
-        return {"version": msg.version, "size": msg.size}
-    if isinstance(msg, SyncRequest):
-        return {"origin": msg.origin, "since": msg.since}
-    return {}
+    return describe_control(msg)
 
 
 def _iso(ts: float) -> str:
