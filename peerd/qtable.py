@@ -440,9 +440,13 @@ class QTable:
     def signatures(self, k: int = 32) -> list[PatternSignature]:
         """This node's own learned patterns: the k states it visited most.
 
-        Confidence grows with own visits of the state (n / (n + 10)) and is
-        halved when the best action is tied: it weights this node's vote in the
-        peers' consensus.
+        Confidence = n / (n + 10) × (best − second) / (best − worst), over the
+        actions this node tried: it grows with visits and with how clearly the
+        best action stands out. Many tasks have several equally good actions
+        (Taxi's shortest paths): honest nodes then pick different ones by
+        chance, and a near-tie must not read as a disagreement in the peers'
+        consensus. It weights this node's vote and scales the trust it gains
+        or loses (``peerd.trust``).
         """
         size = self._index.size
         if size == 0 or k <= 0:
@@ -454,11 +458,8 @@ class QTable:
         if cand.shape[0] == 0:
             return []
         top = cand[np.argsort(-per_state[cand], kind="stable")[:k]]
-        q = np.where(n[top] > 0, c["q"][top, :, 0].astype(np.float64), -np.inf)
-        best = q.argmax(axis=1)
-        tied = (q == q.max(axis=1, keepdims=True)).sum(axis=1) > 1
         vis = per_state[top]
-        conf = vis / (vis + 10.0) * np.where(tied, 0.5, 1.0)
+        best, conf = signature_confidence(c["q"][top, :, 0], n[top] > 0, vis)
         keys = self._index.row_keys[top]
         return [PatternSignature(int(kk), int(b), float(cf), int(v))
                 for kk, b, cf, v in zip(keys.tolist(), best.tolist(), conf.tolist(), vis.tolist(),
@@ -615,6 +616,25 @@ class _Gather:
         out = bufs[1][: self.k * c].reshape(self.k, c)
         np.copyto(out, rows[:, : self.k].T)
         return out
+
+
+def signature_confidence(q: np.ndarray, tried: np.ndarray,
+                         visits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Best action and confidence per row of ``q[m, A]`` over the ``tried`` actions.
+
+    Confidence = visits / (visits + 10) × (best − second) / (best − worst):
+    0 on a tie or with a single tried action.
+    """
+    qt = np.where(tried, q.astype(np.float64), -np.inf)
+    best = qt.argmax(axis=1)
+    ordered = np.sort(qt, axis=1)  # ascending; untried actions (-inf) first
+    hi = ordered[:, -1]
+    second = ordered[:, -2] if qt.shape[1] > 1 else hi
+    lo = np.where(tried, qt, np.inf).min(axis=1)
+    spread = hi - lo
+    with np.errstate(invalid="ignore"):
+        margin = np.where((spread > 0) & np.isfinite(second), (hi - second) / spread, 0.0)
+    return best, visits / (visits + 10.0) * margin
 
 
 def _strictly_sorted(keys: np.ndarray, acts: np.ndarray) -> bool:

@@ -1,11 +1,12 @@
 """Trust arithmetic: leave-one-out consensus over pattern signatures (DESIGN §6). Pure.
 
 After each round of signatures, for every state where the *other* nodes reach a
-consensus (one action holds a strict majority of their trust × confidence-weighted
-vote), a node
-whose best action agrees gains ``AGREE`` and one that disagrees loses
-``DISAGREE``. Leaving the judged node out means no node votes for itself, so a
-liar cannot outvote the honest majority about its own honesty. Trust stays
+consensus (one action holds a strict majority of their trust × confidence-
+weighted vote), a node whose best action agrees gains ``AGREE`` and one that
+disagrees loses ``DISAGREE``, each scaled by the node's own confidence in that
+signature: a thinly visited guess or a near-tie moves trust little, a confident
+lie costs in full. Leaving the judged node out means no node votes for itself,
+so a liar cannot outvote the honest majority about its own honesty. Trust stays
 within [TRUST_MIN, TRUST_MAX]; invalid messages cost ``INVALID``.
 """
 
@@ -34,10 +35,16 @@ class Judgement:
     node: str
     agree: int
     disagree: int
+    #: Σ of the judged signatures' confidences, per outcome (defaults: one per signature)
+    agree_weight: float | None = None
+    disagree_weight: float | None = None
 
     @property
     def change(self) -> float:
-        return AGREE * self.agree + DISAGREE * self.disagree
+        """+0.05 per agreeing, −0.03 per disagreeing state, each scaled by the node's confidence."""
+        aw = self.agree if self.agree_weight is None else self.agree_weight
+        dw = self.disagree if self.disagree_weight is None else self.disagree_weight
+        return AGREE * aw + DISAGREE * dw
 
     @property
     def alignment(self) -> float | None:
@@ -58,21 +65,23 @@ def consensus_round(
     """
     # votes[key][action] = Σ weight over nodes; per node its own contribution
     votes: dict[int, dict[int, float]] = defaultdict(lambda: defaultdict(float))
-    own: dict[str, dict[int, tuple[int, float]]] = {}
+    own: dict[str, dict[int, tuple[int, float, float]]] = {}
     for node, sigs in signatures.items():
         w_node = trust.get(node, 1.0)
-        mine: dict[int, tuple[int, float]] = {}
+        mine: dict[int, tuple[int, float, float]] = {}
         for s in sigs:
             if s.key in mine:  # one vote per node and state
                 continue
-            w = w_node * max(0.0, min(1.0, s.confidence))
-            mine[s.key] = (s.action, w)
+            conf = max(0.0, min(1.0, s.confidence))
+            w = w_node * conf
+            mine[s.key] = (s.action, w, conf)
             votes[s.key][s.action] += w
         own[node] = mine
     out: dict[str, Judgement] = {}
     for node, mine in own.items():
         agree = disagree = 0
-        for key, (action, w) in mine.items():
+        agree_w = disagree_w = 0.0
+        for key, (action, w, conf) in mine.items():
             others = dict(votes[key])
             others[action] -= w
             winner = _unique_winner(others)
@@ -80,9 +89,11 @@ def consensus_round(
                 continue
             if winner == action:
                 agree += 1
+                agree_w += conf
             else:
                 disagree += 1
-        out[node] = Judgement(node, agree, disagree)
+                disagree_w += conf
+        out[node] = Judgement(node, agree, disagree, agree_w, disagree_w)
     return out
 
 

@@ -339,7 +339,7 @@ def test_greedy_evaluates_many_keys_with_lowest_index_ties() -> None:
 
 
 def test_signatures_summarise_the_most_visited_own_states() -> None:
-    """signatures(k): own top-k states by visits, best own action, confidence n/(n+10), halved on ties."""
+    """signatures(k): own top-k states by visits, best own action, confidence n/(n+10) × margin (0 on ties)."""
     t = table()
     for _ in range(5):
         t.learn("busy", 2, 1.0)
@@ -350,8 +350,11 @@ def test_signatures_summarise_the_most_visited_own_states() -> None:
     t.apply(cells("p", [(t.key("rare"), 1, 9.0, 0.0, 100, 1)]))  # peers' cells are not ours to sign
     sigs = t.signatures(2)
     assert [(s.key, s.action, s.visits) for s in sigs] == [(t.key("busy"), 2, 6), (t.key("tied"), 0, 2)]
+    # busy: tried actions 2 (q=1) and 0 (q=0.5): margin (1 − 0.5)/(1 − 0.5) = 1
     assert sigs[0].confidence == pytest.approx(6 / 16)
-    assert sigs[1].confidence == pytest.approx(0.5 * 2 / 12)
+    assert sigs[1].confidence == 0.0  # a tie says nothing about which action is best
+    t.learn("busy", 1, 0.75)  # now best 1, second 0.75, worst 0.5: margin 0.5
+    assert t.signatures(1)[0].confidence == pytest.approx(7 / 17 * 0.5)
     assert t.signatures(0) == [] and table().signatures() == []
 
 

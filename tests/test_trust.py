@@ -26,10 +26,11 @@ def test_a_liar_against_three_honest_nodes_loses_and_the_honest_gain() -> None:
     signatures = {"h1": sigs(0), "h2": sigs(0), "h3": sigs(0), "liar": sigs(1)}
     j = consensus_round(signatures, {})
     assert (j["liar"].agree, j["liar"].disagree) == (0, 3)
-    assert j["liar"].change == pytest.approx(3 * DISAGREE) and j["liar"].alignment == 0.0
+    # each judged signature counts with the judged node's confidence in it (0.8 here)
+    assert j["liar"].change == pytest.approx(3 * 0.8 * DISAGREE) and j["liar"].alignment == 0.0
     for h in ("h1", "h2", "h3"):
         assert (j[h].agree, j[h].disagree) == (3, 0)
-        assert j[h].change == pytest.approx(3 * AGREE) and j[h].alignment == 1.0
+        assert j[h].change == pytest.approx(3 * 0.8 * AGREE) and j[h].alignment == 1.0
     assert convergence_score(j) == pytest.approx(9 / 12)
 
 
@@ -113,3 +114,13 @@ def test_clamp_trust_bounds_and_judgement_arithmetic() -> None:
     assert j.change == pytest.approx(2 * 0.05 - 3 * 0.03) and j.alignment == pytest.approx(0.4)
     assert convergence_score({}) is None
     assert consensus_round({}, {}) == {}
+
+
+def test_trust_change_scales_with_the_judged_signatures_confidence() -> None:
+    """A thinly visited (low-confidence) disagreement costs less trust than a confident one."""
+    honest = {"h1": sigs(0, confidence=0.9), "h2": sigs(0, confidence=0.9)}
+    unsure = consensus_round({**honest, "x": sigs(1, confidence=0.1)}, {})["x"]
+    sure = consensus_round({**honest, "x": sigs(1, confidence=1.0)}, {})["x"]
+    assert unsure.disagree == sure.disagree == 3
+    assert sure.change == pytest.approx(3 * DISAGREE)
+    assert unsure.change == pytest.approx(0.1 * sure.change)

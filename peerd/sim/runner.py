@@ -32,7 +32,7 @@ import numpy as np
 from peerd.config import NodeConfig
 from peerd.delta import Delta, PatternSignature
 from peerd.node import Node
-from peerd.qtable import QTable
+from peerd.qtable import QTable, signature_confidence
 from peerd.sim.envs import EnvBatch, EnvSpec, evaluate, load_env
 from peerd.task import Task
 
@@ -187,15 +187,22 @@ class PoisonedTable:
             others = [s for s in self._node.peer_signatures.values() if s]
             return list(others[int(self._rng.integers(len(others)))][:k]) if others else []
         honest = self._table.signatures(k)
-        n_act = self._table.task.n_actions
-        out = []
+        if not honest:
+            return []
         t = self._table
-        for sig in honest:  # the best action of the published (poisoned) own values
-            row = t._index.find(sig.key)
-            q = -t._cells["q"][row, :, 0].astype(np.float64)
-            action = int(sig.key % n_act) if self.attack == "extreme" else int(np.argmax(q))
-            out.append(PatternSignature(sig.key, action, sig.confidence, sig.visits))
-        return out
+        rows = np.array([t._index.find(sig.key) for sig in honest])
+        keys = np.array([sig.key for sig in honest], np.uint64)
+        tried = t._cells["n"][rows, :, 0] > 0
+        own = t._cells["q"][rows, :, 0].astype(np.float64)
+        if self.attack == "extreme":  # what it publishes: +bound for one action, -bound for the rest
+            favoured = (keys % np.uint64(t.task.n_actions)).astype(np.int64)
+            lie = np.where(np.arange(t.task.n_actions)[None, :] == favoured[:, None], 1.0, -1.0)
+        else:
+            lie = -own
+        visits = np.array([sig.visits for sig in honest], np.float64)
+        best, conf = signature_confidence(lie, tried, visits)
+        return [PatternSignature(sig.key, int(b), float(c), sig.visits)
+                for sig, b, c in zip(honest, best.tolist(), conf.tolist(), strict=True)]
 
 
 def _task(spec: EnvSpec) -> Task:
@@ -211,8 +218,21 @@ def _node_config(spec: EnvSpec, s: SimSettings, i: int, seed: int, broker: str |
         eps_start=spec.eps_start, eps_end=spec.eps_end, eps_decay_steps=spec.eps_decay_steps,
         publish_every=s.publish_every, publish_interval=3600.0, heartbeat_interval=5.0,
         peer_timeout=600.0, strategy=s.strategy, seed=seed * 1000 + i, api_listen="",
-        q_bound=1e6,
+        q_bound=q_bound_of(spec),
     )
+
+
+def q_bound_of(spec: EnvSpec) -> float:
+    """The largest |Q| the task allows: max |r| / (1 − γ) — what an operator would configure.
+
+    A tight bound is a cheap defence: cells claiming values the task cannot
+    produce are rejected as absurd, instead of dragging the view for many
+    half-lives (the ``extreme`` poisoner publishes exactly ±q_bound).
+    """
+    r_max = float(np.abs(spec.reward).max()) if spec.reward.size else 1.0
+    if spec.gamma >= 1.0:
+        return 1e6
+    return max(1.0, r_max / (1.0 - spec.gamma)) * (1.0 + 1e-9)
 
 
 class Simulation:
