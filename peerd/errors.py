@@ -52,6 +52,9 @@ class WireError(PeerdError):
     """Rejected input. ``reason`` is a stable metric label."""
 
     reason: str = "invalid"
+    #: True when raised after the sender's signature was verified: only such
+    #: rejections may cost the sender trust (anyone can publish garbage in its name).
+    authenticated: bool = False
 
     def __init__(self, message: str = "", *, reason: str | None = None) -> None:
         super().__init__(message or self.__class__.__doc__ or "rejected")

@@ -41,12 +41,6 @@ from peerd.qtable import QTable
 from peerd.store import Store
 from peerd.trust import INVALID, Judgement, clamp_trust, consensus_round, convergence_score
 
-#: Rejections that cost the named peer trust: only those raised *after* its
-#: signature was verified, so that a foreign client publishing garbage or
-#: forgeries on a peer's topic cannot frame it (replays are anyone's to make).
-PENALISED_REASONS = frozenset({"shape", "non_finite", "out_of_bounds", "unknown_action",
-                               "invalid_delta", "excessive_evidence", "origin_mismatch"})
-
 #: Bytes per cell a delta may need on the wire, uncompressed (42 raw + framing):
 #: used to cut deltas so that every message fits ``max_payload``.
 WORST_BYTES_PER_CELL = 48
@@ -407,10 +401,16 @@ class Node:
                               max_payload=self.config.max_payload,
                               max_entries=self.config.max_entries, verifier=self.verifier,
                               topic=topic, commit=False)
-            await self._handle(msg)
-            self.verifier.commit(msg)  # only an accepted message moves the replay window
         except WireError as exc:
             await self._reject(sender, exc, retain)
+            return
+        try:
+            await self._handle(msg)
+        except WireError as exc:  # e.g. the evidence guard: the (verified) sender said this
+            exc.authenticated = True
+            await self._reject(sender, exc, retain)
+            return
+        self.verifier.commit(msg)  # only an accepted message moves the replay window
 
     async def _handle(self, msg: Any) -> None:
         now = time.time()
@@ -489,10 +489,14 @@ class Node:
             self._last_reject_log[(sender, reason)] = now
             # Retained presence of a node we never met (its death from an earlier run,
             # a birth already superseded) is normal on a shared broker: not a warning.
-            log = self._log.debug if retain and reason in ("unknown_sender", "replay") else \
-                self._log.warning
+            # Duplicates (QoS 1 redelivery, a bridge re-sending retained births) are
+            # routine: counted in the metrics, not worth a warning.
+            quiet = reason == "replay" or (retain and reason == "unknown_sender")
+            log = self._log.debug if quiet else self._log.warning
             log("message_rejected", peer=sender, reason=reason, error=str(exc), retained=retain)
-        if reason not in PENALISED_REASONS or retain or sender not in self.peers:
+        # Only what the verified sender itself said costs it trust: anyone can publish
+        # garbage or forgeries on its topic, and replays are anyone's to make.
+        if not exc.authenticated or reason == "replay" or retain or sender not in self.peers:
             return
         old = self.table.trust(sender)
         new = clamp_trust(old + INVALID)

@@ -766,7 +766,11 @@ def _decode(payload: bytes | bytearray | memoryview, fed: str, fingerprint: str,
     if verifier is not None:  # authenticate before inflating anything; replays cost nothing
         verifier.check(h, msg_type, frame.body, frame.signature,
                        public_key=_claimed_key(msg_type, f))
-    msg = parser(h, f, lim)
+    try:
+        msg = parser(h, f, lim)
+    except WireError as exc:
+        exc.authenticated = verifier is not None  # the signature checked out: the sender said this
+        raise
     if verifier is not None and commit:
         verifier.commit(msg)
     return msg

@@ -308,6 +308,25 @@ async def test_forged_messages_do_not_frame_the_named_peer(cluster: Cluster) -> 
     assert observer.table.values("shared")[0] == pytest.approx(0.5, abs=1e-3)  # equal trust
 
 
+@pytest.mark.parametrize("bad", [{"ts": float("nan")}, {"epoch": -1}, {"seq": 2**64 - 1}])
+async def test_header_errors_before_authentication_do_not_frame_the_named_peer(
+        cluster: Cluster, bad: dict[str, Any]) -> None:
+    """A forged header that fails validation before the signature check costs the named peer nothing."""
+    import msgpack
+
+    nodes = [await cluster.add(f"n{i}") for i in range(2)]
+    await meet(nodes)
+    victim, observer = nodes
+    body = {"v": 1, "type": "heartbeat", "fed": FED, "node": victim.id,
+            "fp": victim.task.fingerprint, "epoch": 1, "seq": 10_000, "ts": 0.0,
+            "version": 0, "size": 0, **bad}
+    payload = msgpack.packb({"v": 1, "b": msgpack.packb(body), "s": bytes(64)})
+    for _ in range(12):  # enough to floor the victim's trust if each cost 0.1
+        cluster.bus.publish(wire.topic(FED, "heartbeat", victim.id), payload, qos=0)
+    await wait_until(lambda: sum(observer.counters.rejected.values()) >= 12, what="counted")
+    assert observer.table.trust(victim.id) == 1.0
+
+
 # ------------------------------------------------------------------ (e) invalid message of a known peer
 
 class FakePeer:
