@@ -339,7 +339,7 @@ def test_greedy_evaluates_many_keys_with_lowest_index_ties() -> None:
 
 
 def test_signatures_summarise_the_most_visited_own_states() -> None:
-    """signatures(k): own top-k states by visits, best own action, confidence n/(n+10) × margin (0 on ties)."""
+    """signatures(k): own top-k states by visits, best own action, confidence n/(n+10) × margin."""
     t = table()
     for _ in range(5):
         t.learn("busy", 2, 1.0)

@@ -69,7 +69,7 @@ class SimSettings:
     seed: int = 2024
     attackers: int = 0  # extra federated nodes publishing validly signed poisoned deltas
     attack: str = "invert"  # invert | extreme | visits | copycat (see PoisonedTable)
-    trust_every: int = 500  # ticks between signature exchanges + trust rounds (federated)
+    trust_every: int = 100  # ticks between signature exchanges + trust rounds (federated)
 
 
 @dataclass
