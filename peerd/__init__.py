@@ -14,6 +14,9 @@ from peerd.trust import consensus_round
 
 __all__ = [
     "UCB1",
+    "Node",
+    "NodeConfig",
+    "PeerdClient",
     "Delta",
     "EpsilonGreedy",
     "Max",
@@ -31,5 +34,19 @@ __all__ = [
     "WeightedAverage",
     "WireError",
     "consensus_round",
+    "load_config",
     "state_key",
 ]
+
+_LAZY = {"Node": "peerd.node", "NodeConfig": "peerd.config", "load_config": "peerd.config",
+         "PeerdClient": "peerd.client"}
+
+
+def __getattr__(name: str) -> object:
+    """The I/O side (``Node``, ``NodeConfig``, the client) is imported on first use:
+    ``import peerd`` stays light for the pure core and for ``peerd --help``."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'peerd' has no attribute {name!r}")
