@@ -14,9 +14,6 @@ from peerd.trust import consensus_round
 
 __all__ = [
     "UCB1",
-    "Node",
-    "NodeConfig",
-    "PeerdClient",
     "Delta",
     "EpsilonGreedy",
     "Max",
@@ -24,7 +21,10 @@ __all__ = [
     "MergeStats",
     "MergeStrategy",
     "Min",
+    "Node",
+    "NodeConfig",
     "PatternSignature",
+    "PeerdClient",
     "PeerdError",
     "Policy",
     "QTable",
