@@ -241,7 +241,9 @@ class Node:
         return MqttTransport(cfg.broker_url, client_id=f"peerd-{self.fed}-{self.id}",
                              subscriptions=subs, will=will, username=cfg.username or None,
                              password=cfg.broker_password() or None, tls=tls,
-                             keepalive=cfg.keepalive)
+                             keepalive=cfg.keepalive,
+                             # a restarted broker is found within ~10 s, not the 30 s default cap
+                             backoff=(0.2, 10.0))
 
     # ---------------------------------------------------------- local API
     def act(self, state: Any, *, explore: bool = True) -> int:
