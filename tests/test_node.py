@@ -238,11 +238,13 @@ def test_sigkill_after_acknowledgement_loses_nothing(tmp_path: Path) -> None:
                             stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     acked: list[int] = []
     assert proc.stdout is not None
-    while len(acked) < 600:
-        line = proc.stdout.readline()
-        assert line, "child died before acknowledging enough interactions"
-        acked.append(int(line))
-    proc.send_signal(signal.SIGKILL)
+    try:
+        while len(acked) < 600:
+            line = proc.stdout.readline()
+            assert line, "child died before acknowledging enough interactions"
+            acked.append(int(line))
+    finally:  # whatever failed above, the child must not outlive the test
+        proc.send_signal(signal.SIGKILL)
     rest, _ = proc.communicate(timeout=30)
     acked += [int(x) for x in rest.decode().split()]  # printed before the kill, not yet read
 
