@@ -242,6 +242,11 @@ def load_config(path: str | os.PathLike[str] | None = None, *,
         var = f"PEERD_{section}_{key}".upper()
         if var in env:
             values[f.name] = _coerce(env[var], default, f"${var}")
+    known_vars = {f"PEERD_{s}_{k}".upper() for s, k in fields}
+    unknown = sorted(v for v in env if v.startswith("PEERD_") and v not in known_vars)
+    if unknown:  # a typo in a systemd drop-in must not silently fall back to a default
+        raise ConfigError(f"unknown environment setting(s) {', '.join(unknown)}; "
+                          "see config/peerd.example.toml for PEERD_<SECTION>_<KEY> names")
     values.update(overrides)
     return NodeConfig(**values)
 

@@ -297,3 +297,9 @@ def test_example_config_loads_and_documents_every_setting() -> None:
     missing = [f"[{r['section']}] {r['key']}" for r in describe_settings()
                if (r["section"], r["key"]) not in documented]
     assert not missing, f"example config does not document: {', '.join(missing)}"
+
+
+def test_unknown_peerd_environment_variable_is_an_error() -> None:
+    """A misspelt PEERD_* variable (PEERD_BROKER_URLL) stops the start with a message naming it."""
+    with pytest.raises(ConfigError, match="PEERD_BROKER_URLL"):
+        load_config(env={"PEERD_BROKER_URLL": "mqtt://x:1"}, actions=["a"])
