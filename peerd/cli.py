@@ -69,11 +69,11 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         return 2
     console = Console(stderr=True)
     try:
-        sim_probe = Simulation(settings)
+        sim = Simulation(settings)
     except ValueError as exc:
         print(f"peerd sim: {exc}", file=sys.stderr)
         return 2
-    spec = sim_probe.spec
+    spec = sim.spec
     if not args.json:
         console.print(f"[bold]peerd sim[/]: {args.nodes} nodes on {spec.name} "
                       f"({spec.metric} ≥ {spec.target:g}), modes {', '.join(modes)}, "
@@ -90,7 +90,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
                 bars[mode] = progress.add_task(mode, total=cap, best="–")
             progress.update(bars[mode], completed=tick, best=f"{best:.2f}")
 
-        sim = Simulation(settings, progress=on_progress)
+        sim.progress = on_progress
         results = asyncio.run(sim.run())
     summary = summarize(results)
     meta = {"env": spec.name, "metric": spec.metric, "target": spec.target, "nodes": args.nodes,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import time
@@ -102,8 +103,7 @@ class Node:
         self.liveness = Liveness(heartbeat_interval=config.heartbeat_interval,
                                  missed=config.suspect_after, peer_timeout=config.peer_timeout)
         self.identity = identity
-        self.verifier = Verifier(allowlist={k: bytes.fromhex(v) for k, v in config.allowlist.items()},
-                                 strict=config.strict)
+        self.verifier = Verifier(allowlist=self.verifier_allowlist(), strict=config.strict)
         self.store: Store | None = None
         self.transport: Transport | None = None
         self._transport_factory = transport_factory
@@ -156,7 +156,7 @@ class Node:
         self.peers = await self.store.load_peers()
         snap = await self.store.get_meta("verifier", None)
         if snap:
-            self.verifier = Verifier.restore(_json_loads(snap), allowlist=self.verifier_allowlist(),
+            self.verifier = Verifier.restore(json.loads(snap), allowlist=self.verifier_allowlist(),
                                              strict=self.config.strict)
         for pid, rec in self.peers.items():
             self.gossip.known[pid] = rec.version
@@ -554,7 +554,7 @@ class Node:
             self.peers[pid] = rec = rec.replace(trust=self.table.trust(pid),
                                                 version=self.gossip.known.get(pid, 0))
             await self.store.upsert_peer(rec)
-        await self.store.set_meta("verifier", _json_dumps(self.verifier.snapshot()))
+        await self.store.set_meta("verifier", json.dumps(self.verifier.snapshot()))
 
     # --------------------------------------------------------------- status
     def status(self) -> dict[str, Any]:
@@ -594,12 +594,3 @@ def _ignore_result(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
 
-
-def _json_dumps(obj: Any) -> str:
-    import json
-    return json.dumps(obj, default=lambda b: b.hex() if isinstance(b, bytes) else str(b))
-
-
-def _json_loads(s: str) -> Any:
-    import json
-    return json.loads(s)

@@ -158,6 +158,14 @@ class QTable:
         tot = self._mn[row].astype(np.float64)
         return np.divide(own, tot, out=np.zeros(a), where=tot > 0)
 
+    def own_cells(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """This node's own ``q[m, A]`` and ``tried[m, A]`` (own n > 0) for known keys."""
+        rows = self._index.lookup(np.asarray(keys, np.uint64))
+        if (rows < 0).any():
+            raise KeyError("own_cells: unknown state key")
+        c = self._cells.arrays
+        return c["q"][rows, :, 0].astype(np.float64), c["n"][rows, :, 0] > 0
+
     def greedy(self, keys: np.ndarray) -> np.ndarray:
         """Greedy actions for many keys at once (lowest index on ties): for evaluation."""
         rows = self._index.lookup(np.asarray(keys, np.uint64))

@@ -190,10 +190,8 @@ class PoisonedTable:
         if not honest:
             return []
         t = self._table
-        rows = np.array([t._index.find(sig.key) for sig in honest])
         keys = np.array([sig.key for sig in honest], np.uint64)
-        tried = t._cells["n"][rows, :, 0] > 0
-        own = t._cells["q"][rows, :, 0].astype(np.float64)
+        own, tried = t.own_cells(keys)
         if self.attack == "extreme":  # what it publishes: +bound for one action, -bound for the rest
             favoured = (keys % np.uint64(t.task.n_actions)).astype(np.int64)
             lie = np.where(np.arange(t.task.n_actions)[None, :] == favoured[:, None], 1.0, -1.0)
