@@ -102,3 +102,15 @@ class ExcessiveEvidence(InvalidDelta):
     """A log-weight claims more than visit_cap fresh visits or evidence from the future."""
 
     reason = "excessive_evidence"
+
+
+class EvidenceBudgetExceeded(InvalidDelta):
+    """A delta claims more evidence than its version range allows (DESIGN §2 "Evidence budget")."""
+
+    reason = "evidence_budget"
+
+
+class VersionRateExceeded(InvalidDelta):
+    """A peer's version grows faster than the configured cap or a multiple of the federation's median."""
+
+    reason = "version_rate"

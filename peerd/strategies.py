@@ -222,3 +222,7 @@ def make_strategy(spec: str | MergeStrategy) -> MergeStrategy:
             raise ValueError(f"strategy {name!r} takes no parameter")
         return TrimmedMean(float(arg))
     return cls()
+
+from peerd.robust_strategy import WeightedMedian  # noqa: E402  (it builds on MergeStrategy above)
+
+STRATEGIES[WeightedMedian.name] = WeightedMedian

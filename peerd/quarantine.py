@@ -1,0 +1,262 @@
+"""Trust from what the values say: deviation scores and the quarantine state machine (DESIGN §6). Pure.
+
+Signature consensus only sees a peer's argmax, slowly, and a liar can copy
+honest signatures. Values speak louder: each trust round, every origin is
+scored by how far its values deviate from what the *other* origins say about
+the same cells,
+
+    score(p) = Σ_c w_p(c)·|q_p(c) − ref_p(c)| / Σ_c w_p(c)
+
+over the cells c that p and at least one other counted origin hold, with
+``w_p(c)`` p's own evidence in c (fresh-visit equivalents now) and ``ref_p``
+the leave-one-out reference: the trust × evidence-weighted **median** of the
+other origins that are not quarantined. A peer is quarantined when its score
+exceeds ``enter_ratio`` × the median score of all origins (the judging node's
+own included) and an absolute floor (``min_relative`` × the typical |value|),
+and restored when it falls back below ``leave_ratio`` × the median.
+
+Why a median reference, not the leave-one-out *mean*: with f liars inverting
+the values of N honest nodes, the mean lets the liars drag every honest node's
+reference, and the liar/honest score ratio is N/f (2.7 at 3 liars of 11: no
+threshold separates them). Against the median, honest nodes deviate only by
+their noise, liars by 2|μ|. ``reference="mean"`` is kept for comparison.
+
+Everything here takes arrays: ``gather_origins`` builds them from the
+origins' cells, the node decides what a quarantine does to the merge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from peerd.delta import Delta
+
+ENTER_RATIO = 3.0
+LEAVE_RATIO = 1.5
+MIN_CELLS = 20
+MIN_RELATIVE = 0.05
+
+
+@dataclass(frozen=True)
+class OriginMatrix:
+    """Every origin's cells on the union of their cells: ``[m, k]`` arrays, origin-minor."""
+
+    origins: tuple[str, ...]
+    keys: np.ndarray  # uint64[m]
+    actions: np.ndarray  # int64[m]
+    q: np.ndarray  # float64[m, k]
+    lw: np.ndarray  # float64[m, k], -inf where the origin holds nothing
+    n: np.ndarray  # int64[m, k]
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self.n > 0
+
+    def column(self, origin: str) -> int:
+        return self.origins.index(origin)
+
+
+def gather_origins(deltas: Sequence[Delta]) -> OriginMatrix:
+    """Dense ``[cells, origins]`` arrays from each origin's full contribution (``QTable.delta_of(o)``).
+
+    O(Σ cells of the origins) with one sort: no per-cell Python.
+    """
+    origins = tuple(d.origin for d in deltas)
+    k = len(deltas)
+    if not k or not sum(len(d) for d in deltas):
+        z = np.zeros((0, k))
+        return OriginMatrix(origins, np.empty(0, np.uint64), np.empty(0, np.int64), z, z - np.inf,
+                            z.astype(np.int64))
+    keys = np.concatenate([d.keys for d in deltas])
+    acts = np.concatenate([d.actions.astype(np.int64) for d in deltas])
+    col = np.concatenate([np.full(len(d), j, np.int64) for j, d in enumerate(deltas)])
+    # one id per (key, action): unique over a structured view
+    pair = np.empty(keys.shape[0], dtype=[("k", "<u8"), ("a", "<i8")])
+    pair["k"], pair["a"] = keys, acts
+    uniq, row = np.unique(pair, return_inverse=True)
+    m = uniq.shape[0]
+    q = np.zeros((m, k))
+    lw = np.full((m, k), -np.inf)
+    n = np.zeros((m, k), np.int64)
+    q[row, col] = np.concatenate([d.q.astype(np.float64) for d in deltas])
+    lw[row, col] = np.concatenate([d.lw for d in deltas])
+    n[row, col] = np.concatenate([d.n.astype(np.int64) for d in deltas])
+    return OriginMatrix(origins, uniq["k"].copy(), uniq["a"].copy(), q, lw, n)
+
+
+def evidence_weights(lw: np.ndarray, valid: np.ndarray, now_over_h: float) -> np.ndarray:
+    """``2^(lw − now/H)``: each origin's evidence in fresh-visit equivalents (0 where not valid)."""
+    with np.errstate(over="ignore"):
+        w = np.exp2(np.minimum(np.where(valid, lw, -np.inf) - now_over_h, 60.0))
+    return np.where(valid, w, 0.0)
+
+
+def weighted_median_rows(q: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Per row of ``q[m, k]``, the lower weighted median over entries with ``w > 0`` (NaN if none)."""
+    order = np.argsort(q, axis=1, kind="stable")
+    qs = np.take_along_axis(q, order, 1)
+    ws = np.take_along_axis(w, order, 1)
+    c = ws.cumsum(axis=1)
+    tot = c[:, -1:] if c.shape[1] else np.zeros((q.shape[0], 1))
+    idx = (c < 0.5 * tot).sum(axis=1)
+    idx = np.minimum(idx, max(q.shape[1] - 1, 0))
+    out = qs[np.arange(q.shape[0]), idx] if q.shape[1] else np.zeros(q.shape[0])
+    return np.where(tot[:, 0] > 0, out, np.nan)
+
+
+def deviation_scores(q: np.ndarray, w: np.ndarray, trust: np.ndarray, active: np.ndarray, *,
+                     reference: str = "median", min_cells: int = MIN_CELLS
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Leave-one-out deviation of every origin (column) of ``q[m, k]``.
+
+    ``w[m, k]``: evidence (0 where an origin holds nothing); ``trust[k]``;
+    ``active[k]``: origins that may speak in the references (the quarantined
+    do not). Returns ``(score[k], cells[k], scale[k])``: NaN score where an
+    origin shares fewer than ``min_cells`` cells with the others; ``scale`` is
+    the evidence-weighted mean |reference| over those cells (the floor's unit).
+    """
+    m, k = q.shape
+    score = np.full(k, np.nan)
+    cells = np.zeros(k, np.int64)
+    scale = np.zeros(k)
+    tw = w * (np.asarray(trust, np.float64) * np.asarray(active, bool))[None, :]
+    if reference == "mean":
+        num_all = (tw * q).sum(axis=1)
+        den_all = tw.sum(axis=1)
+    for j in range(k):
+        mine = w[:, j] > 0
+        if not mine.any():
+            continue
+        if reference == "mean":
+            den = den_all - tw[:, j]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ref = np.where(den > 0, (num_all - tw[:, j] * q[:, j]) / den, np.nan)
+        elif reference == "median":
+            others = tw.copy()
+            others[:, j] = 0.0
+            rows = np.flatnonzero(mine)
+            ref = np.full(m, np.nan)
+            ref[rows] = weighted_median_rows(q[rows], others[rows])
+        else:
+            raise ValueError(f"unknown reference {reference!r}")
+        both = mine & np.isfinite(ref)
+        cells[j] = int(both.sum())
+        if cells[j] < min_cells:
+            continue
+        wj = w[both, j]
+        tot = wj.sum()
+        score[j] = float((wj * np.abs(q[both, j] - ref[both])).sum() / tot)
+        scale[j] = float((wj * np.abs(ref[both])).sum() / tot)
+    return score, cells, scale
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One round's judgement of one origin."""
+
+    origin: str
+    score: float | None  # None: too few shared cells to judge
+    ratio: float | None  # score / median score
+    cells: int
+    quarantined: bool
+
+
+@dataclass
+class Quarantine:
+    """Which peers are quarantined, with hysteresis: enter above ``enter_ratio``, leave below ``leave_ratio``.
+
+    ``rounds`` counts the rounds each quarantined peer has spent inside
+    (reported, and what the "honest nodes are never held for more than one
+    round" target reads).
+    """
+
+    enter_ratio: float = ENTER_RATIO
+    leave_ratio: float = LEAVE_RATIO
+    min_relative: float = MIN_RELATIVE
+    held: dict[str, int] = field(default_factory=dict)  # peer -> rounds in quarantine
+
+    def __post_init__(self) -> None:
+        if not (1.0 <= self.leave_ratio <= self.enter_ratio):
+            raise ValueError("need 1 <= leave_ratio <= enter_ratio")
+
+    def __contains__(self, peer: object) -> bool:
+        return peer in self.held
+
+    def judge(self, scores: Mapping[str, float | None], scales: Mapping[str, float],
+              cells: Mapping[str, int] | None = None, *, own: str | None = None,
+              new_round: bool = True) -> tuple[dict[str, Verdict], list[str], list[str]]:
+        """Update the state from one round's scores; returns ``(verdicts, entered, left)``.
+
+        ``own`` is the judging node: its score joins the median but it is never
+        quarantined. A peer without a score keeps its state. ``new_round=False``
+        is a further pass of the same round: it may only add outliers.
+        """
+        judged = [s for s in scores.values() if s is not None and np.isfinite(s)]
+        med = float(np.median(judged)) if judged else 0.0
+        verdicts: dict[str, Verdict] = {}
+        entered: list[str] = []
+        left: list[str] = []
+        for peer, s in scores.items():
+            if peer == own:
+                continue
+            inside = peer in self.held
+            if s is None or not np.isfinite(s):
+                verdicts[peer] = Verdict(peer, None, None, (cells or {}).get(peer, 0), inside)
+                continue
+            ratio = s / med if med > 0 else (np.inf if s > 0 else 1.0)
+            floor = self.min_relative * scales.get(peer, 0.0)
+            if not inside and ratio > self.enter_ratio and s > floor:
+                self.held[peer] = 0
+                entered.append(peer)
+            elif new_round and inside and (ratio < self.leave_ratio or s <= floor):
+                del self.held[peer]
+                left.append(peer)
+            verdicts[peer] = Verdict(peer, float(s), float(ratio), (cells or {}).get(peer, 0),
+                                     peer in self.held)
+        if new_round:
+            for peer in self.held:
+                if peer not in entered:
+                    self.held[peer] += 1
+        return verdicts, entered, left
+
+    def forget(self, peer: str) -> None:
+        self.held.pop(peer, None)
+
+
+def judge_round(matrix: OriginMatrix, trust: Mapping[str, float], state: Quarantine, *,
+                own: str, now_over_h: float, reference: str = "median",
+                min_cells: int = MIN_CELLS, passes: int = 3
+                ) -> tuple[dict[str, Verdict], list[str], list[str]]:
+    """Score every origin of ``matrix`` and update ``state``; repeat while new outliers appear.
+
+    Leaving a just-quarantined liar out of the references sharpens everyone
+    else's score: up to ``passes`` passes per round.
+    """
+    k = len(matrix.origins)
+    w = evidence_weights(matrix.lw, matrix.valid, now_over_h)
+    tr = np.array([1.0 if o == own else float(trust.get(o, 1.0)) for o in matrix.origins])
+    all_entered: list[str] = []
+    all_left: list[str] = []
+    verdicts: dict[str, Verdict] = {}
+    for p in range(max(1, passes)):
+        active = np.array([o not in state for o in matrix.origins], bool)
+        score, cells, scale = deviation_scores(matrix.q, w, tr, active, reference=reference,
+                                               min_cells=min_cells)
+        scores = {o: (None if np.isnan(score[j]) else float(score[j]))
+                  for j, o in enumerate(matrix.origins)}
+        verdicts, entered, left = state.judge(
+            scores, {o: float(scale[j]) for j, o in enumerate(matrix.origins)},
+            {o: int(cells[j]) for j, o in enumerate(matrix.origins)}, own=own, new_round=p == 0)
+        all_entered += entered
+        all_left += left
+        if not entered or k < 3:
+            break
+    return verdicts, all_entered, all_left
+
+
+__all__ = ["ENTER_RATIO", "LEAVE_RATIO", "OriginMatrix", "Quarantine", "Verdict",
+           "deviation_scores", "evidence_weights", "gather_origins", "judge_round",
+           "weighted_median_rows"]

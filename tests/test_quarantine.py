@@ -1,0 +1,107 @@
+"""Deviation quarantine: liars stand out against the leave-one-out median, with hysteresis."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from peerd.delta import Delta
+from peerd.quarantine import (
+    Quarantine,
+    deviation_scores,
+    gather_origins,
+    judge_round,
+    weighted_median_rows,
+)
+
+FP = "fp"
+
+
+def _delta(origin, keys, acts, q, lw=0.0, n=3):
+    m = len(keys)
+    return Delta.build(origin, FP, 0, m, keys=np.array(keys, np.uint64),
+                       actions=np.array(acts, np.uint16), q=np.array(q, np.float32),
+                       lw=np.full(m, lw), n=np.full(m, n, np.uint32), succ=np.zeros(m, np.uint32),
+                       fail=np.zeros(m, np.uint32), version=np.arange(1, m + 1, dtype=np.uint64))
+
+
+def _federation(honest=8, liars=2, cells=200, lie=lambda mu: -mu, seed=0):
+    rng = np.random.default_rng(seed)
+    mu = rng.uniform(-10, 10, cells)
+    keys = np.arange(cells) // 4
+    acts = np.arange(cells) % 4
+    ds = [_delta(f"h{i}", keys, acts, mu + rng.normal(0, 0.3, cells)) for i in range(honest)]
+    ds += [_delta(f"x{i}", keys, acts, lie(mu)) for i in range(liars)]
+    return gather_origins(ds)
+
+
+def test_gather_origins_aligns_cells_of_different_origins():
+    a = _delta("a", [1, 1, 2], [0, 1, 0], [1.0, 2.0, 3.0])
+    b = _delta("b", [2, 5], [0, 0], [30.0, 50.0])
+    m = gather_origins([a, b])
+    assert m.origins == ("a", "b")
+    assert m.keys.tolist() == [1, 1, 2, 5] and m.actions.tolist() == [0, 1, 0, 0]
+    assert m.q[2].tolist() == [3.0, 30.0]
+    assert m.valid.tolist() == [[True, False], [True, False], [True, True], [False, True]]
+
+
+def test_weighted_median_rows_ignores_zero_weights():
+    q = np.array([[5.0, 1.0, 2.0, 100.0]])
+    w = np.array([[1.0, 1.0, 1.0, 0.0]])
+    assert weighted_median_rows(q, w)[0] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("liars", [2, 3])
+def test_inverters_score_far_above_the_honest_median(liars):
+    m = _federation(liars=liars)
+    w = np.where(m.valid, 1.0, 0.0)
+    score, cells, _ = deviation_scores(m.q, w, np.ones(len(m.origins)), np.ones(len(m.origins), bool))
+    honest, lying = score[:8], score[8:]
+    assert (cells >= 200).all()
+    assert lying.min() > 3 * np.median(score)
+    assert honest.max() < 3 * np.median(score)
+
+
+def test_the_mean_reference_cannot_separate_three_inverters():
+    """Why the reference is a median: with a mean, 3 liars of 11 drag every honest reference."""
+    m = _federation(liars=3)
+    w = np.where(m.valid, 1.0, 0.0)
+    score, _, _ = deviation_scores(m.q, w, np.ones(11), np.ones(11, bool), reference="mean")
+    assert score[8:].min() < 3 * np.median(score)
+
+
+def test_judge_round_quarantines_liars_and_never_the_honest():
+    m = _federation(liars=3, lie=lambda mu: mu + np.where(np.arange(mu.size) % 4 == 0, 100.0, 0.0))
+    q = Quarantine()
+    _, entered, _ = judge_round(m, {}, q, own="h0", now_over_h=0.0)
+    assert sorted(entered) == ["x0", "x1", "x2"]
+    assert all(p in q for p in ("x0", "x1", "x2")) and not any(f"h{i}" in q for i in range(8))
+
+
+def test_all_honest_nobody_is_quarantined():
+    m = _federation(liars=0)
+    q = Quarantine()
+    for _ in range(3):
+        _, entered, _ = judge_round(m, {}, q, own="h0", now_over_h=0.0)
+        assert entered == []
+
+
+def test_hysteresis_restores_a_peer_back_in_consensus_and_counts_rounds():
+    q = Quarantine(enter_ratio=3.0, leave_ratio=1.5)
+    scales = {p: 10.0 for p in "abcd"}
+    _, entered, _ = q.judge({"a": 1.0, "b": 1.0, "c": 1.0, "d": 5.0}, scales)
+    assert entered == ["d"] and q.held["d"] == 0
+    _, entered, left = q.judge({"a": 1.0, "b": 1.0, "c": 1.0, "d": 2.0}, scales)  # between: stays
+    assert not entered and not left and q.held["d"] == 1
+    _, _, left = q.judge({"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.2}, scales)
+    assert left == ["d"] and "d" not in q
+
+
+def test_a_peer_too_thin_to_judge_keeps_its_state_and_the_floor_protects_agreement():
+    q = Quarantine(min_relative=0.05)
+    scales = {p: 100.0 for p in "abcd"}
+    # everybody agrees to within 1 % of the values: 5x the median is still noise
+    _, entered, _ = q.judge({"a": 0.1, "b": 0.1, "c": 0.1, "d": 0.5}, scales)
+    assert entered == []
+    v, entered, _ = q.judge({"a": 1.0, "b": None, "c": 1.0, "d": 1.0}, scales)
+    assert v["b"].score is None and not v["b"].quarantined
