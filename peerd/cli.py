@@ -45,6 +45,11 @@ def _sim_parser(sub: Any) -> None:
     p.add_argument("--strategy", default="weighted_average", help="merge strategy")
     p.add_argument("--step-cap", type=int, default=None, help="give up after this many steps")
     p.add_argument("--seed", type=int, default=2024)
+    p.add_argument("--attack", action="append", default=[], metavar="KIND:COUNT",
+                   help="add COUNT validly signed liars telling lie KIND (repeatable): invert, "
+                   "extreme, ipm, alie, inflate, focus, copycat, sybil (see peerd.sim.attacks)")
+    p.add_argument("--trust-every", type=int, default=100,
+                   help="ticks between trust rounds (signatures and the deviation quarantine)")
     p.add_argument("--out", type=Path, default=None, help="write results.json and curves.png here")
     p.add_argument("--json", action="store_true", help="print the summary as JSON (no display)")
 
@@ -55,15 +60,22 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
     from peerd import logs
     from peerd.sim import report
+    from peerd.sim.attacks import AttackSpec
     from peerd.sim.runner import SimSettings, Simulation, summarize
 
     logs.configure("warning")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    try:
+        attacks = tuple(AttackSpec.parse(a) for a in args.attack)
+    except ValueError as exc:
+        print(f"peerd sim: {exc}", file=sys.stderr)
+        return 2
     settings = SimSettings(env=args.env, nodes=args.nodes, seeds=args.seeds, modes=modes,
                            broker_url=args.broker, broker_kind=args.broker_kind,
                            publish_every=args.publish_every, max_lag=args.max_lag,
                            half_life=args.half_life, step_cap=args.step_cap,
-                           strategy=args.strategy, seed=args.seed)
+                           strategy=args.strategy, seed=args.seed, attacks=attacks,
+                           trust_every=args.trust_every)
     if args.nodes < 1 or args.seeds < 1:
         print("peerd sim: --nodes and --seeds must be >= 1", file=sys.stderr)
         return 2
@@ -96,6 +108,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     meta = {"env": spec.name, "metric": spec.metric, "target": spec.target, "nodes": args.nodes,
             "seeds": args.seeds, "half_life": sim.half_life, "publish_every": args.publish_every,
             "max_lag": sim.max_lag, "strategy": args.strategy,
+            "attacks": [f"{a.kind}:{a.count}" for a in attacks],
             "broker": args.broker or f"embedded {args.broker_kind}"}
     if args.out:
         path = report.write_results(args.out, summary, results, meta)

@@ -32,6 +32,7 @@ from peerd import wire
 from peerd.config import NodeConfig
 from peerd.delta import Delta, MergeStats, PatternSignature
 from peerd.errors import WireError
+from peerd.evidence import VersionRate, check_budget
 from peerd.gossip import GossipState
 from peerd.identity import Identity, Verifier
 from peerd.liveness import OFFLINE, Liveness
@@ -39,8 +40,16 @@ from peerd.logs import get_logger
 from peerd.memtransport import Transport
 from peerd.peers import PeerRecord, TrustEvent
 from peerd.qtable import QTable
+from peerd.quarantine import Quarantine, Verdict, gather_origins, judge_round
 from peerd.store import Store
-from peerd.trust import INVALID, Judgement, clamp_trust, consensus_round, convergence_score
+from peerd.trust import (
+    INVALID,
+    TRUST_MIN,
+    Judgement,
+    clamp_trust,
+    consensus_round,
+    convergence_score,
+)
 
 #: Bytes per cell a delta may need on the wire, uncompressed (42 raw + framing):
 #: used to cut deltas so that every message fits ``max_payload``.
@@ -70,6 +79,8 @@ class NodeCounters:
     sync_requests_sent: int = 0
     sync_answers_sent: int = 0
     trust_rounds: int = 0
+    quarantined: int = 0  # peers sent into quarantine by the deviation check
+    restored: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
 
 
@@ -114,6 +125,13 @@ class Node:
         self._fresh_signatures: set[str] = set()
         self.alignment: dict[str, float] = {}
         self.convergence: float | None = None
+        #: the deviation quarantine (``peerd.quarantine``) and its last verdicts
+        self.quarantine = Quarantine()
+        self.deviation: dict[str, Verdict] = {}
+        #: per-peer version rates (``peerd.evidence``), on the node's clock
+        self.version_rate = VersionRate()
+        #: the heartbeat runs trust rounds; a simulation on a virtual clock runs its own
+        self.auto_trust_rounds = True
         self._log = get_logger(node=self.id, fed=self.fed)
         self._last_reject_log: dict[tuple[str, str], float] = {}
         self._signatures_sent = -1e18
@@ -384,7 +402,8 @@ class Node:
                     await self.store.delete_origin(peer)
                 self.gossip.forget(peer)
                 self._log.info("origin_expired", peer=peer, cells=dropped)
-            await self.trust_round()
+            if self.auto_trust_rounds:
+                await self.trust_round()
             await self._save_peers()
 
     # ------------------------------------------------------------ incoming
@@ -452,7 +471,9 @@ class Node:
         delta: Delta = msg.delta
         if delta.origin != peer:
             raise OriginMismatch(f"{peer!r} sent cells of origin {delta.origin!r}")
+        self.check_evidence(delta)
         stats = self.table.apply(delta)  # validates everything first; raises InvalidDelta
+        self.version_rate.observe(peer, delta.to_version, self.clock())
         if stats.changed and self.store is not None:
             await asyncio.gather(self.store.write_cells(peer, delta.arrays()),
                                  self.store.log_merge(now, stats))  # one group commit
@@ -467,6 +488,27 @@ class Node:
         if self.on_merge:
             self.on_merge(msg.header, stats)
         self.applied_event.set()
+
+    def check_evidence(self, delta: Delta) -> None:
+        """The evidence budget of DESIGN §2 (``peerd.evidence``); raises ``InvalidDelta``.
+
+        Compares the delta with what this node holds of the origin's cells:
+        visits added vs. the version range, each cell's weight vs. its new
+        visits, and the origin's version rate.
+        """
+        origin, t = delta.origin, self.table
+        now = self.clock()
+        self.version_rate.observe(self.id, t.version, now)
+        self.version_rate.check(origin, delta.to_version, now)
+        if not len(delta):
+            return
+        t.check(delta)  # shape, bounds and the visit_cap guard first: their reasons are more precise
+        n_held, lw_held, v_held = t.held_cells(origin, delta.keys, delta.actions)
+        check_budget(origin, delta.from_version, delta.to_version,
+                     self.gossip.known.get(origin, 0), n_new=delta.n, lw_new=delta.lw,
+                     n_held=n_held, lw_held=lw_held,
+                     replaces=delta.version > v_held,
+                     now_over_h=(now + t.clock_skew) / t.half_life)
 
     def _heard(self, peer: str, epoch: int, now: float) -> None:
         if self.liveness.on_heard(peer, epoch, now):
@@ -510,7 +552,8 @@ class Node:
 
     # --------------------------------------------------------------- trust
     async def trust_round(self) -> dict[str, Judgement]:
-        """Judge peers with fresh signatures against the leave-one-out consensus."""
+        """Values first (the deviation quarantine), then signatures against the leave-one-out consensus."""
+        await self.deviation_round()
         if not self._fresh_signatures:
             return {}
         sigs = dict(self.peer_signatures)
@@ -526,6 +569,8 @@ class Node:
                 continue
             if j.alignment is not None:
                 self.alignment[peer] = j.alignment
+            if peer in self.quarantine:  # agreeing signatures buy a liar nothing
+                continue
             old = self.table.trust(peer)
             new = clamp_trust(old + j.change)
             if new != old:
@@ -537,6 +582,45 @@ class Node:
         if events and self.store:
             await self.store.add_trust_events(events)
         return judged
+
+    def excluded(self, peer: str) -> bool:
+        """True when ``peer``'s cells are left out of the merged view (quarantined or distrusted)."""
+        q = self.table.quarantine_below
+        return peer in self.quarantine or (q > 0 and self.table.trust(peer) < q)
+
+    async def deviation_round(self) -> dict[str, Verdict]:
+        """Score every origin by how far its values deviate from the others'; (un)quarantine.
+
+        Quarantine sets a peer's trust to the floor (below ``quarantine_below``:
+        out of the view, its cells kept); leaving it restores trust to at least 1.
+        """
+        t = self.table
+        origins = [o for o in t.origins if o == self.id or t.max_version(o) > 0]
+        if len(origins) < 3:
+            return {}
+        matrix = gather_origins([t.delta_of(o) for o in origins])
+        trust = {o: t.trust(o) for o in origins}
+        verdicts, entered, left = judge_round(matrix, trust, self.quarantine, own=self.id,
+                                              now_over_h=self.clock() / t.half_life)
+        self.deviation = verdicts
+        now = time.time()
+        events = []
+        for peer, new_trust, why in ([(p, TRUST_MIN, "quarantine") for p in entered]
+                                     + [(p, max(1.0, t.trust(p)), "restored") for p in left]):
+            old = t.trust(peer)
+            v = verdicts.get(peer)
+            ratio = v.ratio if v is not None and v.ratio is not None else float("nan")
+            self._log.info("peer_quarantined" if why == "quarantine" else "peer_restored",
+                           peer=peer, ratio=round(ratio, 2))
+            if new_trust != old:
+                t.set_trust(peer, new_trust)
+                self._touch_peer(peer, trust=new_trust)
+                events.append(TrustEvent(peer, now, old, new_trust, f"{why}:deviation x{ratio:.1f}"))
+        self.counters.quarantined += len(entered)
+        self.counters.restored += len(left)
+        if events and self.store:
+            await self.store.add_trust_events(events)
+        return verdicts
 
     # ---------------------------------------------------------------- peers
     def _touch_peer(self, peer: str, **changes: Any) -> None:

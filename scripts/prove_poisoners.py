@@ -1,124 +1,190 @@
-"""Poisoners: honest nodes learning next to nodes that publish validly signed lies.
+"""Poisoners: honest nodes learning next to validly signed liars, with the defences of issue 11 on.
 
 Part of the proof suite (``scripts/prove.py`` calls ``run``). Each run is a
-``peerd sim`` federation over a real broker with ``attackers`` extra nodes
-whose published cells are poisoned (``peerd.sim.runner.PoisonedTable``):
-inverted values, values pushed to ±q_bound, claims of 10^9 visits at the
-highest log-weight the evidence guard lets through, or a copycat that copies
-honest signatures. Figures: honest nodes' steps to target against an
-all-honest run of the same strategy (same seeds), and each attack's mean
-trust (as seen by honest nodes) per trust round.
+``peerd sim`` federation over a real broker: 8 honest nodes plus COUNT liars
+of one attack of ``peerd.sim.attacks`` (invert, extreme, ipm, alie, inflate,
+focus, copycat, sybil), each a pinned member signing its own lies. Figures per
+attack × count, as medians over seeds: honest nodes' steps to the target,
+the slowdown against the all-honest run of the same build (same seeds), the
+trust rounds until every honest node has every liar out of its view, and the
+longest run of rounds an honest node spent quarantined by another.
 
-Targets (issue "Proof suite"): with 20 % attackers honest nodes reach the
-target within 1.5× the all-honest steps; attackers' trust reaches the floor
-(0.1) within 10 rounds.
+Targets (issue 11): all-honest within 1.1× of the federated steps before the
+defences (5 500 on Taxi); 2 liars ≤ 1.3×; 3 liars ≤ 2×; invert, extreme, ipm,
+inflate and copycat liars out of every honest view within 10 rounds; in
+all-honest runs no honest node quarantined for more than one round;
+FrozenLake8x8 with 2 inverters ≤ 1.3×.
+
+    python scripts/prove_poisoners.py [--quick] [--seeds 3] [--attacks invert,ipm] [--counts 2,3]
+                                      [--no-frozenlake] [--out part.json]
+    python scripts/prove_poisoners.py --merge part1.json part2.json   # one report from parts
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peerd.broker import Broker, find_mosquitto
+from peerd.sim.attacks import ATTACKS, AttackSpec
 from peerd.sim.runner import SimSettings, Simulation
-from peerd.trust import TRUST_MIN
 
-FULL = {
-    "env": "taxi", "nodes": 8, "trust_every": 100, "seeds": 1,
-    "plan": [  # (attackers, attack, strategy)
-        *[(2, atk, "weighted_average") for atk in ("invert", "extreme", "visits", "copycat")],
-        (4, "invert", "weighted_average"),
-        *[(2, "invert", s) for s in ("trimmed_mean:0.2", "median")],
-    ],
-}
-QUICK = {
-    "env": "routing", "nodes": 8, "trust_every": 20, "seeds": 1,
-    "plan": [(2, "invert", "weighted_average"), (2, "visits", "weighted_average")],
-}
+#: federated all-honest steps on Taxi-v4 (8 nodes) before the defences (docs/prove.md §5)
+HONEST_BEFORE = {"taxi": 5500}
+QUARANTINE_JUDGED = ("invert", "extreme", "ipm", "inflate", "copycat")
+LIMITS = {2: 1.3, 3: 2.0}
+GIVE_UP = 3.0  # a run stops at GIVE_UP × the all-honest steps: "not reached"
+
+FULL = {"env": "taxi", "nodes": 8, "trust_every": 100, "seeds": 3, "counts": (2, 3),
+        "attacks": ATTACKS, "frozenlake": True}
+QUICK = {"env": "routing", "nodes": 8, "trust_every": 20, "seeds": 1, "counts": (2,),
+         "attacks": ("invert", "inflate"), "frozenlake": False}
 
 
-def _rounds_to_floor(trust: list[tuple[int, float]]) -> int | None:
-    for i, (_, t) in enumerate(trust, start=1):
-        if t <= TRUST_MIN + 1e-9:
-            return i
-    return None
-
-
-async def _one(broker_url: str, env: str, nodes: int, attackers: int, attack: str, strategy: str,
-               trust_every: int, step_cap: int | None, seed: int) -> dict[str, Any]:
+async def _one(broker_url: str, env: str, nodes: int, attacks: list[AttackSpec], trust_every: int,
+               step_cap: int | None, seed: int) -> dict[str, Any]:
     s = SimSettings(env=env, nodes=nodes, modes=["federated"], broker_url=broker_url,
-                    attackers=attackers, attack=attack, strategy=strategy,
-                    trust_every=trust_every, step_cap=step_cap, seed=seed)
+                    attacks=tuple(attacks), trust_every=trust_every, step_cap=step_cap, seed=seed)
     t0 = time.perf_counter()
     r = (await Simulation(s).run())["federated"][0]
-    return {"attackers": attackers, "attack": attack if attackers else None, "strategy": strategy,
-            "steps_to_target": r.steps_to_target, "attacker_trust": r.attacker_trust,
-            "rounds_to_floor": _rounds_to_floor(r.attacker_trust) if attackers else None,
+    return {"steps": r.steps_to_target, "rounds_to_quarantine": r.rounds_to_quarantine,
+            "honest_quarantine_rounds": r.honest_quarantine_rounds,
+            "sybil_identities": r.sybil_identities,
+            "attacker_excluded": [(k, round(v, 3)) for k, v in r.attacker_excluded],
+            "attacker_trust": [(k, round(v, 3)) for k, v in r.attacker_trust],
             "wall_s": round(time.perf_counter() - t0, 1)}
 
 
-async def _run(quick: bool, broker_url: str) -> dict[str, Any]:
-    cfg = QUICK if quick else FULL
-    env, nodes, seed = cfg["env"], cfg["nodes"], 2024
-    baselines: dict[str, dict[str, Any]] = {}
+def _median(xs: list[int | None]) -> float | None:
+    vals = [np.inf if x is None else x for x in xs]
+    m = float(np.median(vals)) if vals else np.inf
+    return m if np.isfinite(m) else None
+
+
+async def _series(broker_url: str, env: str, cfg: dict[str, Any], attack: str | None, count: int,
+                  seeds: list[int], base: dict[int, int | None] | None) -> dict[str, Any]:
     runs = []
-    for attackers, attack, strategy in cfg["plan"]:
-        if strategy not in baselines:
-            baselines[strategy] = await _one(broker_url, env, nodes, 0, "invert", strategy,
-                                             cfg["trust_every"], None, seed)
-            _log(baselines[strategy])
-        base = baselines[strategy]["steps_to_target"]
-        cap = int(base * 3) if base else None  # beyond 3x the honest steps: "not reached"
-        r = await _one(broker_url, env, nodes, attackers, attack, strategy, cfg["trust_every"],
-                       cap, seed)
-        r["slowdown"] = (r["steps_to_target"] / base) if (base and r["steps_to_target"]) else None
-        share = attackers / (attackers + nodes)
-        r["attacker_share"] = round(share, 3)
-        r["meets_steps_target"] = bool(r["slowdown"] is not None and r["slowdown"] <= 1.5)
-        r["meets_trust_target"] = bool(r["rounds_to_floor"] is not None and r["rounds_to_floor"] <= 10)
-        r["attacker_trust"] = [(k, round(v, 3)) for k, v in r["attacker_trust"]]
-        _log(r)
+    for seed in seeds:
+        b = (base or {}).get(seed)
+        cap = int(b * GIVE_UP) if b else None
+        specs = [AttackSpec(attack, count)] if attack and count else []
+        r = await _one(broker_url, env, cfg["nodes"], specs, cfg["trust_every"], cap, seed)
+        r["seed"] = seed
         runs.append(r)
-    # Targets as stated: 20 % attackers, the default strategy; attacks that signatures can see.
-    judged = [r for r in runs if r["attacker_share"] <= 0.2 + 1e-9
-              and r["strategy"] == "weighted_average" and r["attack"] != "copycat"]
-    return {
-        "env": env, "honest_nodes": nodes,
-        "all_honest": {k: v["steps_to_target"] for k, v in baselines.items()},
-        "runs": runs,
-        "pass": bool(judged) and all(r["meets_steps_target"] and r["meets_trust_target"]
-                                     for r in judged),
-        "judged_on": "20% attackers, weighted_average, attacks visible to signature consensus "
-                     "(invert, extreme, visits); copycat and 4 attackers are reported, not judged",
-    }
+        _log({"env": env, "attack": attack, "count": count, **{k: v for k, v in r.items()
+                                                                 if not k.startswith("attacker_")}})
+    steps = _median([r["steps"] for r in runs])
+    rq = [r["rounds_to_quarantine"] for r in runs]
+    return {"env": env, "attack": attack, "count": count, "steps_per_seed": [r["steps"] for r in runs],
+            "steps": steps, "rounds_to_quarantine_per_seed": rq,
+            "rounds_to_quarantine": _median(rq) if attack else None,
+            "honest_quarantine_rounds": max(r["honest_quarantine_rounds"] for r in runs),
+            "sybil_identities": max(r["sybil_identities"] for r in runs),
+            "runs": runs}
+
+
+async def _run(quick: bool, broker_url: str, *, seeds: int | None = None,
+               attacks: tuple[str, ...] | None = None, counts: tuple[int, ...] | None = None,
+               frozenlake: bool | None = None) -> dict[str, Any]:
+    cfg = dict(QUICK if quick else FULL)
+    seed_list = [2024 + 101 * k for k in range(seeds or cfg["seeds"])]
+    envs = [cfg["env"]] + (["frozenlake8x8"] if (cfg["frozenlake"] if frozenlake is None
+                                                  else frozenlake) else [])
+    rows: list[dict[str, Any]] = []
+    for env in envs:
+        honest = await _series(broker_url, env, cfg, None, 0, seed_list, None)
+        rows.append(honest)
+        base = {r["seed"]: r["steps"] for r in honest["runs"]}
+        plan = ([(a, c) for a in (attacks or cfg["attacks"]) for c in (counts or cfg["counts"])]
+                if env == cfg["env"] else [("invert", 2)])
+        for attack, count in plan:
+            rows.append(await _series(broker_url, env, cfg, attack, count, seed_list, base))
+    return judge(rows, quick=quick)
+
+
+def judge(rows: list[dict[str, Any]], *, quick: bool = False) -> dict[str, Any]:
+    """Slowdowns against each env's all-honest row, the targets, and the verdict."""
+    honest = {r["env"]: r for r in rows if not r["attack"]}
+    table = []
+    for r in rows:
+        h = honest.get(r["env"])
+        base = h["steps"] if h else None
+        r["slowdown"] = round(r["steps"] / base, 3) if (base and r["steps"]) else None
+        if r["attack"]:
+            limit = LIMITS.get(r["count"], LIMITS[3]) if not quick else GIVE_UP
+            r["slowdown_limit"] = limit
+            r["meets_slowdown"] = r["slowdown"] is not None and r["slowdown"] <= limit
+            if r["attack"] in QUARANTINE_JUDGED:
+                rq = r["rounds_to_quarantine"]
+                r["meets_quarantine"] = rq is not None and rq <= 10
+        else:
+            before = HONEST_BEFORE.get(r["env"])
+            r["vs_before_defences"] = round(r["steps"] / before, 3) if (before and r["steps"]) else None
+            r["meets_slowdown"] = (r["vs_before_defences"] is None or r["vs_before_defences"] <= 1.1) \
+                and r["steps"] is not None
+            r["meets_no_false_quarantine"] = r["honest_quarantine_rounds"] <= 1
+        table.append({k: r.get(k) for k in (
+            "env", "attack", "count", "steps", "slowdown", "rounds_to_quarantine",
+            "honest_quarantine_rounds", "steps_per_seed", "rounds_to_quarantine_per_seed",
+            "meets_slowdown", "meets_quarantine", "meets_no_false_quarantine") if k in r})
+    checks = [v for row in table for k, v in row.items() if k.startswith("meets_")]
+    return {"table": table, "rows": rows, "pass": bool(checks) and all(checks),
+            "missed": [row for row in table
+                       if any(v is False for k, v in row.items() if k.startswith("meets_"))]}
 
 
 def _log(r: dict[str, Any]) -> None:
-    brief = {k: v for k, v in r.items() if k != "attacker_trust"}
-    print(f"# poisoners {brief}", file=sys.stderr, flush=True)
+    print(f"# poisoners {r}", file=sys.stderr, flush=True)
 
 
-def run(quick: bool = False, broker_url: str | None = None) -> dict[str, Any]:
+def run(quick: bool = False, broker_url: str | None = None, **kw: Any) -> dict[str, Any]:
     """Run the poisoner experiments; starts a mosquitto (else amqtt) broker unless given one."""
     if broker_url:
-        return asyncio.run(_run(quick, broker_url))
+        return asyncio.run(_run(quick, broker_url, **kw))
     with Broker("mosquitto" if find_mosquitto() else "amqtt") as broker:
-        return asyncio.run(_run(quick, broker.url))
+        return asyncio.run(_run(quick, broker.url, **kw))
+
+
+def merge(paths: list[Path]) -> dict[str, Any]:
+    """One report from partial ones (the matrix run in parts): rows deduplicated by (env, attack, count)."""
+    seen: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for p in paths:
+        for r in json.loads(p.read_text())["rows"]:
+            seen[(r["env"], r["attack"], r["count"])] = r
+    return judge(list(seen.values()))
 
 
 if __name__ == "__main__":
     import argparse
-    import json
 
     from peerd import logs
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--seeds", type=int, default=None)
+    p.add_argument("--attacks", default=None, help="comma-separated kinds (default: all)")
+    p.add_argument("--counts", default=None, help="comma-separated liar counts (default: 2,3)")
+    p.add_argument("--no-frozenlake", action="store_true")
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--merge", type=Path, nargs="+", default=None)
     args = p.parse_args()
     logs.configure("warning")
-    print(json.dumps(run(args.quick), indent=2))
+    if args.merge:
+        doc = merge(args.merge)
+    else:
+        doc = run(args.quick, seeds=args.seeds,
+                  attacks=tuple(args.attacks.split(",")) if args.attacks else None,
+                  counts=tuple(int(c) for c in args.counts.split(",")) if args.counts else None,
+                  frozenlake=False if args.no_frozenlake else None)
+    text = json.dumps(doc, indent=2)
+    if args.out:
+        args.out.write_text(text)
+    print(json.dumps(doc["table"], indent=1) if args.out else text)

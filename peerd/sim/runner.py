@@ -30,10 +30,11 @@ from typing import Any
 import numpy as np
 
 from peerd.config import NodeConfig
-from peerd.delta import Delta, PatternSignature
 from peerd.node import Node
-from peerd.qtable import QTable, signature_confidence
+from peerd.qtable import QTable
+from peerd.sim.attacks import AttackSpec
 from peerd.sim.envs import EnvBatch, EnvSpec, evaluate, load_env
+from peerd.sim.liars import LyingTable
 from peerd.task import Task
 
 MODES = ("federated", "isolated", "centralized", "naive")
@@ -67,9 +68,18 @@ class SimSettings:
     eval_every: int | None = None
     strategy: str = "weighted_average"
     seed: int = 2024
-    attackers: int = 0  # extra federated nodes publishing validly signed poisoned deltas
-    attack: str = "invert"  # invert | extreme | visits | copycat (see PoisonedTable)
+    #: extra federated nodes publishing validly signed lies (``--attack KIND:COUNT``, repeatable)
+    attacks: Sequence[AttackSpec] = ()
+    attackers: int = 0  # shorthand for attacks=(AttackSpec(attack, attackers),)
+    attack: str = "invert"  # a kind of peerd.sim.attacks.ATTACKS ("visits" = "inflate")
     trust_every: int = 100  # ticks between signature exchanges + trust rounds (federated)
+
+    def attack_plan(self) -> list[str]:
+        """The kind of every attacker node, in order."""
+        specs = list(self.attacks)
+        if self.attackers and not specs:
+            specs = [AttackSpec("inflate" if self.attack == "visits" else self.attack, self.attackers)]
+        return [s.kind for s in specs for _ in range(s.count)]
 
 
 @dataclass
@@ -92,6 +102,15 @@ class RunResult:
     wall_s: float = 0.0
     #: with attackers: tick → mean trust honest nodes give the attackers
     attacker_trust: list[tuple[int, float]] = field(default_factory=list)
+    #: with attackers: tick → share of (honest node, attacker) pairs where the attacker is out
+    #: of the honest node's view (quarantined or distrusted)
+    attacker_excluded: list[tuple[int, float]] = field(default_factory=list)
+    #: trust rounds until every honest node excluded every attacker (None: never)
+    rounds_to_quarantine: int | None = None
+    #: the longest run of consecutive rounds any honest node spent quarantined by another
+    honest_quarantine_rounds: int = 0
+    #: identities the sybils used (0 without sybils)
+    sybil_identities: int = 0
 
 
 Progress = Callable[[str, int, float, int], None]  # mode, ticks, best metric, step cap
@@ -132,75 +151,6 @@ class _NaiveTable:
         # (the seed designs had no answer for this; their counts grow without bound).
         self.q = np.where((tot > 0) & np.isfinite(merged), merged, self.q)
         self.n = tot
-
-
-ATTACKS = ("invert", "extreme", "visits", "copycat")
-
-
-class PoisonedTable:
-    """A node's ``QTable`` whose *published* cells are poisoned (validly signed by the node).
-
-    The attacker learns honestly from its own environment, but what it tells
-    the federation is a lie:
-
-    - ``invert``: every q negated — the worst actions look best;
-    - ``extreme``: q pushed to ±q_bound (a random action per state at +bound);
-    - ``visits``: inverted q, claiming n = 10^9 visits and the largest log-weight
-      the receivers' evidence guard lets through (``visit_cap`` fresh visits);
-    - ``copycat``: inverted q, with signatures copied from an honest peer, so that
-      signature consensus cannot see it.
-
-    Its signatures (except the copycat's) agree with what it publishes.
-    """
-
-    def __init__(self, table: QTable, attack: str, node: Node, rng: np.random.Generator) -> None:
-        if attack not in ATTACKS:
-            raise ValueError(f"unknown attack {attack!r}; known: {', '.join(ATTACKS)}")
-        self._table, self.attack, self._node, self._rng = table, attack, node, rng
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._table, name)
-
-    def _poison(self, d: Delta) -> Delta:
-        if not len(d):
-            return d
-        t = self._table
-        a = d.arrays()
-        q = a["q"].astype(np.float64)
-        if self.attack == "extreme":
-            favoured = (d.keys % np.uint64(t.task.n_actions)).astype(np.int64)
-            q = np.where(d.actions == favoured, t.q_bound, -t.q_bound)
-        else:
-            q = -q
-        a["q"] = q
-        if self.attack == "visits":
-            a["n"] = np.full(len(d), 10**9, np.uint32)
-            ceiling = np.log2(t.visit_cap) + t.clock() / t.half_life - 1e-3
-            a["lw"] = np.full(len(d), ceiling)
-        return Delta.build(d.origin, d.fingerprint, d.from_version, d.to_version, **a)
-
-    def delta(self, since: int = 0) -> Delta:
-        return self._poison(self._table.delta(since))
-
-    def signatures(self, k: int = 32) -> list[PatternSignature]:
-        if self.attack == "copycat":
-            others = [s for s in self._node.peer_signatures.values() if s]
-            return list(others[int(self._rng.integers(len(others)))][:k]) if others else []
-        honest = self._table.signatures(k)
-        if not honest:
-            return []
-        t = self._table
-        keys = np.array([sig.key for sig in honest], np.uint64)
-        own, tried = t.own_cells(keys)
-        if self.attack == "extreme":  # what it publishes: +bound for one action, -bound for the rest
-            favoured = (keys % np.uint64(t.task.n_actions)).astype(np.int64)
-            lie = np.where(np.arange(t.task.n_actions)[None, :] == favoured[:, None], 1.0, -1.0)
-        else:
-            lie = -own
-        visits = np.array([sig.visits for sig in honest], np.float64)
-        best, conf = signature_confidence(lie, tried, visits)
-        return [PatternSignature(sig.key, int(b), float(c), sig.visits)
-                for sig, b, c in zip(honest, best.tolist(), conf.tolist(), strict=True)]
 
 
 def _task(spec: EnvSpec) -> Task:
@@ -320,19 +270,47 @@ class Simulation:
     # ------------------------------------------------------------------ modes
     async def run_federated(self, seed: int, broker_url: str, *, isolated: bool = False) -> RunResult:
         spec, n = self.spec, self.s.nodes
-        n_att = 0 if isolated else self.s.attackers
+        kinds = [] if isolated else self.s.attack_plan()
+        n_att = len(kinds)
         clock = VirtualClock()
         # A federation of its own: a broker shared by several runs keeps retained presence.
         fed = f"sim-{re.sub(r'[^A-Za-z0-9_.-]', '-', spec.name)[:32]}-{uuid.uuid4().hex[:8]}"
         nodes = [Node(_node_config(spec, self.s, i, seed, None if isolated else broker_url,
                                    self.half_life, fed), clock=clock) for i in range(n + n_att)]
+        for nd in nodes:
+            nd.auto_trust_rounds = False  # rounds every trust_every ticks, below
         for k, nd in enumerate(nodes[n:]):
-            nd.table = PoisonedTable(nd.table, self.s.attack, nd,  # type: ignore[assignment]
-                                     np.random.default_rng(seed + k))
+            nd.table = LyingTable(nd.table, kinds[k], nd,  # type: ignore[assignment]
+                                  np.random.default_rng(seed + k))
         honest, attackers = nodes[:n], nodes[n:]
         mode = "isolated" if isolated else "federated"
         lag_wait = 0.0
         trust_log: list[tuple[int, float]] = []
+        excluded_log: list[tuple[int, float]] = []
+        honest_run: dict[tuple[str, str], int] = {}
+        honest_worst = 0
+        sybils = {"identities": sum(k == "sybil" for k in kinds), "next": 0}
+
+        async def replace_sybils() -> None:
+            """A sybil out of most honest views comes back under a new identity (strict = false)."""
+            for j, a in enumerate(list(attackers)):
+                if kinds[j] != "sybil":
+                    continue
+                if sum(h.excluded(a.id) for h in honest) * 2 <= len(honest):
+                    continue
+                sybils["next"] += 1
+                sybils["identities"] += 1
+                cfg = _node_config(spec, self.s, n + j, seed, broker_url, self.half_life, fed)
+                cfg = cfg.replace(node_id=f"sybil{n + j:02d}x{sybils['next']}")
+                fresh = Node(cfg, clock=clock)
+                fresh.auto_trust_rounds = False
+                fresh.table = LyingTable(fresh.table, "sybil", fresh,  # type: ignore[assignment]
+                                         np.random.default_rng(seed + 7919 * sybils["next"]))
+                await fresh.start()
+                await fresh.transport.wait_connected(30)
+                await a.stop()
+                attackers[j] = fresh
+                nodes[n + j] = fresh
         try:
             for node in nodes:
                 await node.start()
@@ -348,12 +326,23 @@ class Simulation:
                 lag_wait += time.perf_counter() - t
 
             async def trust_round(tick: int) -> None:
+                nonlocal honest_worst
                 await backpressure()
                 for nd in nodes:
                     await nd.trust_round()
                 if attackers:
                     trust_log.append((tick, float(np.mean(
                         [h.table.trust(a.id) for h in honest for a in attackers]))))
+                    excluded_log.append((tick, float(np.mean(
+                        [h.excluded(a.id) for h in honest for a in attackers]))))
+                for h in honest:
+                    for p in honest:
+                        if p is not h:
+                            run = honest_run.get((h.id, p.id), 0) + 1 if p.id in h.quarantine else 0
+                            honest_run[(h.id, p.id)] = run
+                            honest_worst = max(honest_worst, run)
+                if sybils["identities"]:
+                    await replace_sybils()
 
             async def trust_cycle(tick: int) -> None:
                 if tick > self.s.trust_every:  # judge the signatures asked for last cycle ...
@@ -377,6 +366,11 @@ class Simulation:
                 actors=len(nodes))
             res.lag_wait_s = lag_wait
             res.attacker_trust = trust_log
+            res.attacker_excluded = excluded_log
+            res.rounds_to_quarantine = next(
+                (i for i, (_, x) in enumerate(excluded_log, start=1) if x >= 1.0), None)
+            res.honest_quarantine_rounds = honest_worst
+            res.sybil_identities = sybils["identities"]
             if not isolated:
                 for nd in nodes:
                     await nd.flush()
@@ -520,6 +514,10 @@ def summarize(results: dict[str, list[RunResult]]) -> dict[str, Any]:
             "lag_wait_s": float(np.sum([r.lag_wait_s for r in runs])),
             "wall_s": float(np.sum([r.wall_s for r in runs])),
         }
+        if any(r.attacker_excluded for r in runs):
+            rq = [r.rounds_to_quarantine for r in runs]
+            modes[mode]["rounds_to_quarantine_per_seed"] = rq
+            modes[mode]["honest_quarantine_rounds"] = max(r.honest_quarantine_rounds for r in runs)
     base = modes.get("isolated", {}).get("steps_to_target")
     for m in modes.values():
         s = m["steps_to_target"]
