@@ -35,7 +35,7 @@ import numpy as np
 from peerd.delta import Delta
 
 ENTER_RATIO = 3.0
-LEAVE_RATIO = 1.5
+LEAVE_RATIO = 2.0
 MIN_CELLS = 20
 MIN_RELATIVE = 0.05
 

@@ -15,7 +15,8 @@ claims of DESIGN §4–7 instead of asserting them in a unit test:
 - ``hostile``: a foreign client floods the federation's topics with garbage,
   mutants, forgeries, replays, impersonations and a "mallory" node's invalid
   deltas; honest nodes must stay up, change no cell and count every message.
-- ``poisoners``: the lead's ``scripts/prove_poisoners.py`` (validly signed lies).
+- ``poisoners``: ``scripts/prove_poisoners.py``: validly signed liars of every attack of
+  ``peerd sim --attack``; a table attack × count → slowdown, rounds to quarantine.
 - ``soak`` (only with ``--soak MINUTES``): 50 nodes for MINUTES; memory, file
   descriptors and tasks must not grow.
 
@@ -1172,7 +1173,7 @@ async def _send(foe: MqttTransport, ledgers: dict[str, Ledger], batch: list[tupl
 
 
 def poisoners(quick: bool, fig: Figures) -> bool | None:
-    """The lead's experiments with validly signed lies (scripts/prove_poisoners.py), if present."""
+    """Validly signed liars (scripts/prove_poisoners.py): attack × count → slowdown, rounds to quarantine."""
     if not POISONERS.exists():
         fig["skipped"] = "prove_poisoners.py not present"
         return None

@@ -96,18 +96,22 @@ def test_hostile_flood_changes_nothing_and_every_message_is_counted() -> None:
 
 @pytest.mark.skipif(not (SCRIPTS / "prove_poisoners.py").exists(),
                     reason="scripts/prove_poisoners.py not present")
-def test_poisoners_lose_trust_and_honest_nodes_still_learn() -> None:
-    """With 20 % validly signed liars, honest nodes still reach the target and the liars lose trust.
+def test_poisoners_are_quarantined_and_honest_nodes_still_learn() -> None:
+    """With 20 % validly signed liars (invert, inflate) on the routing bandit, honest nodes reach the
+    target within 3× the all-honest steps and every liar is out of every honest view within 10 rounds.
 
-    The issue's stricter targets (within 1.5× the all-honest steps, trust at the
-    floor within 10 rounds) are measured by ``scripts/prove.py`` and reported in
-    docs/prove.md; they are not all met, so this test asserts what does hold.
+    The full matrix (Taxi, every attack, 2 and 3 liars, 3 seeds) is measured by
+    ``scripts/prove.py --only poisoners`` and reported in docs/prove.md.
     """
     r = prove.run_scenario("poisoners", quick=True)
-    assert all(v is not None for v in r["all_honest"].values())
-    for run in r["runs"]:
-        assert run["steps_to_target"] is not None, run  # within 3x the all-honest steps
-        assert run["attacker_trust"][-1][1] <= 0.5, run["attacker_trust"]
+    honest = [row for row in r["table"] if not row["attack"]]
+    attacked = [row for row in r["table"] if row["attack"]]
+    assert honest and honest[0]["steps"] is not None
+    assert honest[0]["honest_quarantine_rounds"] <= 1
+    assert {row["attack"] for row in attacked} == {"invert", "inflate"}
+    for row in attacked:
+        assert row["slowdown"] is not None and row["slowdown"] <= 3.0, row
+        assert row["rounds_to_quarantine"] is not None and row["rounds_to_quarantine"] <= 10, row
 
 
 def test_unknown_scenarios_are_refused() -> None:

@@ -322,7 +322,7 @@ class Simulation:
             async def backpressure() -> None:
                 nonlocal lag_wait
                 t = time.perf_counter()
-                await _wait_delivered(nodes, self.max_lag)
+                await _wait_delivered(nodes, self.max_lag, senders=honest)
                 lag_wait += time.perf_counter() - t
 
             async def trust_round(tick: int) -> None:
@@ -374,7 +374,7 @@ class Simulation:
             if not isolated:
                 for nd in nodes:
                     await nd.flush()
-                await _wait_delivered(nodes, 0, timeout=30.0)
+                await _wait_delivered(nodes, 0, timeout=30.0, senders=honest)
                 for nd in nodes:
                     await nd.trust_round()
                 scores = [nd.convergence for nd in honest if nd.convergence is not None]
@@ -472,13 +472,18 @@ class Simulation:
         return out
 
 
-async def _wait_delivered(nodes: list[Node], max_lag: int, timeout: float = 60.0) -> None:
-    """Wait until every node holds every other node's published cells up to ``max_lag`` versions."""
+async def _wait_delivered(nodes: list[Node], max_lag: int, timeout: float = 60.0,
+                          senders: list[Node] | None = None) -> None:
+    """Wait until every node holds every other node's published cells up to ``max_lag`` versions.
+
+    ``senders``: only their cells are waited for (the honest nodes: a liar's
+    deltas may be rightly rejected, and then never arrive).
+    """
     async with asyncio.timeout(timeout):
         while True:
             behind = False
             for nd in nodes:
-                for other in nodes:
+                for other in (nodes if senders is None else senders):
                     if other is nd:
                         continue
                     if nd.gossip.known.get(other.id, 0) < other.gossip.published_version - max_lag:
