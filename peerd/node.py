@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from peerd import wire
 from peerd.config import NodeConfig
 from peerd.delta import Delta, MergeStats, PatternSignature
@@ -40,7 +42,14 @@ from peerd.logs import get_logger
 from peerd.memtransport import Transport
 from peerd.peers import PeerRecord, TrustEvent
 from peerd.qtable import QTable
-from peerd.quarantine import Quarantine, Verdict, gather_origins, judge_round
+from peerd.quarantine import (
+    OriginMatrix,
+    Quarantine,
+    Verdict,
+    gather_origins,
+    judge_round,
+    signature_mismatches,
+)
 from peerd.store import Store
 from peerd.trust import (
     INVALID,
@@ -128,6 +137,7 @@ class Node:
         #: the deviation quarantine (``peerd.quarantine``) and its last verdicts
         self.quarantine = Quarantine()
         self.deviation: dict[str, Verdict] = {}
+        self._matrix: OriginMatrix | None = None  # the last round's cells of every origin
         #: per-peer version rates (``peerd.evidence``), on the node's clock
         self.version_rate = VersionRate()
         #: the heartbeat runs trust rounds; a simulation on a virtual clock runs its own
@@ -556,12 +566,16 @@ class Node:
         await self.deviation_round()
         if not self._fresh_signatures:
             return {}
+        events = self._drop_self_contradicting_signatures()
+        if not self._fresh_signatures:
+            if events and self.store:
+                await self.store.add_trust_events(events)
+            return {}
         sigs = dict(self.peer_signatures)
         sigs[self.id] = tuple(self.table.signatures(self.config.signatures))
         trust = {p: self.table.trust(p) for p in sigs}
         judged = consensus_round(sigs, trust)
         self.convergence = convergence_score(judged)
-        events = []
         now = time.time()
         for peer in self._fresh_signatures:
             j = judged.get(peer)
@@ -583,6 +597,37 @@ class Node:
             await self.store.add_trust_events(events)
         return judged
 
+    def _drop_self_contradicting_signatures(self) -> list[TrustEvent]:
+        """Signatures that contradict the signer's own published cells do not vote, and cost trust."""
+        m = self._matrix
+        events: list[TrustEvent] = []
+        if m is None:
+            return events
+        now = time.time()
+        for peer in list(self._fresh_signatures):
+            if peer not in m.origins:
+                continue
+            sigs = self.peer_signatures.get(peer, ())
+            j = m.column(peer)
+            held = m.valid[:, j]
+            checked, bad = signature_mismatches(
+                np.array([s.key for s in sigs], np.uint64), np.array([s.action for s in sigs]),
+                m.keys[held], m.actions[held], m.q[held, j])
+            if not bad:
+                continue
+            self.peer_signatures.pop(peer, None)
+            self._fresh_signatures.discard(peer)
+            self.counters.rejected["contradicting_signatures"] = (
+                self.counters.rejected.get("contradicting_signatures", 0) + 1)
+            old = self.table.trust(peer)
+            new = clamp_trust(old + INVALID)
+            if new != old:
+                self.table.set_trust(peer, new)
+                self._touch_peer(peer, trust=new)
+                events.append(TrustEvent(peer, now, old, new,
+                                         f"invalid:contradicting_signatures {bad}/{checked}"))
+        return events
+
     def excluded(self, peer: str) -> bool:
         """True when ``peer``'s cells are left out of the merged view (quarantined or distrusted)."""
         q = self.table.quarantine_below
@@ -598,7 +643,7 @@ class Node:
         origins = [o for o in t.origins if o == self.id or t.max_version(o) > 0]
         if len(origins) < 3:
             return {}
-        matrix = gather_origins([t.delta_of(o) for o in origins])
+        matrix = self._matrix = gather_origins([t.delta_of(o) for o in origins])
         trust = {o: t.trust(o) for o in origins}
         verdicts, entered, left = judge_round(matrix, trust, self.quarantine, own=self.id,
                                               now_over_h=self.clock() / t.half_life)

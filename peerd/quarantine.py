@@ -257,6 +257,35 @@ def judge_round(matrix: OriginMatrix, trust: Mapping[str, float], state: Quarant
     return verdicts, all_entered, all_left
 
 
+def signature_mismatches(sig_keys: np.ndarray, sig_actions: np.ndarray, keys: np.ndarray,
+                         actions: np.ndarray, q: np.ndarray) -> tuple[int, int]:
+    """How many of a peer's signatures contradict the peer's own published cells: ``(checked, contradicted)``.
+
+    A signature (state, best action) is checked where this node holds at least
+    two of that peer's actions for the state; it is contradicted when its
+    action is not their argmax. An honest node signs what it publishes, so
+    only a liar contradicts itself: copying another node's signatures (to win
+    the consensus while publishing other values) now costs instead of paying.
+    """
+    keys = np.asarray(keys, np.uint64)
+    if keys.shape[0] == 0 or len(sig_keys) == 0:
+        return 0, 0
+    order = np.lexsort((np.asarray(actions), keys))
+    k, a, v = keys[order], np.asarray(actions, np.int64)[order], np.asarray(q, np.float64)[order]
+    checked = contradicted = 0
+    lo = k.searchsorted(np.asarray(sig_keys, np.uint64), side="left")
+    hi = k.searchsorted(np.asarray(sig_keys, np.uint64), side="right")
+    for s_act, i, j in zip(np.asarray(sig_actions).tolist(), lo.tolist(), hi.tolist(), strict=True):
+        if j - i < 2:
+            continue
+        vals = v[i:j]
+        top = vals.max()
+        best = set(a[i:j][vals >= top - 1e-6 * max(1.0, abs(top))].tolist())
+        checked += 1
+        contradicted += s_act not in best
+    return checked, contradicted
+
+
 __all__ = ["ENTER_RATIO", "LEAVE_RATIO", "OriginMatrix", "Quarantine", "Verdict",
-           "deviation_scores", "evidence_weights", "gather_origins", "judge_round",
+           "deviation_scores", "evidence_weights", "gather_origins", "judge_round", "signature_mismatches",
            "weighted_median_rows"]

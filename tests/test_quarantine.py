@@ -11,6 +11,7 @@ from peerd.quarantine import (
     deviation_scores,
     gather_origins,
     judge_round,
+    signature_mismatches,
     weighted_median_rows,
 )
 
@@ -105,3 +106,13 @@ def test_a_peer_too_thin_to_judge_keeps_its_state_and_the_floor_protects_agreeme
     assert entered == []
     v, entered, _ = q.judge({"a": 1.0, "b": None, "c": 1.0, "d": 1.0}, scales)
     assert v["b"].score is None and not v["b"].quarantined
+
+
+def test_signatures_that_contradict_the_signers_cells_are_found():
+    keys = np.array([1, 1, 1, 2, 2, 3], np.uint64)
+    acts = np.array([0, 1, 2, 0, 1, 0])
+    q = np.array([0.0, 5.0, 1.0, 2.0, 2.0, 9.0])
+    # state 1: best is action 1; state 2: a tie (0 and 1 both fine); state 3: one action, unchecked
+    assert signature_mismatches(np.array([1, 2, 3], np.uint64), np.array([1, 0, 2]), keys, acts, q) == (2, 0)
+    assert signature_mismatches(np.array([1, 2], np.uint64), np.array([2, 1]), keys, acts, q) == (2, 1)
+    assert signature_mismatches(np.array([9], np.uint64), np.array([0]), keys, acts, q) == (0, 0)

@@ -1,0 +1,96 @@
+"""A node's trust round quarantines a validly signed liar by its values; copied signatures cost trust."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+
+from peerd.config import NodeConfig
+from peerd.memtransport import MemoryBus
+from peerd.node import Node
+from peerd.sim.liars import LyingTable
+
+ACTIONS = ["a", "b", "c"]
+
+
+class Fleet:
+    def __init__(self) -> None:
+        self.bus = MemoryBus()
+        self.nodes: list[Node] = []
+
+    async def add(self, node_id: str) -> Node:
+        cfg = NodeConfig(federation="lf", node_id=node_id, actions=ACTIONS, secret="s", api_listen="",
+                         q_bound=100.0, seed=len(self.nodes))
+        node = Node(cfg, transport_factory=self.bus.transport)
+        node.auto_trust_rounds = False
+        self.nodes.append(node)
+        await node.start()
+        assert await node.transport.wait_connected(5)
+        return node
+
+
+@pytest.fixture
+async def fleet() -> AsyncIterator[Fleet]:
+    f = Fleet()
+    try:
+        yield f
+    finally:
+        for nd in f.nodes:
+            await asyncio.wait_for(nd.stop(), 10)
+
+
+async def _until(pred, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    async with asyncio.timeout(timeout):
+        while not pred():
+            await asyncio.sleep(0.01)
+
+
+async def _learn(node: Node, rng: np.random.Generator, count: int = 90) -> None:
+    for i in range(count):
+        a = i % 3
+        await node.learn(f"s{(i // 3) % 10}", a, float(a + 1 + rng.normal(0, 0.05)), done=True)
+
+
+async def _round(fleet: Fleet, honest: list[Node], liar: Node, kind: str) -> None:
+    liar.table = LyingTable(liar.table, kind, liar, np.random.default_rng(9))  # type: ignore[assignment]
+    await _until(lambda: all(len(n.peers) == len(fleet.nodes) - 1 for n in fleet.nodes))
+    rng = np.random.default_rng(1)
+    for nd in fleet.nodes:
+        await _learn(nd, rng)
+    # the liar's lies come from its view: let it see the honest cells first
+    for nd in honest:
+        await nd.flush()
+    await _until(lambda: all(liar.gossip.known.get(h.id, 0) == h.table.version for h in honest))
+    for nd in fleet.nodes:
+        nd.request_signatures()
+        await nd.flush()
+    await _until(lambda: all(a.gossip.known.get(b.id, 0) == b.table.version
+                             for a in honest for b in fleet.nodes if a is not b))
+    for nd in honest:
+        await nd.trust_round()
+
+
+async def test_an_inverter_is_quarantined_and_no_honest_node_is(fleet: Fleet) -> None:
+    honest = [await fleet.add(f"h{i}") for i in range(4)]
+    liar = await fleet.add("liar")
+    await _round(fleet, honest, liar, "invert")
+    for h in honest:
+        assert "liar" in h.quarantine and h.excluded("liar")
+        assert not any(p.id in h.quarantine for p in honest)
+        assert h.table.trust("liar") == pytest.approx(0.1)
+        assert h.counters.quarantined == 1
+        row = h.table.values("s0")
+        assert row.argmax() == 2  # the view is the honest one: action c pays most
+
+
+async def test_copied_signatures_contradicting_the_copiers_cells_cost_trust(fleet: Fleet) -> None:
+    honest = [await fleet.add(f"h{i}") for i in range(4)]
+    liar = await fleet.add("liar")
+    await _round(fleet, honest, liar, "copycat")
+    for h in honest:
+        assert h.counters.rejected.get("contradicting_signatures", 0) >= 1
+        assert h.excluded("liar")
+        assert all(h.table.trust(p.id) >= 1.0 for p in honest if p is not h)
