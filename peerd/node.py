@@ -43,7 +43,6 @@ from peerd.memtransport import Transport
 from peerd.peers import PeerRecord, TrustEvent
 from peerd.qtable import QTable
 from peerd.quarantine import (
-    OriginMatrix,
     Quarantine,
     Verdict,
     gather_origins,
@@ -65,6 +64,12 @@ from peerd.trust import (
 WORST_BYTES_PER_CELL = 48
 
 TransportFactory = Callable[..., Transport]
+
+
+class ContradictingSignatures(WireError):
+    """A node's signatures name best actions its own published cells contradict (a copycat)."""
+
+    reason = "contradicting_signatures"
 
 
 class OriginMismatch(WireError):
@@ -137,7 +142,6 @@ class Node:
         #: the deviation quarantine (``peerd.quarantine``) and its last verdicts
         self.quarantine = Quarantine()
         self.deviation: dict[str, Verdict] = {}
-        self._matrix: OriginMatrix | None = None  # the last round's cells of every origin
         #: per-peer version rates (``peerd.evidence``), on the node's clock
         self.version_rate = VersionRate()
         #: the heartbeat runs trust rounds; a simulation on a virtual clock runs its own
@@ -342,7 +346,9 @@ class Node:
         pending = delta.split(max_cells)  # pieces with contiguous version ranges, in order
         while pending:
             piece = pending.pop(0)
-            msg = wire.DeltaMsg(self._header(), delta=piece, signatures=sigs)
+            # signatures ride on the last piece: by then the receiver holds every cell they
+            # were computed from, and can check them against those cells (_check_signatures)
+            msg = wire.DeltaMsg(self._header(), delta=piece, signatures=() if pending else sigs)
             try:
                 ok = await self._publish(msg, "delta", qos=1)
             except wire.PayloadTooLarge as exc:  # signatures or framing pushed it over: halve
@@ -353,7 +359,7 @@ class Node:
                 continue
             if not ok:
                 return False
-            if sigs:
+            if sigs and not pending:
                 self._signatures_sent = now
                 sigs = ()
             self.counters.deltas_sent += 1
@@ -489,7 +495,7 @@ class Node:
                                  self.store.log_merge(now, stats))  # one group commit
         self.counters.deltas_applied += 1
         self.counters.cells_applied += stats.changed
-        if msg.signatures:
+        if msg.signatures and await self._check_signatures(peer, tuple(msg.signatures)):
             self.peer_signatures[peer] = tuple(msg.signatures)
             self._fresh_signatures.add(peer)
         self._ask(peer, self.gossip.on_delta(peer, delta.from_version, delta.to_version, now))
@@ -513,7 +519,7 @@ class Node:
         if not len(delta):
             return
         t.check(delta)  # shape, bounds and the visit_cap guard first: their reasons are more precise
-        n_held, lw_held, v_held = t.held_cells(origin, delta.keys, delta.actions)
+        n_held, lw_held, v_held, _ = t.held_cells(origin, delta.keys, delta.actions)
         check_budget(origin, delta.from_version, delta.to_version,
                      self.gossip.known.get(origin, 0), n_new=delta.n, lw_new=delta.lw,
                      n_held=n_held, lw_held=lw_held,
@@ -566,11 +572,7 @@ class Node:
         await self.deviation_round()
         if not self._fresh_signatures:
             return {}
-        events = self._drop_self_contradicting_signatures()
-        if not self._fresh_signatures:
-            if events and self.store:
-                await self.store.add_trust_events(events)
-            return {}
+        events: list[TrustEvent] = []
         sigs = dict(self.peer_signatures)
         sigs[self.id] = tuple(self.table.signatures(self.config.signatures))
         trust = {p: self.table.trust(p) for p in sigs}
@@ -597,36 +599,26 @@ class Node:
             await self.store.add_trust_events(events)
         return judged
 
-    def _drop_self_contradicting_signatures(self) -> list[TrustEvent]:
-        """Signatures that contradict the signer's own published cells do not vote, and cost trust."""
-        m = self._matrix
-        events: list[TrustEvent] = []
-        if m is None:
-            return events
-        now = time.time()
-        for peer in list(self._fresh_signatures):
-            if peer not in m.origins:
-                continue
-            sigs = self.peer_signatures.get(peer, ())
-            j = m.column(peer)
-            held = m.valid[:, j]
-            checked, bad = signature_mismatches(
-                np.array([s.key for s in sigs], np.uint64), np.array([s.action for s in sigs]),
-                m.keys[held], m.actions[held], m.q[held, j])
-            if not bad:
-                continue
-            self.peer_signatures.pop(peer, None)
-            self._fresh_signatures.discard(peer)
-            self.counters.rejected["contradicting_signatures"] = (
-                self.counters.rejected.get("contradicting_signatures", 0) + 1)
-            old = self.table.trust(peer)
-            new = clamp_trust(old + INVALID)
-            if new != old:
-                self.table.set_trust(peer, new)
-                self._touch_peer(peer, trust=new)
-                events.append(TrustEvent(peer, now, old, new,
-                                         f"invalid:contradicting_signatures {bad}/{checked}"))
-        return events
+    async def _check_signatures(self, peer: str, sigs: tuple[PatternSignature, ...]) -> bool:
+        """False (and trust lost) when signatures contradict the signer's own published cells.
+
+        An honest node signs what it publishes; a copycat signs what others
+        publish. Its signatures then neither vote nor earn it trust.
+        """
+        a = self.task.n_actions
+        keys = np.repeat(np.array([s.key for s in sigs], np.uint64), a)
+        acts = np.tile(np.arange(a, dtype=np.int64), len(sigs))
+        n, _, _, q = self.table.held_cells(peer, keys, acts)
+        held = n > 0
+        checked, bad = signature_mismatches(keys[:: a], np.array([s.action for s in sigs]),
+                                            keys[held], acts[held], q[held])
+        if not bad:
+            return True
+        exc = ContradictingSignatures(f"{bad} of {checked} checked signatures of {peer!r} "
+                                      "contradict its own published cells")
+        exc.authenticated = True
+        await self._reject(peer, exc, False)
+        return False
 
     def excluded(self, peer: str) -> bool:
         """True when ``peer``'s cells are left out of the merged view (quarantined or distrusted)."""
@@ -643,7 +635,7 @@ class Node:
         origins = [o for o in t.origins if o == self.id or t.max_version(o) > 0]
         if len(origins) < 3:
             return {}
-        matrix = self._matrix = gather_origins([t.delta_of(o) for o in origins])
+        matrix = gather_origins([t.delta_of(o) for o in origins])
         trust = {o: t.trust(o) for o in origins}
         verdicts, entered, left = judge_round(matrix, trust, self.quarantine, own=self.id,
                                               now_over_h=self.clock() / t.half_life)

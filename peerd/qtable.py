@@ -167,23 +167,26 @@ class QTable:
         return c["q"][rows, :, 0].astype(np.float64), c["n"][rows, :, 0] > 0
 
     def held_cells(self, origin: str, keys: np.ndarray, actions: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """What is held of ``origin``'s cells ``(keys, actions)``: ``(n, lw, version)``.
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """What is held of ``origin``'s cells ``(keys, actions)``: ``(n, lw, version, q)``.
 
-        ``n = 0``, ``lw = -inf``, ``version = 0`` where nothing is held: the
-        evidence budget (``peerd.evidence``) compares a delta with these. O(cells asked).
+        ``n = 0``, ``lw = -inf``, ``version = 0``, ``q = 0`` where nothing is
+        held: the evidence budget (``peerd.evidence``) compares a delta with
+        these, signatures are checked against them. O(cells asked).
         """
         m = np.asarray(keys).shape[0]
         ix = self._origin_ix.get(origin)
         if ix is None or m == 0:
-            return np.zeros(m, np.int64), np.full(m, -np.inf), np.zeros(m, np.uint64)
+            return (np.zeros(m, np.int64), np.full(m, -np.inf), np.zeros(m, np.uint64),
+                    np.zeros(m))
         rows = self._index.lookup(np.asarray(keys, np.uint64))
         hit = rows >= 0
         r, a = np.maximum(rows, 0), np.asarray(actions, np.int64)
         c = self._cells.arrays
         return (np.where(hit, c["n"][r, a, ix], 0).astype(np.int64),
                 np.where(hit, c["lw"][r, a, ix], -np.inf),
-                np.where(hit, c["version"][r, a, ix], 0).astype(np.uint64))
+                np.where(hit, c["version"][r, a, ix], 0).astype(np.uint64),
+                np.where(hit, c["q"][r, a, ix], 0.0).astype(np.float64))
 
     def greedy(self, keys: np.ndarray) -> np.ndarray:
         """Greedy actions for many keys at once (lowest index on ties): for evaluation."""
