@@ -65,6 +65,17 @@ class NodeConfig:
                                    "peers trusted less than this do not count in the merged "
                                    "view until their trust recovers; 0 = off")
     seed: int = _opt("learning", "seed", -1, "random seed of the policy; -1 = random")
+    deviation_ratio: float = _opt("trust", "deviation_ratio", 3.0,
+                                  "quarantine a peer whose values deviate more than this many "
+                                  "times the median deviation; 0 = no deviation quarantine")
+    deviation_leave: float = _opt("trust", "deviation_leave", 2.0,
+                                  "restore a quarantined peer below this many times the median")
+    version_rate_cap: float = _opt("trust", "version_rate_cap", 1000.0,
+                                   "most versions (interactions) per second a peer may add")
+    version_rate_multiple: float = _opt("trust", "version_rate_multiple", 10.0,
+                                        "... and at most this many times the federation's median")
+    version_burst: int = _opt("trust", "version_burst", 1000,
+                              "versions a peer may be ahead of its rate bound")
     publish_every: int = _opt("gossip", "publish_every", 10, "publish after this many interactions")
     publish_interval: float = _opt("gossip", "publish_interval", 60.0, "or after this many seconds")
     heartbeat_interval: float = _opt("gossip", "heartbeat_interval", 15.0, "heartbeat period, seconds")
@@ -112,6 +123,12 @@ class NodeConfig:
             v = getattr(self, key)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise bad(key, f"must be a positive number, got {v!r}")
+        for key in ("version_rate_cap", "version_rate_multiple", "version_burst"):
+            v = getattr(self, key)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise bad(key, f"must be a positive number, got {v!r}")
+        if self.deviation_ratio and not 1.0 <= self.deviation_leave <= self.deviation_ratio:
+            raise bad("deviation_leave", "need 1 <= deviation_leave <= deviation_ratio")
         if not 0.0 <= self.quarantine_below <= 2.0:
             raise bad("quarantine_below", f"must be within [0, 2], got {self.quarantine_below}")
         for key in ("sync_interval", "min_visits", "signatures", "eps_decay_steps"):

@@ -140,10 +140,14 @@ class Node:
         self.alignment: dict[str, float] = {}
         self.convergence: float | None = None
         #: the deviation quarantine (``peerd.quarantine``) and its last verdicts
-        self.quarantine = Quarantine()
+        self.quarantine = Quarantine(enter_ratio=config.deviation_ratio or 1.0,
+                                     leave_ratio=min(config.deviation_leave,
+                                                     config.deviation_ratio or 1.0))
         self.deviation: dict[str, Verdict] = {}
         #: per-peer version rates (``peerd.evidence``), on the node's clock
-        self.version_rate = VersionRate()
+        self.version_rate = VersionRate(cap=config.version_rate_cap,
+                                        multiple=config.version_rate_multiple,
+                                        burst=config.version_burst)
         #: the heartbeat runs trust rounds; a simulation on a virtual clock runs its own
         self.auto_trust_rounds = True
         self._log = get_logger(node=self.id, fed=self.fed)
@@ -633,7 +637,7 @@ class Node:
         """
         t = self.table
         origins = [o for o in t.origins if o == self.id or t.max_version(o) > 0]
-        if len(origins) < 3:
+        if not self.config.deviation_ratio or len(origins) < 3:
             return {}
         matrix = gather_origins([t.delta_of(o) for o in origins])
         trust = {o: t.trust(o) for o in origins}
