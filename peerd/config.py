@@ -52,7 +52,8 @@ class NodeConfig:
     keyfile: str = _opt("broker", "keyfile", "", "client key for mqtts://")
     keepalive: int = _opt("broker", "keepalive", 30, "MQTT keepalive, seconds")
     strategy: str = _opt("learning", "strategy", "weighted_average",
-                         "weighted_average | max | min | median | trimmed_mean[:beta]")
+                         "weighted_average | max | min | median | trimmed_mean[:beta] | "
+                         "weighted_median | clipped_mean[:k]")
     half_life: float = _opt("learning", "half_life", 600.0, "evidence half-life H, seconds")
     min_visits: int = _opt("learning", "min_visits", 1, "peers' cells with fewer visits do not count")
     visit_cap: int = _opt("learning", "visit_cap", 1000, "reject cells claiming more fresh visits")
@@ -76,6 +77,8 @@ class NodeConfig:
                                         "... and at most this many times the federation's median")
     version_burst: int = _opt("trust", "version_burst", 1000,
                               "versions a peer may be ahead of its rate bound")
+    evidence_budget: bool = _opt("trust", "evidence_budget", True,
+                                 "check deltas against the evidence budget")
     publish_every: int = _opt("gossip", "publish_every", 10, "publish after this many interactions")
     publish_interval: float = _opt("gossip", "publish_interval", 60.0, "or after this many seconds")
     heartbeat_interval: float = _opt("gossip", "heartbeat_interval", 15.0, "heartbeat period, seconds")

@@ -9,7 +9,10 @@ reached: fresh evidence rules as in the weighted average, while a minority of
 the weight, however extreme its values, cannot move the result past the
 honest values around it.
 
-Registered in ``peerd.strategies.STRATEGIES`` as ``weighted_median``.
+``clipped_mean`` keeps the weighted average where values agree and clips
+outliers to k weighted MADs around that median: robust, yet noise is still
+averaged. Registered in ``peerd.strategies.STRATEGIES`` as
+``weighted_median`` and ``clipped_mean[:k]``.
 """
 
 from __future__ import annotations
@@ -64,6 +67,52 @@ def weighted_median(q: np.ndarray, lw: np.ndarray, valid: np.ndarray, trust: np.
     return out
 
 
+def clipped_mean(q: np.ndarray, lw: np.ndarray, valid: np.ndarray, trust: np.ndarray,
+                 default: float = 0.0, *, k: float = 3.0) -> np.ndarray:
+    """The weighted average of the values clipped to ``median ± k·MAD`` (both trust × evidence-weighted).
+
+    Honest values within ``k`` MADs of the weighted median pass untouched, so an
+    honest federation gets the weighted average (noise averaged out); a value
+    further out counts as if it sat on the edge, so a minority of the weight
+    moves the result by at most ``k·MAD`` × its share of the weight.
+    """
+    q = np.asarray(q, np.float64)
+    med = weighted_median(q, lw, valid, trust, default)
+    mad = weighted_median(np.abs(q - med[:, None]), lw, valid, trust, 0.0)
+    tau = k * mad
+    clipped = np.clip(q, (med - tau)[:, None], (med + tau)[:, None])
+    valid = np.asarray(valid, bool)
+    lwv = np.where(valid, np.asarray(lw, np.float64), -np.inf)
+    top = lwv.max(axis=1, keepdims=True) if q.shape[1] else np.zeros((q.shape[0], 1))
+    rel = np.maximum(lwv - np.where(np.isfinite(top), top, 0.0), EXP2_FLOOR)
+    t = np.asarray(trust, np.float64)
+    t = np.broadcast_to(t[None, :] if t.ndim == 1 else t, q.shape)
+    w = np.where(valid, np.exp2(rel) * t, 0.0)
+    den = w.sum(axis=1)
+    out = np.full(q.shape[0], float(default))
+    ok = den > 0
+    out[ok] = (w * clipped).sum(axis=1)[ok] / den[ok]
+    return out
+
+
+class ClippedMean(MergeStrategy):
+    """Robust and evidence-aware: the weighted average, clipped to k MADs around the weighted median."""
+
+    name = "clipped_mean"
+
+    def __init__(self, k: float = 3.0) -> None:
+        if not k > 0:
+            raise ValueError(f"clipped_mean k must be > 0, got {k}")
+        self.k = float(k)
+
+    def __repr__(self) -> str:
+        return f"ClippedMean(k={self.k})"
+
+    def combine(self, q: np.ndarray, lw: np.ndarray, valid: np.ndarray, trust: np.ndarray,
+                default: float = 0.0) -> np.ndarray:
+        return clipped_mean(q, lw, valid, trust, default, k=self.k)
+
+
 class WeightedMedian(MergeStrategy):
     """Robust and evidence-aware: the trust × recency-weighted median of the origins' q."""
 
@@ -74,4 +123,4 @@ class WeightedMedian(MergeStrategy):
         return weighted_median(q, lw, valid, trust, default)
 
 
-__all__ = ["WeightedMedian", "weighted_median"]
+__all__ = ["ClippedMean", "WeightedMedian", "clipped_mean", "weighted_median"]

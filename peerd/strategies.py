@@ -218,11 +218,11 @@ def make_strategy(spec: str | MergeStrategy) -> MergeStrategy:
     except KeyError:
         raise ValueError(f"unknown merge strategy {spec!r}; known: {sorted(STRATEGIES)}") from None
     if arg:
-        if cls is not TrimmedMean:
+        if cls not in (TrimmedMean, STRATEGIES.get("clipped_mean")):
             raise ValueError(f"strategy {name!r} takes no parameter")
-        return TrimmedMean(float(arg))
+        return cls(float(arg))  # type: ignore[call-arg]
     return cls()
 
-from peerd.robust_strategy import WeightedMedian  # noqa: E402  (it builds on MergeStrategy above)
+from peerd.robust_strategy import ClippedMean, WeightedMedian  # noqa: E402  (built on MergeStrategy)
 
-STRATEGIES[WeightedMedian.name] = WeightedMedian
+STRATEGIES.update({WeightedMedian.name: WeightedMedian, ClippedMean.name: ClippedMean})

@@ -50,9 +50,10 @@ QUICK = {"env": "routing", "nodes": 8, "trust_every": 20, "seeds": 1, "counts": 
 
 
 async def _one(broker_url: str, env: str, nodes: int, attacks: list[AttackSpec], trust_every: int,
-               step_cap: int | None, seed: int) -> dict[str, Any]:
+               step_cap: int | None, seed: int, defences: bool = True) -> dict[str, Any]:
     s = SimSettings(env=env, nodes=nodes, modes=["federated"], broker_url=broker_url,
-                    attacks=tuple(attacks), trust_every=trust_every, step_cap=step_cap, seed=seed)
+                    attacks=tuple(attacks), trust_every=trust_every, step_cap=step_cap, seed=seed,
+                    defences=defences)
     t0 = time.perf_counter()
     r = (await Simulation(s).run())["federated"][0]
     return {"steps": r.steps_to_target, "rounds_to_quarantine": r.rounds_to_quarantine,
@@ -70,20 +71,22 @@ def _median(xs: list[int | None]) -> float | None:
 
 
 async def _series(broker_url: str, env: str, cfg: dict[str, Any], attack: str | None, count: int,
-                  seeds: list[int], base: dict[int, int | None] | None) -> dict[str, Any]:
+                  seeds: list[int], base: dict[int, int | None] | None,
+                  defences: bool = True) -> dict[str, Any]:
     runs = []
     for seed in seeds:
         b = (base or {}).get(seed)
         cap = int(b * GIVE_UP) if b else None
         specs = [AttackSpec(attack, count)] if attack and count else []
-        r = await _one(broker_url, env, cfg["nodes"], specs, cfg["trust_every"], cap, seed)
+        r = await _one(broker_url, env, cfg["nodes"], specs, cfg["trust_every"], cap, seed, defences)
         r["seed"] = seed
         runs.append(r)
-        _log({"env": env, "attack": attack, "count": count, **{k: v for k, v in r.items()
-                                                                 if not k.startswith("attacker_")}})
+        _log({"env": env, "attack": attack, "count": count, "defences": defences,
+              **{k: v for k, v in r.items() if not k.startswith("attacker_")}})
     steps = _median([r["steps"] for r in runs])
     rq = [r["rounds_to_quarantine"] for r in runs]
-    return {"env": env, "attack": attack, "count": count, "steps_per_seed": [r["steps"] for r in runs],
+    return {"env": env, "attack": attack, "count": count, "defences": defences,
+            "steps_per_seed": [r["steps"] for r in runs],
             "steps": steps, "rounds_to_quarantine_per_seed": rq,
             "rounds_to_quarantine": _median(rq) if attack else None,
             "honest_quarantine_rounds": max(r["honest_quarantine_rounds"] for r in runs),
@@ -93,13 +96,15 @@ async def _series(broker_url: str, env: str, cfg: dict[str, Any], attack: str | 
 
 async def _run(quick: bool, broker_url: str, *, seeds: int | None = None,
                attacks: tuple[str, ...] | None = None, counts: tuple[int, ...] | None = None,
-               frozenlake: bool | None = None) -> dict[str, Any]:
+               frozenlake: bool | None = None, before: bool = False) -> dict[str, Any]:
     cfg = dict(QUICK if quick else FULL)
     seed_list = [2024 + 101 * k for k in range(seeds or cfg["seeds"])]
     envs = [cfg["env"]] + (["frozenlake8x8"] if (cfg["frozenlake"] if frozenlake is None
                                                   else frozenlake) else [])
     rows: list[dict[str, Any]] = []
     for env in envs:
+        if before and env == cfg["env"]:  # the same all-honest runs without the defences
+            rows.append(await _series(broker_url, env, cfg, None, 0, seed_list, None, defences=False))
         honest = await _series(broker_url, env, cfg, None, 0, seed_list, None)
         rows.append(honest)
         base = {r["seed"]: r["steps"] for r in honest["runs"]}
@@ -112,9 +117,14 @@ async def _run(quick: bool, broker_url: str, *, seeds: int | None = None,
 
 def judge(rows: list[dict[str, Any]], *, quick: bool = False) -> dict[str, Any]:
     """Slowdowns against each env's all-honest row, the targets, and the verdict."""
-    honest = {r["env"]: r for r in rows if not r["attack"]}
+    honest = {r["env"]: r for r in rows if not r["attack"] and r.get("defences", True)}
+    undefended = {r["env"]: r for r in rows if not r.get("defences", True)}
     table = []
     for r in rows:
+        if not r.get("defences", True):
+            table.append({"env": r["env"], "attack": None, "count": 0, "defences": False,
+                          "steps": r["steps"], "steps_per_seed": r["steps_per_seed"]})
+            continue
         h = honest.get(r["env"])
         base = h["steps"] if h else None
         r["slowdown"] = round(r["steps"] / base, 3) if (base and r["steps"]) else None
@@ -126,13 +136,16 @@ def judge(rows: list[dict[str, Any]], *, quick: bool = False) -> dict[str, Any]:
                 rq = r["rounds_to_quarantine"]
                 r["meets_quarantine"] = rq is not None and rq <= 10
         else:
-            before = HONEST_BEFORE.get(r["env"])
+            u = undefended.get(r["env"])
+            before = u["steps"] if u else HONEST_BEFORE.get(r["env"])
+            r["before_defences"] = before
             r["vs_before_defences"] = round(r["steps"] / before, 3) if (before and r["steps"]) else None
             r["meets_slowdown"] = (r["vs_before_defences"] is None or r["vs_before_defences"] <= 1.1) \
                 and r["steps"] is not None
             r["meets_no_false_quarantine"] = r["honest_quarantine_rounds"] <= 1
         table.append({k: r.get(k) for k in (
-            "env", "attack", "count", "steps", "slowdown", "rounds_to_quarantine",
+            "env", "attack", "count", "steps", "slowdown", "before_defences", "vs_before_defences",
+            "rounds_to_quarantine",
             "honest_quarantine_rounds", "steps_per_seed", "rounds_to_quarantine_per_seed",
             "meets_slowdown", "meets_quarantine", "meets_no_false_quarantine") if k in r})
     checks = [v for row in table for k, v in row.items() if k.startswith("meets_")]
@@ -158,7 +171,7 @@ def merge(paths: list[Path]) -> dict[str, Any]:
     seen: dict[tuple[Any, ...], dict[str, Any]] = {}
     for p in paths:
         for r in json.loads(p.read_text())["rows"]:
-            seen[(r["env"], r["attack"], r["count"])] = r
+            seen[(r["env"], r["attack"], r["count"], r.get("defences", True))] = r
     return judge(list(seen.values()))
 
 
@@ -173,6 +186,8 @@ if __name__ == "__main__":
     p.add_argument("--attacks", default=None, help="comma-separated kinds (default: all)")
     p.add_argument("--counts", default=None, help="comma-separated liar counts (default: 2,3)")
     p.add_argument("--no-frozenlake", action="store_true")
+    p.add_argument("--before", action="store_true",
+                   help="also the all-honest runs without the defences (same seeds)")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--merge", type=Path, nargs="+", default=None)
     args = p.parse_args()
@@ -183,7 +198,7 @@ if __name__ == "__main__":
         doc = run(args.quick, seeds=args.seeds,
                   attacks=tuple(args.attacks.split(",")) if args.attacks else None,
                   counts=tuple(int(c) for c in args.counts.split(",")) if args.counts else None,
-                  frozenlake=False if args.no_frozenlake else None)
+                  frozenlake=False if args.no_frozenlake else None, before=args.before)
     text = json.dumps(doc, indent=2)
     if args.out:
         args.out.write_text(text)

@@ -59,3 +59,17 @@ def test_result_is_within_the_valid_values(cells):
     lw = np.array([[c[1] for c in cells]])
     out = weighted_median(q, lw, np.ones_like(q, bool), np.ones(q.shape[1]))[0]
     assert q.min() - 1e-9 <= out <= q.max() + 1e-9
+
+
+def test_clipped_mean_is_the_weighted_average_when_values_agree_and_bounds_outliers():
+    from peerd.robust_strategy import ClippedMean, clipped_mean
+
+    assert isinstance(make_strategy("clipped_mean:2.5"), ClippedMean)
+    assert make_strategy("clipped_mean:2.5").k == pytest.approx(2.5)
+    q = np.array([[1.0, 1.2, 0.8, 1.1]])
+    lw = np.array([[0.0, 1.0, 0.0, 0.0]])
+    wavg = (1.0 + 2 * 1.2 + 0.8 + 1.1) / 5
+    assert clipped_mean(q, lw, np.ones_like(q, bool), np.ones(4))[0] == pytest.approx(wavg)
+    liars = np.array([[1.0, 1.2, 0.8, 1.1, -2000.0, -2000.0]])
+    out = clipped_mean(liars, np.zeros((1, 6)), np.ones((1, 6), bool), np.ones(6))[0]
+    assert 0.0 < out < 1.2

@@ -114,7 +114,8 @@ def test_no_cells_and_no_origins() -> None:
 
 def test_make_strategy_parses_names_and_parameters() -> None:
     """Names, ``trimmed_mean:β`` and instances are accepted; anything else raises ValueError."""
-    assert set(STRATEGIES) == {"weighted_average", "max", "min", "median", "trimmed_mean"}
+    assert set(STRATEGIES) == {"weighted_average", "max", "min", "median", "trimmed_mean",
+                               "weighted_median", "clipped_mean"}
     assert isinstance(make_strategy("weighted_average"), WeightedAverage)
     assert make_strategy("trimmed_mean:0.25").beta == 0.25
     assert make_strategy("trimmed_mean").beta == 0.2

@@ -73,6 +73,8 @@ class SimSettings:
     attackers: int = 0  # shorthand for attacks=(AttackSpec(attack, attackers),)
     attack: str = "invert"  # a kind of peerd.sim.attacks.ATTACKS ("visits" = "inflate")
     trust_every: int = 100  # ticks between signature exchanges + trust rounds (federated)
+    #: the defences of issue 11 (evidence budget, deviation quarantine); off: the build before
+    defences: bool = True
 
     def attack_plan(self) -> list[str]:
         """The kind of every attacker node, in order."""
@@ -167,6 +169,7 @@ def _node_config(spec: EnvSpec, s: SimSettings, i: int, seed: int, broker: str |
         publish_every=s.publish_every, publish_interval=3600.0, heartbeat_interval=5.0,
         peer_timeout=600.0, strategy=s.strategy, seed=seed * 1000 + i, api_listen="",
         q_bound=q_bound_of(spec),
+        **({} if s.defences else {"deviation_ratio": 0.0, "evidence_budget": False}),
     )
 
 
