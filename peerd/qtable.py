@@ -589,6 +589,28 @@ class QTable:
         for lo in range(0, total, step):
             self._recompute(np.arange(lo, min(total, lo + step), dtype=np.int64))
 
+    # Minimal shim until the core rewrite lands (registry branch; the core's version wins).
+    def set_trusts(self, trusts: dict[str, float]) -> None:
+        """Set many peers' trust (clamped), then recompute the view once."""
+        changed = False
+        for origin, value in trusts.items():
+            if origin == self.node_id:
+                continue
+            ix = self._origin(origin)
+            value = min(TRUST_MAX, max(TRUST_MIN, float(value)))
+            if self._trust[ix] != value:
+                self._trust[ix] = value
+                changed = True
+        if changed:
+            self.recompute_all()
+
+    def origin_cells(self, origin: str) -> int:
+        """How many cells of ``origin`` this table holds."""
+        ix = self._origin_ix.get(origin)
+        if ix is None:
+            return 0
+        return int(np.count_nonzero(self._cells.arrays["version"][: self._index.size, :, ix]))
+
 
 _OWN_FIELDS = ("q", "lw", "n", "succ", "fail", "version")
 #: Cells × origins per chunk of ``_recompute_values``: 512 KiB of log-weights (L2-sized).
