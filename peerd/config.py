@@ -75,6 +75,8 @@ class NodeConfig:
     signatures: int = _opt("gossip", "signatures", 32, "pattern signatures per delta")
     max_payload: int = _opt("gossip", "max_payload", 8 << 20, "largest accepted message, bytes")
     max_entries: int = _opt("gossip", "max_entries", 1_000_000, "most cells in one delta")
+    max_origins: int = _opt("gossip", "max_origins", 1024,
+                            "most peers held; past it a new one is refused (allowlisted: always in)")
     strict: bool = _opt("security", "strict", False, "accept only nodes in the allowlist")
     allowlist: dict[str, str] = _opt("security", "allowlist", {}, "node id = hex Ed25519 public key")
     api_listen: str = _opt("api", "listen", "127.0.0.1:8765",
@@ -112,6 +114,9 @@ class NodeConfig:
             v = getattr(self, key)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise bad(key, f"must be a positive number, got {v!r}")
+        if isinstance(self.max_origins, bool) or not isinstance(self.max_origins, int) \
+                or self.max_origins < 1:
+            raise bad("max_origins", f"must be a positive integer, got {self.max_origins!r}")
         if not 0.0 <= self.quarantine_below <= 2.0:
             raise bad("quarantine_below", f"must be within [0, 2], got {self.quarantine_below}")
         for key in ("sync_interval", "min_visits", "signatures", "eps_decay_steps"):

@@ -21,7 +21,8 @@ SIGHUP re-reads the config file (and ``PEERD_*`` variables) and applies what a
 running node can change safely (``RELOADABLE``): log level and format, trust
 (``[security] strict`` and ``allowlist``), the gossip cadence
 (``publish_every``, ``publish_interval``, ``sync_interval``, ``signatures``)
-and peer ageing (``suspect_after``, ``peer_timeout``, ``origin_ttl``). Any
+and peer ageing (``suspect_after``, ``peer_timeout``, ``origin_ttl``,
+``max_origins``). Any
 other changed key is reported as ``config_restart_required`` and keeps its
 running value; an invalid file is reported as ``config_reload_failed`` and
 changes nothing. ``--log-level``/``--json-logs`` on the command line keep
@@ -63,7 +64,7 @@ STATUS_PERIOD = 30.0
 #: ``NodeConfig`` fields that SIGHUP applies to a running node.
 RELOADABLE = frozenset({
     "log_level", "log_json", "strict", "allowlist", "publish_every", "publish_interval",
-    "sync_interval", "signatures", "suspect_after", "peer_timeout", "origin_ttl",
+    "sync_interval", "signatures", "suspect_after", "peer_timeout", "origin_ttl", "max_origins",
 })
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -268,19 +269,10 @@ class Daemon:
         if not applied:
             return applied, restart
         cfg = old.replace(**{k: getattr(new, k) for k in applied})  # validates the mix
-        node.config = self.config = cfg
+        self.config = cfg
+        node.reconfigure(cfg)
         if {"log_level", "log_json"} & set(applied):
             self._configure_logs()
-        if {"strict", "allowlist"} & set(applied):
-            from peerd.identity import Verifier
-
-            node.verifier = Verifier.restore(node.verifier.snapshot(),
-                                             allowlist=node.verifier_allowlist(), strict=cfg.strict)
-        node.gossip.publish_every = cfg.publish_every
-        node.gossip.publish_interval = cfg.publish_interval
-        node.gossip.sync_interval = cfg.sync_interval
-        node.liveness.missed = cfg.suspect_after
-        node.liveness.peer_timeout = cfg.peer_timeout
         return applied, restart
 
     def _configure_logs(self) -> None:
@@ -291,15 +283,14 @@ class Daemon:
         # the long-lived loggers so that the new level applies to them too.
         node = self.node
         self._log = get_logger(node=node.id, fed=node.fed)
-        if hasattr(node, "_log"):
-            node._log = get_logger(node=node.id, fed=node.fed, epoch=node.epoch)
+        node.rebind_logger()
 
     # ---------------------------------------------------------- supervision
     def status_line(self) -> str:
         """One line for ``systemctl status``: what an operator checks first."""
         node = self.node
         t = node.transport
-        peers = node.liveness.counts()
+        peers = node.liveness_counts()
         broker = ("connected" if t is not None and t.connected else "disconnected") \
             if self.config.broker_url else "none"
         return (f"{'running' if self.running else 'starting'}; version {node.table.version}, "

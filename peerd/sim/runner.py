@@ -184,7 +184,7 @@ class PoisonedTable:
 
     def signatures(self, k: int = 32) -> list[PatternSignature]:
         if self.attack == "copycat":
-            others = [s for s in self._node.peer_signatures.values() if s]
+            others = [s for s in self._node.peer_signatures().values() if s]
             return list(others[int(self._rng.integers(len(others)))][:k]) if others else []
         honest = self._table.signatures(k)
         if not honest:
@@ -397,7 +397,7 @@ class Simulation:
     async def _wait_births(self, nodes: list[Node], timeout: float = 30.0) -> None:
         """Start learning once every node has seen every other node's birth."""
         async with asyncio.timeout(timeout):
-            while any(len(nd.peers) < len(nodes) - 1 for nd in nodes):
+            while any(nd.peer_count() < len(nodes) - 1 for nd in nodes):
                 await asyncio.sleep(0.01)
 
     async def run_centralized(self, seed: int) -> RunResult:
@@ -487,7 +487,7 @@ async def _wait_delivered(nodes: list[Node], max_lag: int, timeout: float = 60.0
                 for other in nodes:
                     if other is nd:
                         continue
-                    if nd.gossip.known.get(other.id, 0) < other.gossip.published_version - max_lag:
+                    if nd.known_version(other.id) < other.published_version - max_lag:
                         behind = True
                         break
                 if behind:
