@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -49,7 +50,29 @@ def _sim_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON (no display)")
 
 
+#: What ``peerd sim`` needs beyond the daemon: the ``[sim]`` extra (pyproject.toml).
+SIM_MODULES = ("gymnasium", "matplotlib", "rich", "amqtt")
+SIM_INSTALL_HINT = "pip install 'peerd[sim]'"
+
+
+def missing_sim_modules() -> list[str]:
+    """The ``[sim]`` extra's modules that cannot be imported (an edge install has none of them)."""
+    return [name for name in SIM_MODULES if _find_spec(name) is None]
+
+
+def _find_spec(name: str) -> object | None:
+    try:
+        return importlib.util.find_spec(name)
+    except (ImportError, ValueError):  # ValueError: sys.modules[name] is None or has no spec
+        return None
+
+
 def _cmd_sim(args: argparse.Namespace) -> int:
+    missing = missing_sim_modules()
+    if missing:
+        print(f"peerd sim: the simulator is not installed (missing {', '.join(missing)}); "
+              f"install it with: {SIM_INSTALL_HINT}", file=sys.stderr)
+        return 2
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 

@@ -36,10 +36,10 @@ from peerd.gossip import GossipState
 from peerd.identity import Identity, Verifier
 from peerd.liveness import OFFLINE, Liveness
 from peerd.logs import get_logger
-from peerd.memtransport import Transport
 from peerd.peers import PeerRecord, TrustEvent
 from peerd.qtable import QTable
 from peerd.store import Store
+from peerd.transport_api import Transport
 from peerd.trust import INVALID, Judgement, clamp_trust, consensus_round, convergence_score
 
 #: Bytes per cell a delta may need on the wire, uncompressed (42 raw + framing):

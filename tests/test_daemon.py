@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from peerd import daemon, wire
-from peerd.broker import Broker, free_port
 from peerd.client import ApiError, ApiUnreachable, PeerdClient
 from peerd.config import describe_settings, load_config
 from peerd.task import Task
+from peerd.testing.broker import Broker, free_port
 from peerd.transport import MqttTransport
 
 if TYPE_CHECKING:

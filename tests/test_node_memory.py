@@ -20,8 +20,8 @@ from peerd.config import NodeConfig
 from peerd.delta import Delta
 from peerd.identity import Identity
 from peerd.liveness import OFFLINE, ONLINE
-from peerd.memtransport import MemoryBus, MemoryTransport
 from peerd.node import Node
+from peerd.testing.memory import MemoryBus, MemoryTransport
 
 FED = "f"
 ACTIONS = ["a", "b", "c"]

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from peerd.broker import Broker, free_port
 from peerd.errors import ConfigError
-from peerd.memtransport import MemoryBus, Transport, topic_matches, validate_filter
+from peerd.testing.broker import Broker, free_port
+from peerd.testing.memory import MemoryBus
 from peerd.transport import MqttTransport, TLSConfig, backoff_delay, parse_broker_url
+from peerd.transport_api import Transport, topic_matches, validate_filter
 
 if TYPE_CHECKING:
     from conftest import Recorder

@@ -455,7 +455,7 @@ class Simulation:
         broker = None
         url = self.s.broker_url
         if "federated" in self.s.modes and not url:
-            from peerd.broker import Broker
+            from peerd.testing.broker import Broker
             broker = Broker(self.s.broker_kind)
             broker.start()
             url = broker.url
