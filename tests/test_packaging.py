@@ -72,3 +72,17 @@ def test_core_dependencies_exclude_the_simulator_and_pin_amqtt() -> None:
     extras = project["optional-dependencies"]
     assert "amqtt==0.12.1" in extras["sim"]
     assert "peerd[sim]" in extras["test"]
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    """The README's two commands are two one-liners, the main job installs the [sim] extra,
+    and .ci/run runs the README's test command verbatim."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## The two commands", 1)[1].split("\n## ", 1)[0]
+    blocks = [b.split("\n", 1)[1].strip() for b in section.split("```sh")[1:]]
+    blocks = [b.split("```", 1)[0].strip() for b in blocks]
+    assert len(blocks) == 2 and all("\n" not in b for b in blocks)
+    main_job, tests = blocks
+    assert "pip install '.[sim]'" in main_job and main_job.endswith("peerd sim --out out/")
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    assert tests in ci
