@@ -31,7 +31,7 @@ from typing import Any
 from peerd import wire
 from peerd.config import NodeConfig
 from peerd.delta import Delta, MergeStats, PatternSignature
-from peerd.errors import WireError
+from peerd.errors import OriginMismatch, WireError
 from peerd.gossip import GossipState
 from peerd.identity import Identity, Verifier
 from peerd.liveness import OFFLINE, Liveness
@@ -47,12 +47,6 @@ from peerd.trust import INVALID, Judgement, clamp_trust, consensus_round, conver
 WORST_BYTES_PER_CELL = 48
 
 TransportFactory = Callable[..., Transport]
-
-
-class OriginMismatch(WireError):
-    """A node sent cells of another origin (relaying is not enabled)."""
-
-    reason = "origin_mismatch"
 
 
 @dataclass
@@ -103,6 +97,10 @@ class Node:
         self.liveness = Liveness(heartbeat_interval=config.heartbeat_interval,
                                  missed=config.suspect_after, peer_timeout=config.peer_timeout)
         self.identity = identity
+        #: Validates every incoming payload; built once, it holds ``self.verifier`` (below).
+        self.decoder = wire.Decoder(fed=self.fed, fingerprint=self.task.fingerprint,
+                                    n_actions=self.task.n_actions, q_bound=config.q_bound,
+                                    max_payload=config.max_payload, max_entries=config.max_entries)
         self.verifier = Verifier(allowlist=self.verifier_allowlist(), strict=config.strict)
         self.store: Store | None = None
         self.transport: Transport | None = None
@@ -166,6 +164,17 @@ class Node:
         self.gossip.published_version = min(published, self.table.version)
         self._log.info("state_loaded", cells=self.table.size, origins=len(cells),
                        version=self.table.version, peers=len(self.peers))
+
+    @property
+    def verifier(self) -> Verifier:
+        """Whom this node believes. It lives in ``self.decoder``, which checks every message with
+        it, so that replacing it (state restored, allowlist reloaded) reaches the decoder."""
+        assert self.decoder.verifier is not None
+        return self.decoder.verifier
+
+    @verifier.setter
+    def verifier(self, verifier: Verifier) -> None:
+        self.decoder.verifier = verifier
 
     def verifier_allowlist(self) -> dict[str, bytes]:
         return {k: bytes.fromhex(v) for k, v in self.config.allowlist.items()}
@@ -398,11 +407,7 @@ class Node:
         self.counters.messages_received += 1
         self.counters.bytes_received += len(payload)
         try:
-            msg = wire.decode(payload, fed=self.fed, fingerprint=self.task.fingerprint,
-                              n_actions=self.task.n_actions, q_bound=self.config.q_bound,
-                              max_payload=self.config.max_payload,
-                              max_entries=self.config.max_entries, verifier=self.verifier,
-                              topic=topic, commit=False)
+            msg = self.decoder.decode(payload, topic=topic, commit=False)
         except WireError as exc:
             await self._reject(sender, exc, retain)
             return

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from peerd.errors import ConfigError, PeerdError
+from peerd.errors import ConfigError, PeerdError, ToolError
 
 __all__ = ["COMMANDS", "DEFAULT_API", "ToolError", "add_parser", "api_url", "main", "read_state", "run"]
 
@@ -56,14 +56,6 @@ DB_NAME = "peerd.db"
 KEY_NAME = "node.key"
 #: Trust events shown by ``status`` from a state directory.
 TRUST_EVENTS_SHOWN = 10
-
-
-class ToolError(PeerdError):
-    """A failure the tool reports as one line and exit status ``code``."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 # ---------------------------------------------------------------- command line
