@@ -9,6 +9,7 @@
     ├── ApiError(status, code)   the local API answered 4xx/5xx (peerd.client)
     │   └── ApiUnreachable       no answer at all (status 0): daemon down, wrong address
     ├── ToolError(code)          an operator tool fails with one line and exit status ``code``
+    ├── SimulationError          ``peerd sim`` cannot go on (e.g. the nodes never met)
     └── WireError                input from the network (or a caller) is rejected   reason
         ├── MalformedMessage     not msgpack, wrong shape or field type             "malformed"
         │   └── InternalDecodeError  a bug in decode (the fuzzer counts it a crash) "internal"
@@ -46,9 +47,10 @@ __all__ = [
     "REASONS", "ApiError", "ApiUnreachable", "BadActionIndex", "BadSignature", "ConfigError",
     "ExcessiveEvidence", "FederationMismatch", "FingerprintMismatch", "InternalDecodeError",
     "InvalidDelta", "InvalidState", "KeyMismatch", "MalformedMessage", "NonFiniteValue",
-    "OriginMismatch", "PayloadTooLarge", "PeerdError", "Replay", "ShapeMismatch", "StoreError",
-    "ToolError", "TopicMismatch", "TransportError", "UnknownAction", "UnknownMessageType",
-    "UnknownSender", "UnsupportedVersion", "ValueOutOfBounds", "WireError",
+    "OriginMismatch", "PayloadTooLarge", "PeerdError", "Replay", "ShapeMismatch",
+    "SimulationError", "StoreError", "ToolError", "TopicMismatch", "TransportError",
+    "UnknownAction", "UnknownMessageType", "UnknownSender", "UnsupportedVersion",
+    "ValueOutOfBounds", "WireError",
 ]
 
 
@@ -98,6 +100,10 @@ class ToolError(PeerdError):
     def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)
         self.code = code
+
+
+class SimulationError(PeerdError):
+    """``peerd sim`` cannot go on; the message names the probable cause in one line."""
 
 
 # ---------------------------------------------------------------- rejected input

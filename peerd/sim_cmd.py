@@ -49,6 +49,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--out", type=Path, default=None, help="write results.json and curves.png here")
     p.add_argument("--json", action="store_true", help="print the summary as JSON (no display)")
+    p.add_argument("--peer-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="give up when the nodes have not all connected and seen each other's "
+                   "birth by then (broker unreachable, or retained messages not delivered)")
     p.set_defaults(func=run)
     return p
 
@@ -81,18 +84,22 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from peerd import logs
+    from peerd.errors import SimulationError
     from peerd.sim import report
     from peerd.sim.runner import SimSettings, Simulation, summarize
 
-    logs.configure("warning")
+    # errors only: a broker that cannot be reached is reported once, in one line, by
+    # SimulationError, not by a warning per reconnect attempt and node
+    logs.configure("error")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     settings = SimSettings(env=args.env, nodes=args.nodes, seeds=args.seeds, modes=modes,
                            broker_url=args.broker, broker_kind=args.broker_kind,
                            publish_every=args.publish_every, max_lag=args.max_lag,
                            half_life=args.half_life, step_cap=args.step_cap,
-                           strategy=args.strategy, seed=args.seed)
-    if args.nodes < 1 or args.seeds < 1:
-        print("peerd sim: --nodes and --seeds must be >= 1", file=sys.stderr)
+                           strategy=args.strategy, seed=args.seed,
+                           peer_timeout=args.peer_timeout)
+    if args.nodes < 1 or args.seeds < 1 or not args.peer_timeout > 0:
+        print("peerd sim: --nodes and --seeds must be >= 1, --peer-timeout > 0", file=sys.stderr)
         return 2
     console = Console(stderr=True)
     try:
@@ -118,7 +125,12 @@ def run(args: argparse.Namespace) -> int:
             progress.update(bars[mode], completed=tick, best=f"{best:.2f}")
 
         sim.progress = on_progress
-        results = asyncio.run(sim.run())
+        try:
+            results = asyncio.run(sim.run())
+        except SimulationError as exc:
+            progress.stop()
+            print(f"peerd sim: {exc}", file=sys.stderr)
+            return 1
     summary = summarize(results)
     meta = {"env": spec.name, "metric": spec.metric, "target": spec.target, "nodes": args.nodes,
             "seeds": args.seeds, "half_life": sim.half_life, "publish_every": args.publish_every,
