@@ -39,7 +39,7 @@ class NodeConfig:
     federation: str = _opt("node", "federation", "default", "federation name (MQTT topic level)")
     node_id: str = _opt("node", "id", "", "this node's id, unique in the federation (default: hostname)")
     secret: str = _opt("node", "secret", "", "federation secret: keys the state hash (same on every node)")
-    state_dir: str = _opt("node", "state_dir", "", "dir of peerd.db and node.key; empty = not durable")
+    state_dir: str = _opt("node", "state_dir", "", "dir of peerd.db and node.key (peerd run: required)")
     actions: list[str] = _opt("task", "actions", [], "action names, in a fixed order")
     gamma: float = _opt("task", "gamma", 0.95, "discount factor")
     task_name: str = _opt("task", "name", "task", "task name (informational)")

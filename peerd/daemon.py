@@ -28,6 +28,13 @@ running value; an invalid file is reported as ``config_reload_failed`` and
 changes nothing. ``--log-level``/``--json-logs`` on the command line keep
 winning over the file.
 
+Identity is stable only with a state directory (``[node] state_dir``, which
+holds ``node.key`` and ``peerd.db``): without one every restart would be a new
+key at epoch 1 and version 0, which peers reject (key mismatch, replay) or
+ignore. So ``peerd run`` refuses to start without it (exit 2), unless
+``--ephemeral`` asks for a throwaway node: a fresh key under a fresh node id
+``<id>-<random hex>``, nothing kept, said loudly in the log.
+
 Exit status: 0 after a clean stop, 1 when the node or the API failed or the
 stop timed out, 2 for a configuration error (systemd: ``RestartPreventExitStatus=2``,
 since restarting cannot fix a typo).
@@ -39,6 +46,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import secrets
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -352,6 +360,25 @@ async def serve(config: NodeConfig, *, shutdown_trigger: ShutdownTrigger | None 
 
 
 # ------------------------------------------------------------------ command line
+#: Why ``peerd run`` will not start without a state directory (one line, names the fixes).
+NO_STATE_DIR = (
+    "[node] state_dir is empty (set it, or PEERD_NODE_STATE_DIR; the systemd unit's "
+    "StateDirectory=peerd provides /var/lib/peerd): without it every restart is a new key at "
+    "epoch 1 that peers reject; pass --ephemeral for a throwaway test node")
+#: Hex digits appended to the configured id of an ``--ephemeral`` node.
+EPHEMERAL_SUFFIX_HEX = 8
+
+
+def ephemeral_config(config: NodeConfig) -> NodeConfig:
+    """``config`` for a throwaway node: id ``<id>-<random hex>`` (so no peer has its old key
+    pinned under that id) and no state directory (so a new key is generated in memory)."""
+    from peerd.wire import MAX_ID_LEN  # here: numpy stays out of `peerd --help`
+
+    suffix = secrets.token_hex(EPHEMERAL_SUFFIX_HEX // 2)
+    base = config.node[: MAX_ID_LEN - len(suffix) - 1]
+    return config.replace(node_id=f"{base}-{suffix}", state_dir="")
+
+
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", required=True, metavar="FILE",
                    help="TOML config file (PEERD_<SECTION>_<KEY> variables override it)")
@@ -359,6 +386,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="log level (default: [log] level of the config)")
     p.add_argument("--json-logs", action="store_true", default=None,
                    help="log JSON lines even on a terminal (default: [log] json of the config)")
+    p.add_argument("--ephemeral", action="store_true",
+                   help="throwaway node for tests: a fresh key under a fresh node id "
+                   "(<id>-<random hex>), no state directory, nothing survives the process")
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -368,7 +398,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         description="Run one peerd node until SIGTERM/SIGINT: connect to the broker, gossip and "
         "merge, serve the local HTTP API, keep state in the state directory. SIGHUP reloads the "
         "config file (log level, trust, gossip cadence). Speaks the systemd notify protocol "
-        "(Type=notify, watchdog). Exit status: 0 clean stop, 1 failure, 2 config error.")
+        "(Type=notify, watchdog). A state directory ([node] state_dir) is required unless "
+        "--ephemeral. Exit status: 0 clean stop, 1 failure, 2 config error.")
     _add_arguments(p)
     p.set_defaults(func=run)
     return p
@@ -381,9 +412,20 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"peerd: config error: {exc}", file=sys.stderr)
         return 2
+    ephemeral = bool(getattr(args, "ephemeral", False))
+    if ephemeral:
+        config = ephemeral_config(config)
+    elif not config.state_dir:
+        print(f"peerd: config error: {NO_STATE_DIR}", file=sys.stderr)
+        return 2
     json_logs = True if args.json_logs else None
     daemon_json = json_logs if json_logs is not None else _json_setting(config.log_json)
     logs.configure(args.log_level or config.log_level, json=daemon_json)
+    if ephemeral:
+        get_logger(node=config.node, fed=config.federation).warning(
+            "ephemeral_node", node=config.node,
+            warning="EPHEMERAL: fresh key and node id, no state directory; "
+            "nothing this node learns survives the process")
     try:
         return asyncio.run(serve(config, config_path=args.config, log_level=args.log_level,
                                  json_logs=json_logs))

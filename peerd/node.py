@@ -38,16 +38,16 @@ from typing import Any
 from peerd import gossip, liveness, wire
 from peerd.config import NodeConfig
 from peerd.delta import Delta, MergeStats, PatternSignature
-from peerd.errors import WireError
+from peerd.errors import OriginLimit, OriginMismatch, WireError
 from peerd.gossip import GossipState
-from peerd.identity import Identity
+from peerd.identity import Identity, Verifier
 from peerd.liveness import UNKNOWN, LivenessPolicy
 from peerd.logs import get_logger
-from peerd.memtransport import Transport
 from peerd.peers import TrustEvent
 from peerd.qtable import QTable
 from peerd.registry import Peer, PeerRegistry
 from peerd.store import Store
+from peerd.transport_api import Transport
 from peerd.trust import INVALID, Judgement, clamp_trust, consensus_round, convergence_score
 
 #: Bytes per cell a delta may need on the wire, uncompressed (42 raw + framing):
@@ -55,18 +55,6 @@ from peerd.trust import INVALID, Judgement, clamp_trust, consensus_round, conver
 WORST_BYTES_PER_CELL = 48
 
 TransportFactory = Callable[..., Transport]
-
-
-class OriginMismatch(WireError):
-    """A node sent cells of another origin (relaying is not enabled)."""
-
-    reason = "origin_mismatch"
-
-
-class OriginLimit(WireError):
-    """A new peer past ``max_origins``: refused before its message is even decoded."""
-
-    reason = "origin_limit"
 
 
 #: Seconds between two logs of the same rejection (per peer, or per reason for strangers).
@@ -126,6 +114,11 @@ class Node:
         self.identity = identity
         self._registry = PeerRegistry(allowlist=self.verifier_allowlist(), strict=config.strict,
                                       max_origins=config.max_origins)
+        #: Validates every incoming payload; built once per node (the registry's verifier is
+        #: handed to it per message, since reconfiguring replaces that verifier).
+        self.decoder = wire.Decoder(fed=self.fed, fingerprint=self.task.fingerprint,
+                                    n_actions=self.task.n_actions, q_bound=config.q_bound,
+                                    max_payload=config.max_payload, max_entries=config.max_entries)
         self.store: Store | None = None
         self.transport: Transport | None = None
         self._transport_factory = transport_factory
@@ -182,6 +175,11 @@ class Node:
         self._gossip.published_version = min(published, self.table.version)
         self._log.info("state_loaded", cells=self.table.size, origins=len(cells),
                        version=self.table.version, peers=len(self._registry))
+
+    @property
+    def verifier(self) -> Verifier:
+        """Whom this node believes: the registry's verifier (pins and replay windows are entry fields)."""
+        return self._registry.verifier
 
     def verifier_allowlist(self) -> dict[str, bytes]:
         return {k: bytes.fromhex(v) for k, v in self.config.allowlist.items()}
@@ -466,11 +464,8 @@ class Node:
             return
         verifier = self._registry.verifier
         try:
-            msg = wire.decode(payload, fed=self.fed, fingerprint=self.task.fingerprint,
-                              n_actions=self.task.n_actions, q_bound=self.config.q_bound,
-                              max_payload=self.config.max_payload,
-                              max_entries=self.config.max_entries, verifier=verifier,
-                              topic=topic, commit=False)
+            self.decoder.verifier = verifier
+            msg = self.decoder.decode(payload, topic=topic, commit=False)
         except WireError as exc:
             await self._reject(sender, exc, retain)
             return

@@ -28,9 +28,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peerd import logs
-from peerd.broker import Broker
 from peerd.config import NodeConfig
 from peerd.node import Node
+from peerd.testing.broker import Broker
 
 ACTIONS = [f"a{i}" for i in range(6)]
 

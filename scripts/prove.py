@@ -63,12 +63,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from peerd import logs, wire  # noqa: E402
-from peerd.broker import LOOPBACK, Broker, find_mosquitto, free_port  # noqa: E402
 from peerd.client import ApiError, PeerdClient  # noqa: E402
 from peerd.config import NodeConfig  # noqa: E402
 from peerd.delta import Delta  # noqa: E402
 from peerd.identity import Identity  # noqa: E402
 from peerd.node import Node  # noqa: E402
+from peerd.testing.broker import LOOPBACK, Broker, find_mosquitto, free_port  # noqa: E402
 from peerd.transport import MqttTransport, OnConnect, OnMessage  # noqa: E402
 
 SCENARIOS = ("crash", "outage", "partition", "hostile", "poisoners")

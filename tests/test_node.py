@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 from peerd import wire
-from peerd.broker import Broker
 from peerd.config import NodeConfig
 from peerd.delta import Delta
 from peerd.identity import Identity
 from peerd.node import Node
+from peerd.testing.broker import Broker
 from peerd.transport import MqttTransport
 
 ACTIONS = ["a", "b", "c"]

@@ -10,7 +10,6 @@ import pytest
 from structlog.testing import capture_logs
 
 from peerd import liveness, wire
-from peerd.broker import Broker
 from peerd.config import NodeConfig
 from peerd.delta import Delta, PatternSignature
 from peerd.identity import Identity, Verifier
@@ -19,6 +18,7 @@ from peerd.node import Node
 from peerd.peers import PeerRecord
 from peerd.registry import Peer, PeerRegistry
 from peerd.store import Store
+from peerd.testing.broker import Broker
 
 ACTIONS = ["a", "b", "c"]
 FED = "reg"
