@@ -1,23 +1,30 @@
 """``Node``: one peer of a federation — the daemon, the simulation and the tests all use it.
 
 A node owns a ``QTable`` (what it knows), a ``Store`` (what survives a crash),
-a transport (how it talks) and a wire ``Verifier`` (whom it believes). Its
-background work runs in one ``TaskGroup``:
+a transport (how it talks) and a ``PeerRegistry`` (one entry per peer: key,
+replay window, liveness, gossip cursor, trust, signatures; its verifier decides
+whom it believes). Its background work runs in one ``TaskGroup``:
 
 - the transport loop: connect forever, deliver messages to ``_on_message``;
 - the publisher: own delta after ``publish_every`` interactions or
   ``publish_interval`` seconds with changes, and answers to sync requests;
-- the heartbeat: every ``heartbeat_interval``, advertise the own version, age
-  peers (online → suspect → offline), run a trust round over the signatures.
+- the heartbeat: every ``heartbeat_interval``, ``tick()``: advertise the own
+  version, age peers (online → suspect → offline), free the peers offline for
+  ``origin_ttl`` (once: their entry goes), run a trust round over the signatures.
 
 ``await node.learn(...)`` returns only when the interaction is durable;
 ``node.act(...)`` never waits for anything. Shutdown publishes a final delta
 and the death message, flushes and closes.
+
+Time comes from the injected ``clock`` (wall time: headers, liveness, store) and
+``monotonic`` (publish cadence); both default to the ``time`` module, and a
+benchmark can drive a virtual fleet through them and ``receive``/``tick``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -30,26 +37,21 @@ from typing import Any
 
 import numpy as np
 
-from peerd import wire
+from peerd import gossip, liveness, wire
 from peerd.config import NodeConfig
 from peerd.delta import Delta, MergeStats, PatternSignature
-from peerd.errors import WireError
+from peerd.errors import ContradictingSignatures, OriginLimit, OriginMismatch, WireError
 from peerd.evidence import VersionRate, check_budget
 from peerd.gossip import GossipState
 from peerd.identity import Identity, Verifier
-from peerd.liveness import OFFLINE, Liveness
+from peerd.liveness import UNKNOWN, LivenessPolicy
 from peerd.logs import get_logger
-from peerd.memtransport import Transport
-from peerd.peers import PeerRecord, TrustEvent
+from peerd.peers import TrustEvent
 from peerd.qtable import QTable
-from peerd.quarantine import (
-    Quarantine,
-    Verdict,
-    gather_origins,
-    judge_round,
-    signature_mismatches,
-)
+from peerd.quarantine import Quarantine, Verdict, gather_origins, judge_round, signature_mismatches
+from peerd.registry import Peer, PeerRegistry
 from peerd.store import Store
+from peerd.transport_api import Transport
 from peerd.trust import (
     INVALID,
     TRUST_MIN,
@@ -66,16 +68,10 @@ WORST_BYTES_PER_CELL = 48
 TransportFactory = Callable[..., Transport]
 
 
-class ContradictingSignatures(WireError):
-    """A node's signatures name best actions its own published cells contradict (a copycat)."""
-
-    reason = "contradicting_signatures"
-
-
-class OriginMismatch(WireError):
-    """A node sent cells of another origin (relaying is not enabled)."""
-
-    reason = "origin_mismatch"
+#: Seconds between two logs of the same rejection (per peer, or per reason for strangers).
+REJECT_LOG_INTERVAL = 60.0
+#: Rejection-log rate-limit slots kept for senders that hold no registry entry.
+STRANGER_LOG_SLOTS = 256
 
 
 @dataclass
@@ -106,6 +102,7 @@ class Node:
         config: NodeConfig,
         *,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         transport_factory: TransportFactory | None = None,
         identity: Identity | None = None,
     ) -> None:
@@ -114,6 +111,7 @@ class Node:
         self.fed = config.federation
         self.task = config.task
         self.clock = clock
+        self.monotonic = monotonic
         self.table = QTable(
             self.task, self.id, secret=config.secret or config.federation,
             strategy=config.strategy, half_life=config.half_life, clock=clock,
@@ -122,22 +120,23 @@ class Node:
             policy_options=_policy_options(config), quarantine_below=config.quarantine_below,
         )
         self.counters = NodeCounters()
-        self.gossip = GossipState(publish_every=config.publish_every,
-                                  publish_interval=config.publish_interval,
-                                  sync_interval=config.sync_interval)
-        self.liveness = Liveness(heartbeat_interval=config.heartbeat_interval,
-                                 missed=config.suspect_after, peer_timeout=config.peer_timeout)
+        self._gossip = GossipState(publish_every=config.publish_every,
+                                   publish_interval=config.publish_interval,
+                                   sync_interval=config.sync_interval)
+        self._life_policy = _life_policy(config)
         self.identity = identity
-        self.verifier = Verifier(allowlist=self.verifier_allowlist(), strict=config.strict)
+        self._registry = PeerRegistry(allowlist=self.verifier_allowlist(), strict=config.strict,
+                                      max_origins=config.max_origins)
+        #: Validates every incoming payload; built once per node (the registry's verifier is
+        #: handed to it per message, since reconfiguring replaces that verifier).
+        self.decoder = wire.Decoder(fed=self.fed, fingerprint=self.task.fingerprint,
+                                    n_actions=self.task.n_actions, q_bound=config.q_bound,
+                                    max_payload=config.max_payload, max_entries=config.max_entries)
         self.store: Store | None = None
         self.transport: Transport | None = None
         self._transport_factory = transport_factory
         self.epoch = 0
         self.seq = 0
-        self.peers: dict[str, PeerRecord] = {}
-        self.peer_signatures: dict[str, tuple[PatternSignature, ...]] = {}
-        self._fresh_signatures: set[str] = set()
-        self.alignment: dict[str, float] = {}
         self.convergence: float | None = None
         #: the deviation quarantine (``peerd.quarantine``) and its last verdicts
         self.quarantine = Quarantine(enter_ratio=config.deviation_ratio or 1.0,
@@ -151,7 +150,10 @@ class Node:
         #: the heartbeat runs trust rounds; a simulation on a virtual clock runs its own
         self.auto_trust_rounds = True
         self._log = get_logger(node=self.id, fed=self.fed)
-        self._last_reject_log: dict[tuple[str, str], float] = {}
+        #: rejection-log rate limit of senders without an entry, by (sender, reason), LRU-bounded:
+        #: their ids are chosen by whoever publishes, so this must not grow with them
+        self._stranger_logged: collections.OrderedDict[tuple[str, str], float] = \
+            collections.OrderedDict()
         self._signatures_sent = -1e18
         self._wake = asyncio.Event()
         self._publish_lock = asyncio.Lock()
@@ -178,7 +180,7 @@ class Node:
         if self.identity is None:
             self.identity = Identity.generate()
         self.epoch += 1
-        self.gossip.last_publish = time.monotonic()
+        self._gossip.last_publish = self.monotonic()
         if self.store:
             await self.store.set_meta("epoch", self.epoch)
         self._log = self._log.bind(epoch=self.epoch)
@@ -189,22 +191,40 @@ class Node:
         cells = await self.store.load_cells()
         for origin, arrays in cells.items():
             self.table.load(origin, arrays)
-        self.peers = await self.store.load_peers()
+        # Pins and replay windows used to live in a "verifier" snapshot: fold it in once.
         snap = await self.store.get_meta("verifier", None)
-        if snap:
-            self.verifier = Verifier.restore(json.loads(snap), allowlist=self.verifier_allowlist(),
-                                             strict=self.config.strict)
-        for pid, rec in self.peers.items():
-            self.gossip.known[pid] = rec.version
-            self.table.set_trust(pid, rec.trust)
-            self.liveness.restore(pid, status=rec.status, epoch=rec.epoch, last_seen=rec.last_seen)
+        self._registry.load(await self.store.load_peers(), json.loads(snap) if snap else None)
+        self.table.set_trusts(self._registry.trusts())  # one recompute, not one per peer
         published = int(await self.store.get_meta("published_version", 0))
-        self.gossip.published_version = min(published, self.table.version)
+        self._gossip.published_version = min(published, self.table.version)
         self._log.info("state_loaded", cells=self.table.size, origins=len(cells),
-                       version=self.table.version, peers=len(self.peers))
+                       version=self.table.version, peers=len(self._registry))
+
+    @property
+    def verifier(self) -> Verifier:
+        """Whom this node believes: the registry's verifier (pins and replay windows are entry fields)."""
+        return self._registry.verifier
 
     def verifier_allowlist(self) -> dict[str, bytes]:
         return {k: bytes.fromhex(v) for k, v in self.config.allowlist.items()}
+
+    def reconfigure(self, config: NodeConfig) -> None:
+        """Apply a reloaded configuration's cadence, ageing, allowlist and bounds (SIGHUP).
+
+        Peers' entries (keys, windows, trust) are kept; a new allowlist and
+        ``strict`` apply to the next message.
+        """
+        self.config = config
+        self._gossip.publish_every = config.publish_every
+        self._gossip.publish_interval = config.publish_interval
+        self._gossip.sync_interval = config.sync_interval
+        self._life_policy = _life_policy(config)
+        self._registry.configure(allowlist=self.verifier_allowlist(), strict=config.strict,
+                                 max_origins=config.max_origins)
+
+    def rebind_logger(self) -> None:
+        """Recreate the node's logger (structlog fixes the level filter when a logger is made)."""
+        self._log = get_logger(node=self.id, fed=self.fed, epoch=self.epoch)
 
     async def run(self, shutdown_trigger: Callable[[], Awaitable[Any]] | None = None) -> None:
         """Run until ``shutdown_trigger`` returns (default: ``stop()`` is called)."""
@@ -250,10 +270,14 @@ class Node:
                     await self.transport.disconnect()
         self._log.info("node_stopped", version=self.table.version)
 
+    async def close(self) -> None:
+        """Save the peers and close the store (``run`` does it on exit; for callers without ``run``)."""
+        await self._close_store()
+
     async def _close_store(self) -> None:
         if self.store is not None:
             await self._save_peers()
-            await self.store.set_meta("published_version", self.gossip.published_version)
+            await self.store.set_meta("published_version", self._gossip.published_version)
             await self.store.close()
             self.store = None
 
@@ -293,7 +317,7 @@ class Node:
         self.counters.interactions += 1
         if self.store is not None:
             await self.store.write_cells(self.id, delta.arrays())
-        if self.gossip.should_publish(self.table.version, time.monotonic()):
+        if self._gossip.should_publish(self.table.version, self.monotonic()):
             self._wake.set()
         return delta.to_version
 
@@ -301,7 +325,7 @@ class Node:
     def _header(self) -> wire.Header:
         self.seq += 1
         return wire.Header(fed=self.fed, node=self.id, fp=self.task.fingerprint, epoch=self.epoch,
-                           seq=self.seq, ts=time.time())
+                           seq=self.seq, ts=self.clock())
 
     async def _publish(self, msg: Any, kind: str, *, qos: int, retain: bool = False) -> bool:
         if self.transport is None:
@@ -333,16 +357,16 @@ class Node:
 
     async def _publish_delta_locked(self, *, force: bool, since: int | None) -> bool:
         answering = since is not None
-        start = self.gossip.published_version if since is None else since
+        start = self._gossip.published_version if since is None else since
         version = self.table.version
-        if not force and not answering and not self.gossip.should_publish(version, time.monotonic()):
+        if not force and not answering and not self._gossip.should_publish(version, self.monotonic()):
             return False
         if version <= start and not answering:
             return False
         delta = self.table.delta(since=start)
         # Signatures feed the trust round, which runs once per heartbeat: sending
         # them with every delta would only cost bytes and verification time.
-        now = time.monotonic()
+        now = self.monotonic()
         sigs: tuple[PatternSignature, ...] = ()
         if now - self._signatures_sent >= self.config.heartbeat_interval:
             sigs = tuple(self.table.signatures(self.config.signatures))
@@ -368,8 +392,8 @@ class Node:
                 sigs = ()
             self.counters.deltas_sent += 1
             self.counters.cells_sent += len(piece)
-            if start <= self.gossip.published_version:
-                self.gossip.mark_published(piece.to_version, time.monotonic())
+            if start <= self._gossip.published_version:
+                self._gossip.mark_published(piece.to_version, self.monotonic())
         if answering:
             self.counters.sync_answers_sent += 1
         self._log.debug("delta_published", cells=len(delta), since=start, version=delta.to_version)
@@ -385,17 +409,18 @@ class Node:
             self._wake.clear()
             if self.transport is None or not self.transport.connected:
                 continue
-            for origin, since in self.gossip.due_asks(time.time()):
-                self._ask(origin, since)
-            since = self.gossip.take_answer()
+            now = self.clock()
+            for peer in self._registry:
+                self._ask(peer.node_id, gossip.due_ask(peer.cursor, now, self._gossip.sync_interval))
+            since = self._gossip.take_answer()
             if since is not None and not await self._publish_delta(since=since):
-                self.gossip.on_sync_request(since)  # not sent: try again next time
+                self._gossip.on_sync_request(since)  # not sent: try again next time
             await self._publish_delta()
 
     async def _on_connect(self) -> None:
         """(Re)connected: birth, then everything unpublished (computed from versions)."""
         birth = wire.Birth(self._header(), public_key=self.identity.public_key,
-                           version=self.gossip.published_version)
+                           version=self._gossip.published_version)
         await self._publish(birth, "presence", qos=1, retain=True)
         # The Will of the *next* connection: a fresh (epoch, seq), or peers would
         # reject a second abrupt death in this epoch as a replay.
@@ -408,25 +433,50 @@ class Node:
         interval = self.config.heartbeat_interval
         while True:
             await asyncio.sleep(interval * random.uniform(0.9, 1.1))
-            now = time.time()
-            if self.transport is not None and self.transport.connected:
-                hb = wire.Heartbeat(self._header(), version=self.gossip.published_version,
-                                    size=self.table.size)
-                await self._publish(hb, "heartbeat", qos=0)
-            for peer, old, new in self.liveness.tick(now):
-                self._log.info(f"peer_{new}", peer=peer, was=old)
-                self._touch_peer(peer, status=new)
-            for peer in self.liveness.expired(now, self.config.origin_ttl):
-                dropped = self.table.forget(peer)
-                if self.store:
-                    await self.store.delete_origin(peer)
-                self.gossip.forget(peer)
-                self._log.info("origin_expired", peer=peer, cells=dropped)
-            if self.auto_trust_rounds:
-                await self.trust_round()
-            await self._save_peers()
+            await self.tick()
+
+    async def tick(self) -> None:
+        """One heartbeat round: advertise, age peers, free expired origins, judge, save."""
+        now = self.clock()
+        if self.transport is not None and self.transport.connected:
+            hb = wire.Heartbeat(self._header(), version=self._gossip.published_version,
+                                size=self.table.size)
+            await self._publish(hb, "heartbeat", qos=0)
+        ttl = self.config.origin_ttl
+        expired = []
+        for peer in self._registry:
+            change = liveness.on_silence(peer.life, now, self._life_policy)
+            if change:
+                self._log.info(f"peer_{change[1]}", peer=peer.node_id, was=change[0])
+            if liveness.is_expired(peer.life, now, ttl):
+                expired.append(peer.node_id)
+        for pid in expired:
+            await self._expire(pid)
+        if self.auto_trust_rounds:
+            await self.trust_round()
+        await self._save_peers()
+
+    async def _expire(self, pid: str) -> None:
+        """Free an origin offline for ``origin_ttl``: entry, pins, cells, store rows. Once.
+
+        Its entry goes, so no later round finds it again. Should it come back, its
+        next birth admits it as a new peer (key pinned anew, everything re-synced).
+        """
+        entry = self._registry.remove(pid)
+        if entry is not None and entry.trust != 1.0:
+            self.table.set_trusts({pid: 1.0})  # a returning peer starts afresh, in the table too
+        dropped = self.table.forget(pid)
+        self.quarantine.forget(pid)
+        self.version_rate.forget(pid)
+        if self.store:
+            await self.store.forget_peer(pid)
+        self._log.info("origin_expired", peer=pid, cells=dropped)
 
     # ------------------------------------------------------------ incoming
+    async def receive(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        """Handle one message from the network (what the transport calls; benchmarks too)."""
+        await self._on_message(topic, payload, retain)
+
     async def _on_message(self, topic: str, payload: bytes, retain: bool) -> None:
         parsed = wire.parse_topic(topic)
         if parsed is None:
@@ -436,12 +486,15 @@ class Node:
             return
         self.counters.messages_received += 1
         self.counters.bytes_received += len(payload)
+        if not self._registry.admits(sender):  # before decoding: a full node spends nothing
+            await self._reject(sender, OriginLimit(
+                f"{sender!r} would be peer {len(self._registry) + 1}, past max_origins = "
+                f"{self._registry.max_origins}"), retain)
+            return
+        verifier = self._registry.verifier
         try:
-            msg = wire.decode(payload, fed=self.fed, fingerprint=self.task.fingerprint,
-                              n_actions=self.task.n_actions, q_bound=self.config.q_bound,
-                              max_payload=self.config.max_payload,
-                              max_entries=self.config.max_entries, verifier=self.verifier,
-                              topic=topic, commit=False)
+            self.decoder.verifier = verifier
+            msg = self.decoder.decode(payload, topic=topic, commit=False)
         except WireError as exc:
             await self._reject(sender, exc, retain)
             return
@@ -451,35 +504,32 @@ class Node:
             exc.authenticated = True
             await self._reject(sender, exc, retain)
             return
-        self.verifier.commit(msg)  # only an accepted message moves the replay window
+        verifier.commit(msg)  # only an accepted message moves the replay window
 
     async def _handle(self, msg: Any) -> None:
-        now = time.time()
+        now = self.clock()
         h: wire.Header = msg.header
-        peer = h.node
+        pid = h.node
+        peer = self._registry.admit(pid)  # admission was checked before decoding
+        sync = self._gossip.sync_interval
         if isinstance(msg, wire.Birth):
-            t = self.liveness.on_birth(peer, h.epoch, now)
-            self._touch_peer(peer, public_key=msg.public_key, epoch=h.epoch, seq=h.seq,
-                             last_seen=now, status=self.liveness.status(peer))
-            if t:
-                self._log.info("peer_online", peer=peer, epoch=h.epoch)
+            if liveness.on_birth(peer.life, h.epoch, now):
+                self._log.info("peer_online", peer=pid, epoch=h.epoch)
             # A node asks every origin it hears of and holds nothing of: the retained
             # birth may advertise an old version, and waiting for a heartbeat costs
             # a heartbeat interval.
-            advert = msg.version if self.gossip.known.get(peer, 0) else max(msg.version, 1)
-            self._ask(peer, self.gossip.on_advert(peer, advert, now))
+            advert = msg.version if peer.cursor.known else max(msg.version, 1)
+            self._ask(pid, gossip.on_advert(peer.cursor, advert, now, sync))
         elif isinstance(msg, wire.Death):
-            t = self.liveness.on_death(peer, h.epoch, now)
-            if t:
-                self._log.info("peer_offline", peer=peer, epoch=h.epoch, reason="death")
-                self._touch_peer(peer, status=OFFLINE)
+            if liveness.on_death(peer.life, h.epoch, now):
+                self._log.info("peer_offline", peer=pid, epoch=h.epoch, reason="death")
         elif isinstance(msg, wire.Heartbeat):
             self._heard(peer, h.epoch, now)
-            self._ask(peer, self.gossip.on_advert(peer, msg.version, now))
+            self._ask(pid, gossip.on_advert(peer.cursor, msg.version, now, sync))
         elif isinstance(msg, wire.SyncRequest):
             self._heard(peer, h.epoch, now)
             if msg.origin == self.id:
-                self.gossip.on_sync_request(msg.since)
+                self._gossip.on_sync_request(msg.since)
                 self._wake.set()
         elif isinstance(msg, wire.DeltaMsg):
             self._heard(peer, h.epoch, now)
@@ -487,8 +537,9 @@ class Node:
         else:  # pragma: no cover - decode returns only the types above
             raise AssertionError(type(msg))
 
-    async def _apply(self, peer: str, msg: Any, now: float) -> None:
+    async def _apply(self, entry: Peer, msg: Any, now: float) -> None:
         delta: Delta = msg.delta
+        peer = entry.node_id
         if delta.origin != peer:
             raise OriginMismatch(f"{peer!r} sent cells of origin {delta.origin!r}")
         if self.config.evidence_budget:
@@ -502,9 +553,10 @@ class Node:
         self.counters.cells_applied += stats.changed
         if msg.signatures and (not self.config.deviation_ratio
                                or await self._check_signatures(peer, tuple(msg.signatures))):
-            self.peer_signatures[peer] = tuple(msg.signatures)
-            self._fresh_signatures.add(peer)
-        self._ask(peer, self.gossip.on_delta(peer, delta.from_version, delta.to_version, now))
+            entry.signatures = tuple(msg.signatures)
+            entry.fresh = True
+        self._ask(peer, gossip.on_delta(entry.cursor, delta.from_version, delta.to_version, now,
+                                        self._gossip.sync_interval))
         self._log.debug("delta_applied", peer=peer, cells=stats.cells, new=stats.new,
                         updated=stats.updated, conflicts=stats.conflicts)
         if self.on_merge:
@@ -516,7 +568,7 @@ class Node:
 
         Compares the delta with what this node holds of the origin's cells:
         visits added vs. the version range, each cell's weight vs. its new
-        visits, and the origin's version rate.
+        visits, and the origin's version rate. O(cells in the delta).
         """
         origin, t = delta.origin, self.table
         now = self.clock()
@@ -526,16 +578,14 @@ class Node:
             return
         t.check(delta)  # shape, bounds and the visit_cap guard first: their reasons are more precise
         n_held, lw_held, v_held, _ = t.held_cells(origin, delta.keys, delta.actions)
-        check_budget(origin, delta.from_version, delta.to_version,
-                     self.gossip.known.get(origin, 0), n_new=delta.n, lw_new=delta.lw,
-                     n_held=n_held, lw_held=lw_held,
+        check_budget(origin, delta.from_version, delta.to_version, self.known_version(origin),
+                     n_new=delta.n, lw_new=delta.lw, n_held=n_held, lw_held=lw_held,
                      replaces=delta.version > v_held,
                      now_over_h=(now + t.clock_skew) / t.half_life)
 
-    def _heard(self, peer: str, epoch: int, now: float) -> None:
-        if self.liveness.on_heard(peer, epoch, now):
-            self._log.info("peer_online", peer=peer, epoch=epoch)
-            self._touch_peer(peer)
+    def _heard(self, peer: Peer, epoch: int, now: float) -> None:
+        if liveness.on_heard(peer.life, epoch, now):
+            self._log.info("peer_online", peer=peer.node_id, epoch=epoch)
 
     def _ask(self, origin: str, since: int | None) -> None:
         """Send a sync request (already rate-limited by the gossip state)."""
@@ -550,9 +600,9 @@ class Node:
     async def _reject(self, sender: str, exc: WireError, retain: bool) -> None:
         reason = exc.reason
         self.counters.rejected[reason] = self.counters.rejected.get(reason, 0) + 1
-        now = time.time()
-        if now - self._last_reject_log.get((sender, reason), -1e9) >= 60.0:
-            self._last_reject_log[(sender, reason)] = now
+        now = self.clock()
+        entry = self._registry.get(sender)
+        if self._should_log_reject(entry, sender, reason, now):
             # Retained presence of a node we never met (its death from an earlier run,
             # a birth already superseded) is normal on a shared broker: not a warning.
             # Duplicates (QoS 1 redelivery, a bridge re-sending retained births) are
@@ -562,44 +612,73 @@ class Node:
             log("message_rejected", peer=sender, reason=reason, error=str(exc), retained=retain)
         # Only what the verified sender itself said costs it trust: anyone can publish
         # garbage or forgeries on its topic, and replays are anyone's to make.
-        if not exc.authenticated or reason == "replay" or retain or sender not in self.peers:
+        if not exc.authenticated or reason == "replay" or retain or entry is None:
             return
-        old = self.table.trust(sender)
+        old = entry.trust
         new = clamp_trust(old + INVALID)
         if new != old:
-            self.table.set_trust(sender, new)
-            self._touch_peer(sender, trust=new)
+            entry.trust = new
+            self.table.set_trusts({sender: new})
             if self.store:
                 await self.store.add_trust_events([TrustEvent(sender, now, old, new, f"invalid:{reason}")])
 
+    def _should_log_reject(self, entry: Peer | None, sender: str, reason: str, now: float) -> bool:
+        """Rate-limit rejection logs: per entry for peers, in a bounded LRU for strangers.
+
+        A stranger past ``max_origins`` is logged at most once per interval per
+        reason, whatever ids it invents.
+        """
+        if entry is not None:
+            if now - entry.reject_logged.get(reason, -1e18) < REJECT_LOG_INTERVAL:
+                return False
+            entry.reject_logged[reason] = now
+            return True
+        key = ("", reason) if reason == OriginLimit.reason else (sender, reason)
+        last = self._stranger_logged.get(key)
+        if last is not None and now - last < REJECT_LOG_INTERVAL:
+            return False
+        self._stranger_logged[key] = now
+        self._stranger_logged.move_to_end(key)
+        while len(self._stranger_logged) > STRANGER_LOG_SLOTS:
+            self._stranger_logged.popitem(last=False)
+        return True
+
     # --------------------------------------------------------------- trust
     async def trust_round(self) -> dict[str, Judgement]:
-        """Values first (the deviation quarantine), then signatures against the leave-one-out consensus."""
+        """Values first (the deviation quarantine), then signatures against the leave-one-out consensus.
+
+        The registry holds the trust; the table receives every change of the
+        round in one ``set_trusts`` call (one recompute, not one per peer).
+        """
         await self.deviation_round()
-        if not self._fresh_signatures:
+        fresh = [p for p in self._registry if p.fresh]
+        if not fresh:
             return {}
-        events: list[TrustEvent] = []
-        sigs = dict(self.peer_signatures)
+        sigs = {p.node_id: p.signatures for p in self._registry if p.signatures}
         sigs[self.id] = tuple(self.table.signatures(self.config.signatures))
-        trust = {p: self.table.trust(p) for p in sigs}
+        trust = {p.node_id: p.trust for p in self._registry if p.signatures}
         judged = consensus_round(sigs, trust)
         self.convergence = convergence_score(judged)
-        now = time.time()
-        for peer in self._fresh_signatures:
-            j = judged.get(peer)
+        events = []
+        changes: dict[str, float] = {}
+        now = self.clock()
+        for peer in fresh:
+            peer.fresh = False
+            j = judged.get(peer.node_id)
             if j is None:
                 continue
             if j.alignment is not None:
-                self.alignment[peer] = j.alignment
-            if peer in self.quarantine:  # agreeing signatures buy a liar nothing
+                peer.alignment = j.alignment
+            if peer.node_id in self.quarantine:  # agreeing signatures buy a liar nothing
                 continue
-            old = self.table.trust(peer)
+            old = peer.trust
             new = clamp_trust(old + j.change)
             if new != old:
-                events.append(TrustEvent(peer, now, old, new, f"consensus:+{j.agree}/-{j.disagree}"))
-                self.table.set_trust(peer, new)
-                self._touch_peer(peer, trust=new)
-        self._fresh_signatures.clear()
+                events.append(TrustEvent(peer.node_id, now, old, new,
+                                         f"consensus:+{j.agree}/-{j.disagree}"))
+                peer.trust = changes[peer.node_id] = new
+        if changes:
+            self.table.set_trusts(changes)
         self.counters.trust_rounds += 1
         if events and self.store:
             await self.store.add_trust_events(events)
@@ -629,7 +708,7 @@ class Node:
     def excluded(self, peer: str) -> bool:
         """True when ``peer``'s cells are left out of the merged view (quarantined or distrusted)."""
         q = self.table.quarantine_below
-        return peer in self.quarantine or (q > 0 and self.table.trust(peer) < q)
+        return peer in self.quarantine or (q > 0 and self.trust_of(peer) < q)
 
     async def deviation_round(self) -> dict[str, Verdict]:
         """Score every origin by how far its values deviate from the others'; (un)quarantine.
@@ -638,27 +717,33 @@ class Node:
         out of the view, its cells kept); leaving it restores trust to at least 1.
         """
         t = self.table
-        origins = [o for o in t.origins if o == self.id or t.max_version(o) > 0]
+        origins = [o for o in t.origins
+                   if o == self.id or (o in self._registry and t.max_version(o) > 0)]
         if not self.config.deviation_ratio or len(origins) < 3:
             return {}
         matrix = gather_origins([t.delta_of(o) for o in origins])
-        trust = {o: t.trust(o) for o in origins}
+        trust = {o: self.trust_of(o) for o in origins}
         verdicts, entered, left = judge_round(matrix, trust, self.quarantine, own=self.id,
                                               now_over_h=self.clock() / t.half_life)
         self.deviation = verdicts
-        now = time.time()
+        now = self.clock()
         events = []
-        for peer, new_trust, why in ([(p, TRUST_MIN, "quarantine") for p in entered]
-                                     + [(p, max(1.0, t.trust(p)), "restored") for p in left]):
-            old = t.trust(peer)
-            v = verdicts.get(peer)
+        changes: dict[str, float] = {}
+        for pid, why in [(p, "quarantine") for p in entered] + [(p, "restored") for p in left]:
+            entry = self._registry.get(pid)
+            if entry is None:
+                continue
+            old = entry.trust
+            new = TRUST_MIN if why == "quarantine" else max(1.0, old)
+            v = verdicts.get(pid)
             ratio = v.ratio if v is not None and v.ratio is not None else float("nan")
             self._log.info("peer_quarantined" if why == "quarantine" else "peer_restored",
-                           peer=peer, ratio=round(ratio, 2))
-            if new_trust != old:
-                t.set_trust(peer, new_trust)
-                self._touch_peer(peer, trust=new_trust)
-                events.append(TrustEvent(peer, now, old, new_trust, f"{why}:deviation x{ratio:.1f}"))
+                           peer=pid, ratio=round(ratio, 2))
+            if new != old:
+                entry.trust = changes[pid] = new
+                events.append(TrustEvent(pid, now, old, new, f"{why}:deviation x{ratio:.1f}"))
+        if changes:
+            self.table.set_trusts(changes)
         self.counters.quarantined += len(entered)
         self.counters.restored += len(left)
         if events and self.store:
@@ -666,22 +751,63 @@ class Node:
         return verdicts
 
     # ---------------------------------------------------------------- peers
-    def _touch_peer(self, peer: str, **changes: Any) -> None:
-        rec = self.peers.get(peer) or PeerRecord(peer, trust=self.table.trust(peer))
-        self.peers[peer] = rec.replace(**changes)
-
     async def _save_peers(self) -> None:
+        """Persist every entry as a ``PeerRecord``, in one batch."""
         if self.store is None:
             return
-        for pid, rec in list(self.peers.items()):
-            life = self.liveness.peers.get(pid)
-            if life is not None:
-                rec = rec.replace(status=life.status, last_seen=life.last_seen,
-                                  epoch=max(rec.epoch, life.epoch))
-            self.peers[pid] = rec = rec.replace(trust=self.table.trust(pid),
-                                                version=self.gossip.known.get(pid, 0))
-            await self.store.upsert_peer(rec)
-        await self.store.set_meta("verifier", json.dumps(self.verifier.snapshot()))
+        await self.store.upsert_peers(self._registry.records())
+        if await self.store.get_meta("verifier", None):
+            await self.store.set_meta("verifier", "")  # folded into the records (see _load)
+
+    def peer_ids(self) -> list[str]:
+        """Ids of the peers this node holds an entry for (heard, or stored), sorted."""
+        return self._registry.ids()
+
+    def peer_count(self) -> int:
+        return len(self._registry)
+
+    def liveness_status(self, peer: str) -> str:
+        """``online`` | ``suspect`` | ``offline`` | ``unknown`` (no entry)."""
+        entry = self._registry.get(peer)
+        return entry.life.status if entry else UNKNOWN
+
+    def liveness_counts(self) -> dict[str, int]:
+        """Peers per liveness status."""
+        return self._registry.counts()
+
+    def trust_of(self, peer: str) -> float:
+        """The trust this node has in ``peer`` (1.0 for a peer without an entry)."""
+        entry = self._registry.get(peer)
+        return entry.trust if entry else 1.0
+
+    def trusts(self) -> dict[str, float]:
+        return self._registry.trusts()
+
+    def alignments(self) -> dict[str, float]:
+        """Each judged peer's share of signatures that agreed with the consensus."""
+        return {p.node_id: p.alignment for p in self._registry if p.alignment is not None}
+
+    def peer_signatures(self) -> dict[str, tuple[PatternSignature, ...]]:
+        """Every peer's last pattern signatures (peers that sent none are left out)."""
+        return {p.node_id: p.signatures for p in self._registry if p.signatures}
+
+    def signatures_of(self, peer: str) -> tuple[PatternSignature, ...]:
+        entry = self._registry.get(peer)
+        return entry.signatures if entry else ()
+
+    def known_version(self, peer: str) -> int:
+        """The version up to which this node holds everything of ``peer`` (0: nothing)."""
+        entry = self._registry.get(peer)
+        return entry.cursor.known if entry else 0
+
+    def pinned_key(self, peer: str) -> bytes | None:
+        """The public key this node believes for ``peer`` (allowlist first), or None."""
+        return self._registry.verifier.pinned(peer)
+
+    @property
+    def published_version(self) -> int:
+        """The own version every peer can have had: everything up to it was published."""
+        return self._gossip.published_version
 
     # --------------------------------------------------------------- status
     def status(self) -> dict[str, Any]:
@@ -689,26 +815,31 @@ class Node:
         return {
             "node": self.id, "federation": self.fed, "fingerprint": self.task.fingerprint,
             "epoch": self.epoch, "version": self.table.version,
-            "published_version": self.gossip.published_version,
+            "published_version": self._gossip.published_version,
             "cells": self.table.size, "origins": len(self.table.origins),
             "connected": bool(t and t.connected),
-            "peers": self.liveness.counts(), "convergence": self.convergence,
+            "peers": self._registry.counts(), "convergence": self.convergence,
             "counters": {k: v for k, v in vars(self.counters).items()},
             "pid": os.getpid(),
         }
 
     def peer_table(self) -> list[dict[str, Any]]:
         out = []
-        for pid, rec in sorted(self.peers.items()):
-            life = self.liveness.peers.get(pid)
-            out.append({"node": pid, "status": self.liveness.status(pid), "epoch": rec.epoch,
-                        "last_seen": life.last_seen if life else rec.last_seen,
-                        "trust": self.table.trust(pid),
-                        "alignment": self.alignment.get(pid),
-                        "known_version": self.gossip.known.get(pid, 0),
+        for pid in self._registry.ids():
+            p = self._registry.get(pid)
+            assert p is not None
+            key = self.pinned_key(pid)
+            out.append({"node": pid, "status": p.life.status, "epoch": p.life.epoch,
+                        "last_seen": p.life.last_seen, "trust": p.trust,
+                        "alignment": p.alignment, "known_version": p.cursor.known,
                         "held_version": self.table.max_version(pid),
-                        "public_key": rec.public_key.hex() if rec.public_key else None})
+                        "public_key": key.hex() if key else None})
         return out
+
+
+def _life_policy(cfg: NodeConfig) -> LivenessPolicy:
+    return LivenessPolicy(heartbeat_interval=cfg.heartbeat_interval, missed=cfg.suspect_after,
+                          peer_timeout=cfg.peer_timeout)
 
 
 def _policy_options(cfg: NodeConfig) -> dict[str, float]:

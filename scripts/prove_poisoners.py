@@ -33,9 +33,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peerd.broker import Broker, find_mosquitto
 from peerd.sim.attacks import ATTACKS, AttackSpec
 from peerd.sim.runner import SimSettings, Simulation
+from peerd.testing.broker import Broker, find_mosquitto
 
 #: federated all-honest steps on Taxi-v4 (8 nodes) before the defences (docs/prove.md §5)
 HONEST_BEFORE = {"taxi": 5500}
@@ -96,11 +96,14 @@ async def _series(broker_url: str, env: str, cfg: dict[str, Any], attack: str | 
 
 async def _run(quick: bool, broker_url: str, *, seeds: int | None = None,
                attacks: tuple[str, ...] | None = None, counts: tuple[int, ...] | None = None,
-               frozenlake: bool | None = None, before: bool = False) -> dict[str, Any]:
+               frozenlake: bool | None = None, before: bool = False,
+               frozenlake_only: bool = False) -> dict[str, Any]:
     cfg = dict(QUICK if quick else FULL)
     seed_list = [2024 + 101 * k for k in range(seeds or cfg["seeds"])]
     envs = [cfg["env"]] + (["frozenlake8x8"] if (cfg["frozenlake"] if frozenlake is None
                                                   else frozenlake) else [])
+    if frozenlake_only:
+        envs = ["frozenlake8x8"]
     rows: list[dict[str, Any]] = []
     for env in envs:
         if before and env == cfg["env"]:  # the same all-honest runs without the defences
@@ -186,6 +189,7 @@ if __name__ == "__main__":
     p.add_argument("--attacks", default=None, help="comma-separated kinds (default: all)")
     p.add_argument("--counts", default=None, help="comma-separated liar counts (default: 2,3)")
     p.add_argument("--no-frozenlake", action="store_true")
+    p.add_argument("--frozenlake-only", action="store_true")
     p.add_argument("--before", action="store_true",
                    help="also the all-honest runs without the defences (same seeds)")
     p.add_argument("--out", type=Path, default=None)
@@ -198,7 +202,8 @@ if __name__ == "__main__":
         doc = run(args.quick, seeds=args.seeds,
                   attacks=tuple(args.attacks.split(",")) if args.attacks else None,
                   counts=tuple(int(c) for c in args.counts.split(",")) if args.counts else None,
-                  frozenlake=False if args.no_frozenlake else None, before=args.before)
+                  frozenlake=False if args.no_frozenlake else None, before=args.before,
+                  frozenlake_only=args.frozenlake_only)
     text = json.dumps(doc, indent=2)
     if args.out:
         args.out.write_text(text)

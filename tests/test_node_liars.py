@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from peerd.config import NodeConfig
-from peerd.memtransport import MemoryBus
 from peerd.node import Node
 from peerd.sim.liars import LyingTable
+from peerd.testing.memory import MemoryBus
 
 ACTIONS = ["a", "b", "c"]
 
@@ -56,18 +56,18 @@ async def _learn(node: Node, rng: np.random.Generator, count: int = 90) -> None:
 
 async def _round(fleet: Fleet, honest: list[Node], liar: Node, kind: str) -> None:
     liar.table = LyingTable(liar.table, kind, liar, np.random.default_rng(9))  # type: ignore[assignment]
-    await _until(lambda: all(len(n.peers) == len(fleet.nodes) - 1 for n in fleet.nodes))
+    await _until(lambda: all(n.peer_count() == len(fleet.nodes) - 1 for n in fleet.nodes))
     rng = np.random.default_rng(1)
     for nd in fleet.nodes:
         await _learn(nd, rng)
     # the liar's lies come from its view: let it see the honest cells first
     for nd in honest:
         await nd.flush()
-    await _until(lambda: all(liar.gossip.known.get(h.id, 0) == h.table.version for h in honest))
+    await _until(lambda: all(liar.known_version(h.id) == h.table.version for h in honest))
     for nd in fleet.nodes:
         nd.request_signatures()
         await nd.flush()
-    await _until(lambda: all(a.gossip.known.get(b.id, 0) == b.table.version
+    await _until(lambda: all(a.known_version(b.id) == b.table.version
                              for a in honest for b in fleet.nodes if a is not b))
     for nd in honest:
         await nd.trust_round()
@@ -80,7 +80,7 @@ async def test_an_inverter_is_quarantined_and_no_honest_node_is(fleet: Fleet) ->
     for h in honest:
         assert "liar" in h.quarantine and h.excluded("liar")
         assert not any(p.id in h.quarantine for p in honest)
-        assert h.table.trust("liar") == pytest.approx(0.1)
+        assert h.trust_of("liar") == pytest.approx(0.1)
         assert h.counters.quarantined == 1
         row = h.table.values("s0")
         assert row.argmax() == 2  # the view is the honest one: action c pays most
@@ -93,4 +93,4 @@ async def test_copied_signatures_contradicting_the_copiers_cells_cost_trust(flee
     for h in honest:
         assert h.counters.rejected.get("contradicting_signatures", 0) >= 1
         assert h.excluded("liar")
-        assert all(h.table.trust(p.id) >= 1.0 for p in honest if p is not h)
+        assert all(h.trust_of(p.id) >= 1.0 for p in honest if p is not h)

@@ -124,7 +124,7 @@ class LyingTable:
 
     def signatures(self, k: int = 32) -> list[PatternSignature]:
         if self.kind == "copycat":
-            others = [s for s in self._node.peer_signatures.values() if s]
+            others = [s for s in self._node.peer_signatures().values() if s]
             return list(others[int(self._rng.integers(len(others)))][:k]) if others else []
         honest = self._table.signatures(k)
         if not honest:
