@@ -39,6 +39,9 @@ class _Node:
     def transport(self) -> _Transport:
         return _Transport(self.connected)
 
+    def peer_count(self) -> int:
+        return len(self.peers)
+
 
 def test_connected_nodes_that_never_see_births_blame_retained_delivery() -> None:
     """Connected nodes that saw no (or not all) births: the line names undelivered retained
