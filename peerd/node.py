@@ -411,7 +411,9 @@ class Node:
                 continue
             now = self.clock()
             for peer in self._registry:
-                self._ask(peer.node_id, gossip.due_ask(peer.cursor, now, self._gossip.sync_interval))
+                if peer.cursor.deferred:  # most have nothing deferred: skip the call
+                    self._ask(peer.node_id,
+                              gossip.due_ask(peer.cursor, now, self._gossip.sync_interval))
             since = self._gossip.take_answer()
             if since is not None and not await self._publish_delta(since=since):
                 self._gossip.on_sync_request(since)  # not sent: try again next time
