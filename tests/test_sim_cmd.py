@@ -66,3 +66,14 @@ def test_disconnected_nodes_blame_the_broker_and_met_nodes_are_fine() -> None:
     assert line is not None and "unreachable" in line and "1 of 2 nodes" in line
     met = [_Node(True, {"b": 1}), _Node(True, {"a": 1})]
     assert federation_problem(met, "mqtt://127.0.0.1:9", 2.0) is None  # type: ignore[arg-type]
+
+
+def test_an_unknown_attack_is_one_line_and_exit_2() -> None:
+    """`--attack KIND:COUNT` with an unknown kind or a bad count: exit 2, one line naming the kinds."""
+    for bad, says in (("gaslight:2", "unknown attack"), ("invert:two", "COUNT")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "peerd.cli", "sim", "--modes", "federated", "--attack", bad,
+             "--json"], capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert proc.returncode == 2, proc.stderr
+        err = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert len(err) == 1 and err[0].startswith("peerd sim: ") and says in err[0], err
