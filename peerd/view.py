@@ -36,6 +36,7 @@ import numpy as np
 REBASE = 64.0  # an incoming lw this far above ref moves ref (2^64 keeps far from overflow)
 CANCEL_BITS = 8  # den below mass · 2^-8: recompute exactly
 _CANCEL = 2.0 ** -CANCEL_BITS
+_EXP_MIN, _EXP_MAX = -1021.0, 1000.0  # exp2 stays on its fast path (peerd.strategies.EXP2_FLOOR)
 #: what a cell holds before any origin does (``robust``: the default value)
 _FILL = {"num": 0.0, "den": 0.0, "ref": -np.inf, "mass": 0.0, "n": 0, "succ": 0, "fail": 0}
 
@@ -126,14 +127,21 @@ class MergedView:
             self.mass[cu] *= scale.astype(np.float32)
             self.ref[cu] = new_ref
             ref = self.ref[cells]
-        finite = np.isfinite(ref)
-        base = np.where(finite, ref, 0.0)
-        with np.errstate(over="ignore", invalid="ignore"):
-            w_old = np.where((t_old > 0) & finite, t_old * np.exp2(np.minimum(lw_old - base, 1000.0)), 0.0)
-            w_new = np.where((t_new > 0) & finite, t_new * np.exp2(np.minimum(lw_new - base, 1000.0)), 0.0)
-        den0 = self.den[cells]
-        den = den0 - w_old + w_new
-        num = self.num[cells] - w_old * q_old + w_new * q_new
+        # Exponents are clipped to exp2's fast range: a term over 1021 half-lives below
+        # the reference weighs 2^-1021 (it is invisible next to the reference term, and
+        # added and removed alike); t = 0 (not counted) zeroes it, whatever ref is.
+        with np.errstate(invalid="ignore"):  # -inf − -inf: an absent old term, weight 0
+            d_old = np.subtract(lw_old, ref)
+        w_old = np.exp2(np.fmin(np.fmax(d_old, _EXP_MIN), _EXP_MAX))  # fmax: NaN → _EXP_MIN
+        w_old *= t_old
+        w_new = np.exp2(np.clip(lw_new - ref, _EXP_MIN, _EXP_MAX))
+        w_new *= t_new
+        den = self.den[cells] - w_old
+        den += w_new
+        w_old *= q_old
+        w_new *= q_new
+        num = self.num[cells] - w_old
+        num += w_new
         mass = np.maximum(self.mass[cells], den.astype(np.float32))
         self.den[cells] = den
         self.num[cells] = num
