@@ -158,9 +158,9 @@ class MergedView:
             self.den[cell] *= scale
             self.mass[cell] *= scale
             self.ref[cell] = ref = lw_new
-        finite = math.isfinite(ref)
-        w_old = t_old * math.exp2(min(lw_old - ref, 1000.0)) if t_old > 0 and finite else 0.0
-        w_new = t_new * math.exp2(min(lw_new - ref, 1000.0)) if t_new > 0 and finite else 0.0
+        finite = math.isfinite(ref)  # clipped as in ``replace``: the same term in and out
+        w_old = t_old * math.exp2(min(max(lw_old - ref, _EXP_MIN), _EXP_MAX)) if t_old > 0 and finite else 0.0
+        w_new = t_new * math.exp2(min(max(lw_new - ref, _EXP_MIN), _EXP_MAX)) if t_new > 0 and finite else 0.0
         den = float(self.den[cell]) - w_old + w_new
         self.num[cell] = float(self.num[cell]) - w_old * q_old + w_new * q_new
         self.den[cell] = den
