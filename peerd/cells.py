@@ -200,8 +200,9 @@ class CellStore:
     def insert(self, slot: int, cell: np.ndarray) -> np.ndarray:
         """New entries for distinct cells that ``slot`` does not hold yet; returns their ids.
 
-        The caller writes the payload fields. The entries are linked at the
-        head of their cells' holder chains and put in the origin's hash.
+        The caller writes ``q``, ``lw``, ``n`` and ``version`` (``succ`` and
+        ``fail`` start at 0). The entries are linked at the head of their
+        cells' holder chains and put in the origin's hash.
         """
         k = cell.shape[0]
         reuse = min(k, self.free.shape[0])
@@ -215,8 +216,9 @@ class CellStore:
             self.used += k - reuse
         self.cell[ids] = cell
         self.slot[ids] = slot
-        for a in self.fields.values():
-            a[ids] = 0
+        if self.has_outcomes:  # a recycled entry may hold old counts; the caller writes the rest
+            self.fields["succ"][ids] = 0
+            self.fields["fail"][ids] = 0
         self.next[ids] = self.head[cell]
         self.head[cell] = ids
         h = self.hashes.get(slot)

@@ -130,11 +130,12 @@ class MergedView:
         # Exponents are clipped to exp2's fast range: a term over 1021 half-lives below
         # the reference weighs 2^-1021 (it is invisible next to the reference term, and
         # added and removed alike); t = 0 (not counted) zeroes it, whatever ref is.
-        with np.errstate(invalid="ignore"):  # -inf − -inf: an absent old term, weight 0
+        with np.errstate(invalid="ignore"):  # -inf − -inf: an absent term (weight 0 anyway)
             d_old = np.subtract(lw_old, ref)
+            d_new = np.subtract(lw_new, ref)
         w_old = np.exp2(np.fmin(np.fmax(d_old, _EXP_MIN), _EXP_MAX))  # fmax: NaN → _EXP_MIN
         w_old *= t_old
-        w_new = np.exp2(np.clip(lw_new - ref, _EXP_MIN, _EXP_MAX))
+        w_new = np.exp2(np.fmin(np.fmax(d_new, _EXP_MIN), _EXP_MAX))
         w_new *= t_new
         den = self.den[cells] - w_old
         den += w_new
