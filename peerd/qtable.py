@@ -704,8 +704,8 @@ class QTable:
         slot = st.slot[e]
         n = st.fields["n"][e]
         floor = np.where(slot == OWN, 1, max(self.min_visits, 1))
-        t = np.where((hold >= 0) & (n >= floor), self._eff_trusts()[np.minimum(slot, len(self._trust) - 1)],
-                     0.0)
+        eff = self._eff_trusts()  # every live slot is < len(eff); a padding -1 reads entry 0
+        t = np.where((hold >= 0) & (n >= floor), eff[np.minimum(slot, eff.shape[0] - 1)], 0.0)
         return hold, t, st.fields["q"][e].astype(np.float64), st.fields["lw"][e]
 
     def _recompute_exact(self, cells: np.ndarray) -> None:
@@ -726,11 +726,8 @@ class QTable:
         assert view.robust is not None
         for lo in range(0, cells.shape[0], _RECOMPUTE_CHUNK):
             c = cells[lo : lo + _RECOMPUTE_CHUNK]
-            hold, t, q, lw = self._holders(c)
-            valid = t > 0
-            trust = self._trust[np.minimum(self._store.slot[np.maximum(hold, 0)], len(self._trust) - 1)]
-            trust = np.where(self._store.slot[np.maximum(hold, 0)] == OWN, 1.0, trust)
-            view.robust[c] = self.strategy.combine(q, lw, valid, trust, self.q_init)
+            _, t, q, lw = self._holders(c)  # t: each holder's trust, 0 where it does not count
+            view.robust[c] = self.strategy.combine(q, lw, t > 0, t, self.q_init)
 
     def _refresh(self, cells: np.ndarray, bad: np.ndarray) -> None:
         """After terms changed: exact sums where they cancelled; robust values of the cells."""
