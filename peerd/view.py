@@ -11,8 +11,9 @@ succ, fail  uint64   likewise (allocated once some origin reports an outcome)
 robust      float64  the value of a robust strategy (allocated only for those)
 ==========  =======  ====================================================
 
-so 44 B per cell (60 with outcomes, +8 with a robust strategy), whatever the
-number of origins. The weighted-average value is ``num / den`` (``default``
+so 36 B per cell (52 with outcomes, +8 with a robust strategy), whatever the
+number of origins; with the holder-chain head and the key index, about 48 B
+per merged cell at 6 actions (``QTable.memory``). The weighted-average value is ``num / den`` (``default``
 where ``den = 0``).
 
 Replacing an origin's stored cell subtracts its old term and adds its new one
