@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -122,6 +123,7 @@ class Node:
         self._stop = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self._connections = 0  # broker connections so far (each after the first: a new epoch)
         self.applied_event = asyncio.Event()  # set on every applied delta (tests wait on it)
         #: called with (header, stats) after each applied delta: benchmarks, simulations
         self.on_merge: Callable[[wire.Header, MergeStats], None] | None = None
@@ -179,7 +181,7 @@ class Node:
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(self._publisher(), name="publisher"),
                          tg.create_task(self._heartbeat(), name="heartbeat")]
-                if self.config.broker_url or self._transport_factory:
+                if self.config.broker_members or self._transport_factory:
                     self.transport = self._make_transport()
                     tasks.append(tg.create_task(
                         self.transport.run(self._on_message, self._on_connect), name="transport"))
@@ -221,29 +223,40 @@ class Node:
             await self.store.close()
             self.store = None
 
-    def _will(self) -> tuple[str, bytes, int, bool]:
-        death = wire.encode(wire.Death(self._header()), self.identity)
+    def _will(self, epoch: int | None = None) -> tuple[str, bytes, int, bool]:
+        """The retained death the broker publishes if this connection drops (of ``epoch``)."""
+        header = self._header()
+        if epoch is not None:
+            header = dataclasses.replace(header, epoch=epoch)
+        death = wire.encode(wire.Death(header), self.identity)
         return (wire.topic(self.fed, "presence", self.id), death, 1, True)
 
     def _make_transport(self) -> Transport:
         will = self._will()
-        subs = [(f, 1) for f in wire.subscriptions(self.fed)]
+        subs = [(f, self.config.subscribe_qos) for f in wire.subscriptions(self.fed)]
         if self._transport_factory is not None:
             return self._transport_factory(client_id=f"peerd-{self.fed}-{self.id}",
                                            subscriptions=subs, will=will)
         from peerd.transport import MqttTransport
         cfg = self.config
+        members = cfg.broker_members
         tls = None
-        if cfg.broker_url.startswith("mqtts://") or cfg.ca_certs:
+        if any(u.startswith("mqtts://") for u in members) or cfg.ca_certs:
             from peerd.transport import TLSConfig
             tls = TLSConfig(ca_certs=cfg.ca_certs or None, certfile=cfg.certfile or None,
                             keyfile=cfg.keyfile or None)
-        return MqttTransport(cfg.broker_url, client_id=f"peerd-{self.fed}-{self.id}",
+        return MqttTransport(members, client_id=f"peerd-{self.fed}-{self.id}",
                              subscriptions=subs, will=will, username=cfg.username or None,
                              password=cfg.broker_password() or None, tls=tls,
                              keepalive=cfg.keepalive,
                              # a restarted broker is found within ~10 s, not the 30 s default cap
-                             backoff=(0.2, 10.0))
+                             backoff=(0.2, 10.0),
+                             # a member that accepts TCP but cannot admit us (NATS gives up on
+                             # its JetStream after 4 s) must not hold the failover long
+                             connect_timeout=5.0,
+                             # published_version advances only over acknowledged deltas: what
+                             # a lost connection swallowed is recomputed and sent again
+                             confirm=True)
 
     # ---------------------------------------------------------- local API
     def act(self, state: Any, *, explore: bool = True) -> int:
@@ -355,15 +368,26 @@ class Node:
             await self._publish_delta()
 
     async def _on_connect(self) -> None:
-        """(Re)connected: birth, then everything unpublished (computed from versions)."""
+        """(Re)connected: birth, then everything unpublished (computed from versions).
+
+        Each connection after the first is a new presence epoch (docs/architecture.md
+        §5): the Will of the lost connection, which a surviving broker member may
+        publish after our new birth, then carries an older epoch and is ignored.
+        """
+        if self._connections:
+            self.epoch += 1
+            self._log = self._log.bind(epoch=self.epoch)
+            if self.store is not None:
+                await self.store.set_meta("epoch", self.epoch)
+        self._connections += 1
         birth = wire.Birth(self._header(), public_key=self.identity.public_key,
                            version=self.gossip.published_version)
         await self._publish(birth, "presence", qos=1, retain=True)
-        # The Will of the *next* connection: a fresh (epoch, seq), or peers would
-        # reject a second abrupt death in this epoch as a replay.
+        # The Will of the *next* connection, in the epoch that connection will have.
         if self.transport is not None:
-            self.transport.will = self._will()
-        self._log.info("broker_connected", version=self.table.version)
+            self.transport.will = self._will(self.epoch + 1)
+        self._log.info("broker_connected", member=getattr(self.transport, "member", None),
+                       version=self.table.version, published_version=self.gossip.published_version)
         self._wake.set()
 
     async def _heartbeat(self) -> None:
@@ -565,6 +589,9 @@ class Node:
             "published_version": self.gossip.published_version,
             "cells": self.table.size, "origins": len(self.table.origins),
             "connected": bool(t and t.connected),
+            "broker": getattr(t, "member", None),
+            "broker_members": list(getattr(t, "member_urls", self.config.broker_members)),
+            "broker_reconnects": getattr(t, "reconnects", 0),
             "peers": self.liveness.counts(), "convergence": self.convergence,
             "counters": {k: v for k, v in vars(self.counters).items()},
             "pid": os.getpid(),
