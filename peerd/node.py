@@ -251,9 +251,9 @@ class Node:
                              keepalive=cfg.keepalive,
                              # a restarted broker is found within ~10 s, not the 30 s default cap
                              backoff=(0.2, 10.0),
-                             # a member that accepts TCP but cannot admit us (NATS gives up on
-                             # its JetStream after 4 s) must not hold the failover long
-                             connect_timeout=5.0,
+                             # a member that accepts TCP but cannot admit us yet must not hold
+                             # the failover long (doubled after each failed round of members)
+                             connect_timeout=2.0,
                              # published_version advances only over acknowledged deltas: what
                              # a lost connection swallowed is recomputed and sent again
                              confirm=True)
@@ -390,6 +390,21 @@ class Node:
                        version=self.table.version, published_version=self.gossip.published_version)
         self._wake.set()
 
+    def _answer_birth(self) -> None:
+        """DESIGN §4: a node that sees a new peer's birth answers once with its own.
+
+        Retained births are not enough on a cluster: a member replicates retained
+        messages asynchronously, so a peer that subscribed on another member just
+        before our birth was stored there never receives it, and rejects all we
+        send as coming from an unknown sender. A live birth reaches it.
+        """
+        if self.transport is None or not self.transport.connected:
+            return
+        birth = wire.Birth(self._header(), public_key=self.identity.public_key,
+                           version=self.gossip.published_version)
+        task = asyncio.ensure_future(self._publish(birth, "presence", qos=1, retain=True))
+        task.add_done_callback(_ignore_result)
+
     async def _heartbeat(self) -> None:
         interval = self.config.heartbeat_interval
         while True:
@@ -448,6 +463,7 @@ class Node:
                              last_seen=now, status=self.liveness.status(peer))
             if t:
                 self._log.info("peer_online", peer=peer, epoch=h.epoch)
+                self._answer_birth()
             # A node asks every origin it hears of and holds nothing of: the retained
             # birth may advertise an old version, and waiting for a heartbeat costs
             # a heartbeat interval.

@@ -215,9 +215,13 @@ class MqttTransport(BaseTransport):
         self.backoff = backoff
         #: Seconds to wait for SUBACK/PUBACK and for flushing on disconnect.
         self.timeout = timeout
-        #: Seconds to wait for CONNACK (and DISCONNECT): a member that accepts TCP but
-        #: cannot admit us (NATS while its JetStream recovers) is left for the next.
+        #: Seconds to wait for CONNACK (and DISCONNECT) in the first round of attempts,
+        #: doubled after each round that failed entirely, up to ``timeout``: a member
+        #: that accepts TCP but cannot admit us yet (a NATS member while its cluster
+        #: re-elects JetStream leaders) is left quickly for the next, and a broker that
+        #: is merely slow still gets all the time it needs.
         self.connect_timeout = timeout if connect_timeout is None else connect_timeout
+        self._failures = 0  # attempts failed in a row since the last connection that worked
         #: QoS 1 ``publish`` returns only once acknowledged (module docstring).
         self.confirm = confirm
         #: Messages dropped because they match none of our subscriptions.
@@ -287,7 +291,7 @@ class MqttTransport(BaseTransport):
             raise RuntimeError("MqttTransport.run() is already running")
         self._running = True
         self._stopped.clear()
-        failures = 0  # attempts failed in a row since the last connection that worked
+        self._failures = 0
         try:
             while not self._closing.is_set():
                 connections_before = self._connections
@@ -301,7 +305,7 @@ class MqttTransport(BaseTransport):
                     break
                 self.last_error = error
                 lost = self._connections > connections_before
-                failures = 0 if lost else failures + 1
+                self._failures = failures = 0 if lost else self._failures + 1
                 # The member we were on (or tried) just failed: the next one goes first.
                 self._index = (self._index + 1) % len(self.members)
                 delay = retry_delay(failures, len(self.members), *self.backoff, self._rng)
@@ -429,7 +433,8 @@ class MqttTransport(BaseTransport):
             username=self.username,
             password=self._password if self._password is not None else address.password,
             tls_params=tls_params,
-            timeout=self.connect_timeout,
+            timeout=min(self.timeout,
+                        self.connect_timeout * 2.0 ** min(self._failures // len(self.members), 16)),
             # Nagle off: a delta is one small write that must leave now. With it on, a
             # publish written while the previous one is unacknowledged waits for the
             # peer's delayed ACK (~40 ms on Linux), slower than the broker round trip.
