@@ -336,10 +336,12 @@ class MqttTransport(BaseTransport):
         try:
             async with client:
                 entered = True
+                watch: asyncio.Task[None] | None = None
                 try:
                     await self._until_disconnected(client, self._subscribe(client))
                     self._client = client
                     self._mark_connected()
+                    watch = asyncio.create_task(self._abandon_pending_when_lost(client))
                     await self._call_on_connect(on_connect)
                     consumer = asyncio.create_task(self._consume(client, on_message))
                     closing = asyncio.create_task(self._closing.wait())
@@ -355,6 +357,8 @@ class MqttTransport(BaseTransport):
                         consumer.result()  # raises the MqttError that ended the stream
                     await self._flush()  # let the death message be acknowledged before DISCONNECT
                 finally:
+                    if watch is not None:
+                        watch.cancel()
                     self._client = None
                     self._mark_disconnected()
                     self._abandon_pending()
@@ -409,6 +413,19 @@ class MqttTransport(BaseTransport):
             await task
         cause = ended.exception() if not ended.cancelled() else None
         raise aiomqtt.MqttError("connection lost") from cause
+
+    async def _abandon_pending_when_lost(self, client: aiomqtt.Client) -> None:
+        """Fail the publishes waiting for a PUBACK as soon as the connection is gone.
+
+        aiomqtt would wait for each until its timeout, even during ``on_connect``
+        (the birth) when no consumer is there yet to notice the loss; a
+        failover must not wait that long.
+        """
+        ended = _disconnected_future(client)
+        if ended is not None:
+            await asyncio.wait({ended})
+            self._mark_disconnected()
+            self._abandon_pending()
 
     def _new_client(self) -> aiomqtt.Client:
         address = self.address
@@ -520,8 +537,7 @@ class MqttTransport(BaseTransport):
         self, client: aiomqtt.Client, topic: str, payload: bytes, qos: int, retain: bool
     ) -> bool:
         try:
-            await self._until_disconnected(
-                client, client.publish(topic, payload, qos=qos, retain=retain, timeout=self.timeout))
+            await client.publish(topic, payload, qos=qos, retain=retain, timeout=self.timeout)
         except aiomqtt.MqttError as exc:
             self._log.debug("transport_publish_unconfirmed", topic=topic, error=_describe(exc))
             return False
