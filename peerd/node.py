@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import random
@@ -254,9 +255,7 @@ class Node:
                              # a member that accepts TCP but cannot admit us yet must not hold
                              # the failover long (doubled after each failed round of members)
                              connect_timeout=2.0,
-                             # published_version advances only over acknowledged deltas: what
-                             # a lost connection swallowed is recomputed and sent again
-                             confirm=True)
+                             )
 
     # ---------------------------------------------------------- local API
     def act(self, state: Any, *, explore: bool = True) -> int:
@@ -280,13 +279,24 @@ class Node:
         return wire.Header(fed=self.fed, node=self.id, fp=self.task.fingerprint, epoch=self.epoch,
                            seq=self.seq, ts=time.time())
 
-    async def _publish(self, msg: Any, kind: str, *, qos: int, retain: bool = False) -> bool:
+    async def _publish(self, msg: Any, kind: str, *, qos: int, retain: bool = False,
+                       on_unconfirmed: Callable[[], None] | None = None) -> bool:
+        """Encode and hand to the transport. ``on_unconfirmed`` runs if the broker never
+        acknowledges the message (its connection ended first; transports that can tell)."""
         if self.transport is None:
             return False
         payload = wire.encode(msg, self.identity, max_payload=self.config.max_payload,
                               max_entries=self.config.max_entries)
-        ok = await self.transport.publish(wire.topic(self.fed, kind, self.id), payload, qos=qos,
-                                          retain=retain)
+        topic = wire.topic(self.fed, kind, self.id)
+        tracked = getattr(self.transport, "publish_tracked", None)
+        if on_unconfirmed is not None and tracked is not None:
+            ack = await tracked(topic, payload, qos=qos, retain=retain)
+            ok = ack is not None
+            if ack is not None:
+                ack.add_done_callback(
+                    lambda f: None if not f.cancelled() and f.result() else on_unconfirmed())
+        else:
+            ok = await self.transport.publish(topic, payload, qos=qos, retain=retain)
         if ok:
             self.counters.bytes_sent += len(payload)
         return ok
@@ -329,7 +339,8 @@ class Node:
             piece = pending.pop(0)
             msg = wire.DeltaMsg(self._header(), delta=piece, signatures=sigs)
             try:
-                ok = await self._publish(msg, "delta", qos=1)
+                ok = await self._publish(msg, "delta", qos=1,
+                                         on_unconfirmed=functools.partial(self._unconfirmed, piece))
             except wire.PayloadTooLarge as exc:  # signatures or framing pushed it over: halve
                 if len(piece) <= 1:
                     self._log.error("delta_too_large", cells=len(piece), error=str(exc))
@@ -349,6 +360,18 @@ class Node:
             self.counters.sync_answers_sent += 1
         self._log.debug("delta_published", cells=len(delta), since=start, version=delta.to_version)
         return True
+
+    def _unconfirmed(self, piece: Delta) -> None:
+        """A delta the broker never acknowledged (the connection died first): send it again.
+
+        ``published_version`` goes back to where the piece started, so the
+        publisher recomputes everything after it from versions once reconnected;
+        pieces that did arrive are sent twice, which the CRDT merge absorbs.
+        """
+        if piece.from_version < self.gossip.published_version:
+            self.gossip.published_version = piece.from_version
+            self._log.info("delta_unconfirmed", since=piece.from_version, to=piece.to_version)
+            self._wake.set()
 
     async def _publisher(self) -> None:
         """Publish own deltas on trigger; answer sync requests, coalesced."""

@@ -26,10 +26,10 @@ which keeps every broker behaving the same.
 ``publish`` never blocks on the network by default: it returns ``True`` once
 the message is handed to the MQTT client (written in call order; QoS 1 is then
 confirmed in the background) and ``False`` when disconnected. With
-``confirm=True`` (what a node uses) a QoS 1 publish returns only when the
-broker acknowledged it (``True``) or the connection ended first (``False``),
-so that a caller advances its "published" cursor only over what reached the
-broker. aiomqtt errors never escape as
+``confirm=True`` a QoS 1 publish returns only when the broker acknowledged it
+(``True``) or the connection ended first (``False``). ``publish_tracked``
+(what a node uses for deltas) does not wait but returns a future of that
+outcome, so the node can go back over a delta a lost connection swallowed. aiomqtt errors never escape as
 such: they are retried (connection) or turned into ``False`` (publish); an
 unusable setup surfaces as ``peerd.errors.ConfigError``/``TransportError``.
 """
@@ -512,12 +512,31 @@ class MqttTransport(BaseTransport):
         returns False if the connection ended first.
         Raises ``ValueError`` for an invalid topic or QoS (a caller bug).
         """
+        ack = await self.publish_tracked(topic, payload, qos=qos, retain=retain)
+        if ack is None:
+            return False
+        if self.confirm and qos > 0:
+            # wait() rather than await: cancelling the caller must not cancel the send.
+            await asyncio.wait({ack})
+            return not ack.cancelled() and ack.result()
+        return True
+
+    async def publish_tracked(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> asyncio.Future[bool] | None:
+        """``publish`` that never waits, and tells how it ended: None if not taken (disconnected),
+        else a future that is True once the broker acknowledged it (QoS 0: once written)
+        and False or cancelled if the connection ended first.
+
+        What lets a publisher advance its cursor at once yet go back over what a
+        lost connection swallowed, without waiting a round trip per message.
+        """
         validate_topic(topic)
         if qos not in (0, 1, 2):
             raise ValueError(f"QoS must be 0, 1 or 2, not {qos!r}")
         client = self._client
         if client is None or not self.connected:
-            return False
+            return None
         task = asyncio.create_task(self._send(client, topic, payload, qos, retain))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
@@ -525,13 +544,9 @@ class MqttTransport(BaseTransport):
         # which runs before we resume: after this the message is queued (or refused).
         await asyncio.sleep(0)
         if task.done() and not task.cancelled() and task.result() is False:
-            return False
+            return None
         self._count_out(payload)
-        if self.confirm and qos > 0:
-            # wait() rather than await: cancelling the caller must not cancel the send.
-            await asyncio.wait({task})
-            return not task.cancelled() and task.result()
-        return True
+        return task
 
     async def _send(
         self, client: aiomqtt.Client, topic: str, payload: bytes, qos: int, retain: bool

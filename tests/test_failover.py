@@ -227,3 +227,73 @@ async def test_node_across_broker_kills_prints_no_traceback() -> None:
         assert bad not in stderr and bad not in stdout, (stdout + stderr)[-4000:]
     events = stdout + stderr  # structlog writes JSON lines to stdout when not a terminal
     assert events.count('"broker_disconnected"') == 3, events[-4000:]
+
+
+# -- deltas a lost connection swallowed are sent again --------------------------------------------
+
+
+async def _swallow_publishes(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A broker that admits the client, never acknowledges a PUBLISH, and dies at the second."""
+    publishes = 0
+    try:
+        while header := await reader.read(1):
+            length, shift = 0, 0
+            while True:
+                byte = (await reader.readexactly(1))[0]
+                length |= (byte & 0x7F) << shift
+                shift += 7
+                if not byte & 0x80:
+                    break
+            await reader.readexactly(length)
+            if header[0] >> 4 == 1:
+                writer.write(bytes([0x20, 2, 0, 0]))
+                await writer.drain()
+            elif header[0] >> 4 == 3:
+                publishes += 1
+                if publishes == 2:
+                    break
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    writer.close()
+
+
+async def test_tracked_publish_reports_what_the_broker_never_acknowledged() -> None:
+    """``publish_tracked`` hands over at once; its future ends False/cancelled when the connection dies
+    before the PUBACK, and is None when not connected at all."""
+    server = await asyncio.start_server(_swallow_publishes, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    t = make(f"mqtt://127.0.0.1:{port}", backoff=(0.5, 1.0))
+    task = asyncio.create_task(t.run(_ignore, _nothing))
+    try:
+        assert await t.wait_connected(10)
+        first = await t.publish_tracked("fo/a", b"1", qos=1)
+        second = await t.publish_tracked("fo/b", b"2", qos=1)
+        assert first is not None and second is not None
+        async with asyncio.timeout(10):
+            await asyncio.wait({first, second})
+        assert all(f.cancelled() or f.result() is False for f in (first, second))
+        assert await t.wait_disconnected(5)
+        assert await t.publish_tracked("fo/c", b"3", qos=1) is None
+    finally:
+        await t.disconnect()
+        task.cancel()
+        server.close()
+
+
+async def test_unconfirmed_delta_rewinds_the_published_cursor() -> None:
+    """A delta the broker never acknowledged moves ``published_version`` back to where it started,
+    so the publisher recomputes it from versions; a later piece never moves the cursor forward."""
+    from peerd.config import NodeConfig
+    from peerd.node import Node
+
+    node = Node(NodeConfig(federation="fo", node_id="n", actions=["a", "b"], secret="s",
+                           api_listen=""))
+    await node.open()
+    for i in range(20):
+        await node.learn(f"s{i % 4}", 0, 1.0)
+    node.gossip.published_version = 20
+    node._unconfirmed(node.table.delta(since=10))
+    assert node.gossip.published_version == 10
+    node._unconfirmed(node.table.delta(since=15))
+    assert node.gossip.published_version == 10
+    assert len(node.table.delta(since=node.gossip.published_version)) > 0  # what goes out again
