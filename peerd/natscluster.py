@@ -213,10 +213,15 @@ class NatsCluster:
     # -- lifecycle ---------------------------------------------------------------
 
     def start(self) -> Self:
-        """Start every member, then wait until the whole cluster is ready."""
-        for i in range(len(self.members)):
-            self._spawn(i)
-        self.wait_ready()
+        """Start every member, then wait until the whole cluster is ready (or stop them all)."""
+        try:
+            for i in range(len(self.members)):
+                self._spawn(i)
+            self.wait_ready()
+        except BaseException:
+            for i in range(len(self.members)):
+                self.stop(i)
+            raise
         return self
 
     def _spawn(self, i: int) -> None:
