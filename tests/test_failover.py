@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from peerd.broker import Broker, find_mosquitto
 
+from peerd.testing.broker import Broker, find_mosquitto
 from peerd.transport import MqttTransport, backoff_delay, retry_delay
 
 if TYPE_CHECKING:
@@ -177,7 +177,7 @@ async def test_connection_lost_during_subscribe_leaves_no_unretrieved_future(
 
 _NODE_ACROSS_A_KILL = textwrap.dedent("""
     import asyncio, gc, sys
-    from peerd.broker import Broker
+    from peerd.testing.broker import Broker
     from peerd.config import NodeConfig
     from peerd.node import Node
 
