@@ -404,8 +404,8 @@ class Node:
         publisher recomputes everything after it from versions once reconnected;
         pieces that did arrive are sent twice, which the CRDT merge absorbs.
         """
-        if piece.from_version < self.gossip.published_version:
-            self.gossip.published_version = piece.from_version
+        if piece.from_version < self._gossip.published_version:
+            self._gossip.published_version = piece.from_version
             self._log.info("delta_unconfirmed", since=piece.from_version, to=piece.to_version)
             self._wake.set()
 
@@ -449,7 +449,7 @@ class Node:
         if self.transport is not None:
             self.transport.will = self._will(self.epoch + 1)
         self._log.info("broker_connected", member=getattr(self.transport, "member", None),
-                       version=self.table.version, published_version=self.gossip.published_version)
+                       version=self.table.version, published_version=self._gossip.published_version)
         self._wake.set()
 
     def _answer_birth(self) -> None:
@@ -463,7 +463,7 @@ class Node:
         if self.transport is None or not self.transport.connected:
             return
         birth = wire.Birth(self._header(), public_key=self.identity.public_key,
-                           version=self.gossip.published_version)
+                           version=self._gossip.published_version)
         task = asyncio.ensure_future(self._publish(birth, "presence", qos=1, retain=True))
         task.add_done_callback(_ignore_result)
 
