@@ -462,7 +462,9 @@ class Node:
             self.peer_signatures[peer] = tuple(msg.signatures)
             self._fresh_signatures.add(peer)
         self._ask(peer, self.gossip.on_delta(peer, delta.from_version, delta.to_version, now))
-        self._log.debug("delta_applied", peer=peer, cells=stats.cells, new=stats.new,
+        # since/version: scripts/cluster.py measures propagation across processes from these lines
+        self._log.debug("delta_applied", peer=peer, since=delta.from_version,
+                        version=delta.to_version, cells=stats.cells, new=stats.new,
                         updated=stats.updated, conflicts=stats.conflicts)
         if self.on_merge:
             self.on_merge(msg.header, stats)
