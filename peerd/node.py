@@ -301,8 +301,10 @@ class Node:
         version = self.table.version
         if not force and not answering and not self.gossip.should_publish(version, time.monotonic()):
             return False
-        if version <= start and not answering:
-            return False
+        if version <= start:
+            # Nothing after ``start``: an empty answer would only cost every peer a verification
+            # (a fleet starting together asks every origin at version 0). Asked and done.
+            return answering
         delta = self.table.delta(since=start)
         # Signatures feed the trust round, which runs once per heartbeat: sending
         # them with every delta would only cost bytes and verification time.
@@ -436,7 +438,9 @@ class Node:
                 self._touch_peer(peer, status=OFFLINE)
         elif isinstance(msg, wire.Heartbeat):
             self._heard(peer, h.epoch, now)
-            self._ask(peer, self.gossip.on_advert(peer, msg.version, now))
+            # QoS 0: it overtakes the QoS 1 delta it advertises; give that one a heartbeat to land
+            self._ask(peer, self.gossip.on_advert(peer, msg.version, now,
+                                                  wait=self.config.heartbeat_interval))
         elif isinstance(msg, wire.SyncRequest):
             self._heard(peer, h.epoch, now)
             if msg.origin == self.id:
