@@ -409,14 +409,14 @@ class Node:
             await self._reject(sender, exc, retain)
             return
         try:
-            await self._handle(msg)
+            await self._handle(msg, retain)
         except WireError as exc:  # e.g. the evidence guard: the (verified) sender said this
             exc.authenticated = True
             await self._reject(sender, exc, retain)
             return
         self.verifier.commit(msg)  # only an accepted message moves the replay window
 
-    async def _handle(self, msg: Any) -> None:
+    async def _handle(self, msg: Any, retain: bool = False) -> None:
         now = time.time()
         h: wire.Header = msg.header
         peer = h.node
@@ -428,8 +428,11 @@ class Node:
                 self._log.info("peer_online", peer=peer, epoch=h.epoch)
             # A node asks every origin it hears of and holds nothing of: the retained
             # birth may advertise an old version, and waiting for a heartbeat costs
-            # a heartbeat interval.
-            advert = msg.version if self.gossip.known.get(peer, 0) else max(msg.version, 1)
+            # a heartbeat interval. A live birth's version is current: 0 means nothing
+            # to ask (a fleet starting together would otherwise ask N² times, each
+            # request verified by all N nodes).
+            stale = retain and not self.gossip.known.get(peer, 0)
+            advert = max(msg.version, 1) if stale else msg.version
             self._ask(peer, self.gossip.on_advert(peer, advert, now))
         elif isinstance(msg, wire.Death):
             t = self.liveness.on_death(peer, h.epoch, now)

@@ -166,14 +166,22 @@ def spread(values: list[float], digits: int = 1) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------ workload
-def drive(clients: list[PeerdClient], interactions: int, seed: int) -> list[Ack]:
-    """Round robin over the nodes, one request at a time; success probabilities are hidden."""
+def drive(clients: list[PeerdClient], interactions: int, seed: int, rate: float = 0.0) -> list[Ack]:
+    """Round robin over the nodes, one request at a time; success probabilities are hidden.
+
+    ``rate`` > 0: at most that many ``learn`` calls per second across the fleet.
+    """
     rng = random.Random(seed)
     n_classes = CLASSES_PER_NODE * len(clients)
     p = [[rng.uniform(0.1, 0.9) for _ in ROUTES] for _ in range(n_classes)]
-    acks = []
+    acks: list[Ack] = []
+    t0 = time.monotonic()
     for i in range(interactions):
         for k, c in enumerate(clients):
+            if rate > 0:
+                ahead = t0 + len(acks) / rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)  # pacing the load generator, not synchronising
             cls = k * CLASSES_PER_NODE + i % CLASSES_PER_NODE
             ctx = f"class-{cls}"
             a = c.act(ctx)
@@ -256,6 +264,8 @@ def main() -> int:
     p.add_argument("--interactions", type=int, default=20, help="per node")
     p.add_argument("--broker", default=None, help="mqtt://host:port of a running broker")
     p.add_argument("--start-broker", action="store_true", help="start mosquitto on a free port")
+    p.add_argument("--rate", type=float, default=0.0,
+                   help="learns per second across the fleet (default 0: as fast as one client goes)")
     p.add_argument("--heartbeat", type=float, default=15.0, help="[gossip] heartbeat_interval")
     p.add_argument("--idle", type=float, default=20.0,
                    help="seconds the converged fleet idles before RSS and idle CPU are read")
@@ -274,7 +284,7 @@ def main() -> int:
     procs: list[subprocess.Popen[bytes]] = []
     logs = [root / f"node{k}.log" for k in range(args.nodes)]
     out: dict[str, Any] = {"nodes": args.nodes, "broker": url, "publish_every": 1,
-                           "heartbeat_interval": args.heartbeat}
+                           "heartbeat_interval": args.heartbeat, "rate": args.rate or None}
     codes: list[int | None] = []
     acks: list[Ack] = []
     try:
@@ -291,7 +301,7 @@ def main() -> int:
         pids = [pr.pid for pr in procs]
         rss_ready = [rss_mb(pid) for pid in pids]
         t0 = time.monotonic()
-        acks = drive(clients, args.interactions, args.seed)
+        acks = drive(clients, args.interactions, args.seed, args.rate)
         out["interactions"] = len(acks)
         out["drive_s"] = round(time.monotonic() - t0, 2)
         out["learns_per_s"] = round(len(acks) / max(out["drive_s"], 1e-9), 1)
