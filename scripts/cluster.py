@@ -313,7 +313,7 @@ def main() -> int:
         cpu0 = [cpu_s(pid) for pid in pids]
         t0 = time.monotonic()
         time.sleep(args.idle)  # the measurement window itself, not a synchronisation
-        window = time.monotonic() - t0
+        window = max(time.monotonic() - t0, 1e-3)
         idle_cpu = [100 * (cpu_s(pid) - c) / window for pid, c in zip(pids, cpu0, strict=True)]
         out["loadavg_idle"] = round(os.getloadavg()[0], 2)
         out["rss_mb"] = {"ready": spread(rss_ready), "idle": spread([rss_mb(pid) for pid in pids])}
