@@ -555,6 +555,7 @@ class Node:
     async def _save_peers(self) -> None:
         if self.store is None:
             return
+        writes = []
         for pid, rec in list(self.peers.items()):
             life = self.liveness.peers.get(pid)
             if life is not None:
@@ -562,8 +563,10 @@ class Node:
                                   epoch=max(rec.epoch, life.epoch))
             self.peers[pid] = rec = rec.replace(trust=self.table.trust(pid),
                                                 version=self.gossip.known.get(pid, 0))
-            await self.store.upsert_peer(rec)
-        await self.store.set_meta("verifier", json.dumps(self.verifier.snapshot()))
+            writes.append(self.store.upsert_peer(rec))
+        writes.append(self.store.set_meta("verifier", json.dumps(self.verifier.snapshot())))
+        # Submitted together: one group commit per heartbeat, not one (fsync) per peer.
+        await asyncio.gather(*writes)
 
     # --------------------------------------------------------------- status
     def status(self) -> dict[str, Any]:

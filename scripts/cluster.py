@@ -11,7 +11,9 @@ serves its own request classes), waits until every node holds every other
 node's last version, lets the fleet idle, stops the daemons with SIGTERM and
 checks that they exit 0. It prints one JSON object:
 
-- ``ready_s``, ``drive_s``, ``learns_per_s``, ``converge_s`` (last ``learn``
+- ``ready_s``; ``settle_s`` (until every node sees every other online and the
+  fleet's CPU is under 5 % per daemon: the start-up exchange is over);
+  ``drive_s``, ``learns_per_s``, ``converge_s`` (last ``learn``
   acknowledged → every node holds every origin's final version, polled on
   ``/v1/peers`` every 0.1 s);
 - ``propagation_ms`` {p50, p90, p99, max, n}: for each ``learn``, the time from
@@ -28,6 +30,8 @@ checks that they exit 0. It prints one JSON object:
   ``--idle`` seconds), plus ``pss_mb`` (proportional share: the shared
   libraries counted once across the fleet, from ``/proc/PID/smaps_rollup``);
 - ``idle_cpu_pct`` {median, max}: CPU per daemon during the idle window;
+- ``fleet_cpu_s``: CPU of all daemons from the first ``learn`` to convergence,
+  and ``cpu_ms_per_apply``, the same per delivered delta (learns × (N-1));
 - ``loadavg`` (1 min) at the end of the drive and at the end of the idle window.
 
     python scripts/cluster.py --nodes 4 --start-broker
@@ -136,6 +140,25 @@ def wait_healthy(client: PeerdClient, proc: subprocess.Popen[bytes], deadline: f
         except ApiError:
             time.sleep(0.1)  # polling the readiness condition, with a deadline
     raise RuntimeError("daemon not healthy in time")
+
+
+def settle(clients: list[PeerdClient], pids: list[int], deadline: float) -> bool:
+    """Until every node sees all others online and the fleet's CPU stays under 5 % per daemon.
+
+    A fleet starting together first exchanges births and catch-up requests
+    (each verified by every node); driving into that storm would measure it.
+    """
+    want = len(clients) - 1
+    while time.monotonic() < deadline:
+        if all(sum(q["status"] == "online" for q in c.peers()) == want for c in clients):
+            break
+        time.sleep(0.5)  # polling the presence condition, with a deadline
+    while time.monotonic() < deadline:
+        before, t0 = sum(cpu_s(pid) for pid in pids), time.monotonic()
+        time.sleep(1.0)  # the CPU measurement window
+        if sum(cpu_s(pid) for pid in pids) - before < 0.05 * len(pids) * (time.monotonic() - t0):
+            return True
+    return False
 
 
 def rss_mb(pid: int) -> float:
@@ -299,7 +322,10 @@ def main() -> int:
             wait_healthy(c, pr, t0 + args.timeout)
         out["ready_s"] = round(time.monotonic() - t0, 2)
         pids = [pr.pid for pr in procs]
+        out["settled"] = settle(clients, pids, time.monotonic() + args.timeout)
+        out["settle_s"] = round(time.monotonic() - t0 - out["ready_s"], 2)
         rss_ready = [rss_mb(pid) for pid in pids]
+        cpu_ready = sum(cpu_s(pid) for pid in pids)
         t0 = time.monotonic()
         acks = drive(clients, args.interactions, args.seed, args.rate)
         out["interactions"] = len(acks)
@@ -311,6 +337,9 @@ def main() -> int:
         out["converged"] = wait_converged(clients, final, args.timeout)
         out["converge_s"] = round(time.monotonic() - t0, 2)
         cpu0 = [cpu_s(pid) for pid in pids]
+        busy = sum(cpu0) - cpu_ready  # the whole fleet's CPU from the first learn to convergence
+        out["fleet_cpu_s"] = round(busy, 1)
+        out["cpu_ms_per_apply"] = round(1000 * busy / max(len(acks) * (args.nodes - 1), 1), 2)
         t0 = time.monotonic()
         time.sleep(args.idle)  # the measurement window itself, not a synchronisation
         window = max(time.monotonic() - t0, 1e-3)
