@@ -11,8 +11,9 @@ serves its own request classes), waits until every node holds every other
 node's last version, lets the fleet idle, stops the daemons with SIGTERM and
 checks that they exit 0. It prints one JSON object:
 
-- ``ready_s``; ``settle_s`` (until every node sees every other online and the
-  fleet's CPU is under 5 % per daemon: the start-up exchange is over);
+- ``ready_s``; ``settle_s`` (until every node sees every other online and
+  receives no more than twice its heartbeat traffic: the start-up exchange
+  of births and catch-up requests is worked off);
   ``drive_s``, ``learns_per_s``, ``converge_s`` (last ``learn``
   acknowledged → every node holds every origin's final version, polled on
   ``/v1/peers`` every 0.1 s);
@@ -142,23 +143,32 @@ def wait_healthy(client: PeerdClient, proc: subprocess.Popen[bytes], deadline: f
     raise RuntimeError("daemon not healthy in time")
 
 
-def settle(clients: list[PeerdClient], pids: list[int], deadline: float) -> bool:
-    """Until every node sees all others online and the fleet's CPU stays under 5 % per daemon.
+def settle(clients: list[PeerdClient], heartbeat: float, deadline: float) -> bool:
+    """Until every node sees all others online and has worked off the start-up exchange.
 
-    A fleet starting together first exchanges births and catch-up requests
-    (each verified by every node); driving into that storm would measure it.
+    A fleet starting together first exchanges births and catch-up requests,
+    each verified by every node; driving into that backlog would measure it.
+    CPU is no guide (on a saturated machine a starved daemon looks idle), so
+    this waits until no node receives more than twice its heartbeat traffic.
     """
     want = len(clients) - 1
     while time.monotonic() < deadline:
         if all(sum(q["status"] == "online" for q in c.peers()) == want for c in clients):
             break
         time.sleep(0.5)  # polling the presence condition, with a deadline
+    quiet = 2.0 * want / heartbeat + 1.0  # messages per second per node
+    before, t0 = received(clients), time.monotonic()
     while time.monotonic() < deadline:
-        before, t0 = sum(cpu_s(pid) for pid in pids), time.monotonic()
-        time.sleep(1.0)  # the CPU measurement window
-        if sum(cpu_s(pid) for pid in pids) - before < 0.05 * len(pids) * (time.monotonic() - t0):
+        time.sleep(2.0)  # the rate measurement window
+        now, t1 = received(clients), time.monotonic()
+        if max(b - a for a, b in zip(before, now, strict=True)) <= quiet * (t1 - t0):
             return True
+        before, t0 = now, t1
     return False
+
+
+def received(clients: list[PeerdClient]) -> list[int]:
+    return [int(c.status()["counters"]["messages_received"]) for c in clients]
 
 
 def rss_mb(pid: int) -> float:
@@ -322,7 +332,7 @@ def main() -> int:
             wait_healthy(c, pr, t0 + args.timeout)
         out["ready_s"] = round(time.monotonic() - t0, 2)
         pids = [pr.pid for pr in procs]
-        out["settled"] = settle(clients, pids, time.monotonic() + args.timeout)
+        out["settled"] = settle(clients, args.heartbeat, time.monotonic() + 4 * args.timeout)
         out["settle_s"] = round(time.monotonic() - t0 - out["ready_s"], 2)
         rss_ready = [rss_mb(pid) for pid in pids]
         cpu_ready = sum(cpu_s(pid) for pid in pids)
