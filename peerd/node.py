@@ -360,8 +360,10 @@ class Node:
         version = self.table.version
         if not force and not answering and not self._gossip.should_publish(version, self.monotonic()):
             return False
-        if version <= start and not answering:
-            return False
+        if version <= start:
+            # Nothing after ``start``: an empty answer would only cost every peer a verification
+            # (a fleet starting together asks every origin at version 0). Asked and done.
+            return answering
         delta = self.table.delta(since=start)
         # Signatures feed the trust round, which runs once per heartbeat: sending
         # them with every delta would only cost bytes and verification time.
@@ -534,14 +536,14 @@ class Node:
             await self._reject(sender, exc, retain)
             return
         try:
-            await self._handle(msg)
+            await self._handle(msg, retain)
         except WireError as exc:  # e.g. the evidence guard: the (verified) sender said this
             exc.authenticated = True
             await self._reject(sender, exc, retain)
             return
         verifier.commit(msg)  # only an accepted message moves the replay window
 
-    async def _handle(self, msg: Any) -> None:
+    async def _handle(self, msg: Any, retain: bool = False) -> None:
         now = self.clock()
         h: wire.Header = msg.header
         pid = h.node
@@ -553,15 +555,20 @@ class Node:
                 self._answer_birth()
             # A node asks every origin it hears of and holds nothing of: the retained
             # birth may advertise an old version, and waiting for a heartbeat costs
-            # a heartbeat interval.
-            advert = msg.version if peer.cursor.known else max(msg.version, 1)
+            # a heartbeat interval. A live birth's version is current: 0 means nothing
+            # to ask (a fleet starting together would otherwise ask N² times, each
+            # request verified by all N nodes).
+            stale = retain and not peer.cursor.known
+            advert = max(msg.version, 1) if stale else msg.version
             self._ask(pid, gossip.on_advert(peer.cursor, advert, now, sync))
         elif isinstance(msg, wire.Death):
             if liveness.on_death(peer.life, h.epoch, now):
                 self._log.info("peer_offline", peer=pid, epoch=h.epoch, reason="death")
         elif isinstance(msg, wire.Heartbeat):
             self._heard(peer, h.epoch, now)
-            self._ask(pid, gossip.on_advert(peer.cursor, msg.version, now, sync))
+            # QoS 0: it overtakes the QoS 1 delta it advertises; give that one a heartbeat to land
+            self._ask(pid, gossip.on_advert(peer.cursor, msg.version, now, sync,
+                                            wait=self.config.heartbeat_interval))
         elif isinstance(msg, wire.SyncRequest):
             self._heard(peer, h.epoch, now)
             if msg.origin == self.id:
@@ -589,7 +596,9 @@ class Node:
             entry.fresh = True
         self._ask(peer, gossip.on_delta(entry.cursor, delta.from_version, delta.to_version, now,
                                         self._gossip.sync_interval))
-        self._log.debug("delta_applied", peer=peer, cells=stats.cells, new=stats.new,
+        # since/version: scripts/cluster.py measures propagation across processes from these lines
+        self._log.debug("delta_applied", peer=peer, since=delta.from_version,
+                        version=delta.to_version, cells=stats.cells, new=stats.new,
                         updated=stats.updated, conflicts=stats.conflicts)
         if self.on_merge:
             self.on_merge(msg.header, stats)

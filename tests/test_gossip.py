@@ -117,6 +117,21 @@ def test_advert_asks_when_behind() -> None:
     assert g.on_advert("empty", 0, now=1.0) is None
 
 
+def test_patient_advert_waits_for_the_delta_in_flight() -> None:
+    """A heartbeat ahead of a held origin asks only if its delta has not landed ``wait`` s later."""
+    g = make(sync_interval=2.0)
+    g.on_delta("o", 0, 10, now=0.0)
+    assert g.on_advert("o", 11, now=1.0, wait=15.0) is None
+    assert g.due_asks(now=15.9) == []
+    assert g.on_delta("o", 10, 11, now=3.0) is None  # it landed: nothing to ask, ever
+    assert g.due_asks(now=100.0) == []
+    assert g.on_advert("o", 12, now=20.0, wait=15.0) is None
+    assert g.on_advert("o", 13, now=30.0, wait=15.0) is None  # does not push the deadline back
+    assert g.due_asks(now=34.9) == []
+    assert g.due_asks(now=35.0) == [("o", 11)]  # still behind: ask from what we hold
+    assert g.on_advert("new", 3, now=35.0, wait=15.0) == 0  # nothing held of it: ask at once
+
+
 def test_ask_is_rate_limited_per_origin() -> None:
     """A second ask of the same origin within ``sync_interval`` returns None; after it, the version."""
     g = Origins(sync_interval=2.0)
