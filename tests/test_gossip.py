@@ -32,8 +32,17 @@ class Origins:
     def on_delta(self, origin: str, lo: int, hi: int, now: float) -> int | None:
         return gossip.on_delta(self._cur(origin), lo, hi, now, self.sync_interval)
 
-    def on_advert(self, origin: str, version: int, now: float) -> int | None:
-        return gossip.on_advert(self._cur(origin), version, now, self.sync_interval)
+    def on_advert(self, origin: str, version: int, now: float, wait: float = 0.0) -> int | None:
+        return gossip.on_advert(self._cur(origin), version, now, self.sync_interval, wait=wait)
+
+    def due_asks(self, now: float) -> list[tuple[str, int]]:
+        """``gossip.due_ask`` over every cursor, as the node's publisher does."""
+        out = []
+        for origin, cur in self.cursors.items():
+            since = gossip.due_ask(cur, now, self.sync_interval)
+            if since is not None:
+                out.append((origin, since))
+        return out
 
     def known(self, origin: str) -> int:
         cur = self.cursors.get(origin)
@@ -119,7 +128,7 @@ def test_advert_asks_when_behind() -> None:
 
 def test_patient_advert_waits_for_the_delta_in_flight() -> None:
     """A heartbeat ahead of a held origin asks only if its delta has not landed ``wait`` s later."""
-    g = make(sync_interval=2.0)
+    g = Origins(sync_interval=2.0)
     g.on_delta("o", 0, 10, now=0.0)
     assert g.on_advert("o", 11, now=1.0, wait=15.0) is None
     assert g.due_asks(now=15.9) == []
