@@ -178,6 +178,35 @@ def merge(paths: list[Path]) -> dict[str, Any]:
     return judge(list(seen.values()))
 
 
+def merge_logs(paths: list[Path]) -> dict[str, Any]:
+    """One report from the ``# poisoners {...}`` lines partial runs print on stderr, one per run.
+
+    For a matrix cut short (the JSON of a part is written only when the part
+    ends): every finished run is in its log line.
+    """
+    import ast
+
+    per: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for p in paths:
+        for line in p.read_text().splitlines():
+            if line.startswith("# poisoners {"):
+                r = ast.literal_eval(line[len("# poisoners "):])
+                per.setdefault((r["env"], r["attack"], r["count"], r.get("defences", True)),
+                               []).append(r)
+    rows = []
+    for (env, attack, count, defences), runs in per.items():
+        rq = [r["rounds_to_quarantine"] for r in runs]
+        rows.append({"env": env, "attack": attack, "count": count, "defences": defences,
+                     "steps_per_seed": [r["steps"] for r in runs],
+                     "steps": _median([r["steps"] for r in runs]),
+                     "rounds_to_quarantine_per_seed": rq,
+                     "rounds_to_quarantine": _median(rq) if attack else None,
+                     "honest_quarantine_rounds": max(r["honest_quarantine_rounds"] for r in runs),
+                     "sybil_identities": max(r.get("sybil_identities", 0) for r in runs),
+                     "runs": runs})
+    return judge(rows)
+
+
 if __name__ == "__main__":
     import argparse
 
@@ -194,10 +223,14 @@ if __name__ == "__main__":
                    help="also the all-honest runs without the defences (same seeds)")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--merge", type=Path, nargs="+", default=None)
+    p.add_argument("--merge-logs", type=Path, nargs="+", default=None,
+                   help="one report from the stderr logs of partial runs")
     args = p.parse_args()
     logs.configure("warning")
     if args.merge:
         doc = merge(args.merge)
+    elif args.merge_logs:
+        doc = merge_logs(args.merge_logs)
     else:
         doc = run(args.quick, seeds=args.seeds,
                   attacks=tuple(args.attacks.split(",")) if args.attacks else None,

@@ -122,3 +122,32 @@ def test_unknown_scenarios_are_refused() -> None:
         prove.main(["--only", "crash,nope"])
     with pytest.raises(SystemExit):
         prove.main(["--only", "soak"])  # the soak needs --soak MINUTES
+
+
+def test_poisoner_report_judges_slowdown_quarantine_and_the_defences_cost(tmp_path: Path) -> None:
+    """The poisoner table from run logs: slowdown vs the all-honest run, targets per row."""
+    spec = importlib.util.spec_from_file_location("peerd_prove_poisoners_t", SCRIPTS / "prove_poisoners.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    base = {"env": "taxi", "count": 0, "attack": None, "rounds_to_quarantine": None, "seed": 1}
+    lines = [
+        {**base, "defences": False, "steps": 5000, "honest_quarantine_rounds": 0},
+        {**base, "steps": 5400, "honest_quarantine_rounds": 1},
+        {**base, "attack": "invert", "count": 2, "steps": 6480, "rounds_to_quarantine": 2,
+         "honest_quarantine_rounds": 0},
+        {**base, "attack": "extreme", "count": 3, "steps": None, "rounds_to_quarantine": None,
+         "honest_quarantine_rounds": 9},
+    ]
+    log = tmp_path / "run.err"
+    log.write_text("noise\n" + "".join(f"# poisoners {line!r}\n" for line in lines))
+    doc = mod.merge_logs([log])
+    rows = {(r["attack"], r["count"], r.get("defences", True)): r for r in doc["table"]}
+    honest = rows[(None, 0, True)]
+    assert honest["vs_before_defences"] == pytest.approx(1.08)
+    assert honest["meets_slowdown"] and honest["meets_no_false_quarantine"]
+    inv = rows[("invert", 2, True)]
+    assert inv["slowdown"] == pytest.approx(1.2) and inv["meets_slowdown"] and inv["meets_quarantine"]
+    ext = rows[("extreme", 3, True)]
+    assert ext["meets_slowdown"] is False and ext["meets_quarantine"] is False
+    assert doc["pass"] is False and len(doc["missed"]) == 1
