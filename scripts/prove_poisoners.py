@@ -42,6 +42,8 @@ HONEST_BEFORE = {"taxi": 5500}
 QUARANTINE_JUDGED = ("invert", "extreme", "ipm", "inflate", "copycat")
 LIMITS = {2: 1.3, 3: 2.0}
 GIVE_UP = 3.0  # a run stops at GIVE_UP × the all-honest steps: "not reached"
+#: the issue sets only a slowdown target there (2 inverters ≤ 1.3×): the rest is reported
+SLOWDOWN_ONLY_ENVS = ("frozenlake8x8",)
 
 FULL = {"env": "taxi", "nodes": 8, "trust_every": 100, "seeds": 3, "counts": (2, 3),
         "attacks": ATTACKS, "frozenlake": True}
@@ -135,7 +137,7 @@ def judge(rows: list[dict[str, Any]], *, quick: bool = False) -> dict[str, Any]:
             limit = LIMITS.get(r["count"], LIMITS[3]) if not quick else GIVE_UP
             r["slowdown_limit"] = limit
             r["meets_slowdown"] = r["slowdown"] is not None and r["slowdown"] <= limit
-            if r["attack"] in QUARANTINE_JUDGED:
+            if r["attack"] in QUARANTINE_JUDGED and r["env"] not in SLOWDOWN_ONLY_ENVS:
                 rq = r["rounds_to_quarantine"]
                 r["meets_quarantine"] = rq is not None and rq <= 10
         else:
@@ -145,7 +147,8 @@ def judge(rows: list[dict[str, Any]], *, quick: bool = False) -> dict[str, Any]:
             r["vs_before_defences"] = round(r["steps"] / before, 3) if (before and r["steps"]) else None
             r["meets_slowdown"] = (r["vs_before_defences"] is None or r["vs_before_defences"] <= 1.1) \
                 and r["steps"] is not None
-            r["meets_no_false_quarantine"] = r["honest_quarantine_rounds"] <= 1
+            if r["env"] not in SLOWDOWN_ONLY_ENVS:
+                r["meets_no_false_quarantine"] = r["honest_quarantine_rounds"] <= 1
         table.append({k: r.get(k) for k in (
             "env", "attack", "count", "steps", "slowdown", "before_defences", "vs_before_defences",
             "rounds_to_quarantine",
