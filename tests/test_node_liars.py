@@ -64,7 +64,8 @@ async def _round(fleet: Fleet, honest: list[Node], liar: Node, kind: str) -> Non
     for nd in honest:
         await nd.flush()
     await _until(lambda: all(liar.known_version(h.id) == h.table.version for h in honest))
-    for nd in fleet.nodes:
+    for nd in fleet.nodes:  # something new to publish, so that the signatures travel now
+        await _learn(nd, rng, 3)
         nd.request_signatures()
         await nd.flush()
     await _until(lambda: all(a.known_version(b.id) == b.table.version
