@@ -31,6 +31,7 @@ from typing import Any
 from peerd import wire
 from peerd.config import NodeConfig
 from peerd.delta import Delta, MergeStats, PatternSignature
+from peerd.durable import DurableWatermark
 from peerd.errors import WireError
 from peerd.gossip import GossipState
 from peerd.identity import Identity, Verifier
@@ -105,6 +106,8 @@ class Node:
         self.identity = identity
         self.verifier = Verifier(allowlist=self.verifier_allowlist(), strict=config.strict)
         self.store: Store | None = None
+        #: own versions whose commit has not returned: nothing beyond goes out (DESIGN §4)
+        self.durable = DurableWatermark()
         self.transport: Transport | None = None
         self._transport_factory = transport_factory
         self.epoch = 0
@@ -256,10 +259,46 @@ class Node:
         delta = self.table.learn(state, action, reward, next_state, done, success)
         self.counters.interactions += 1
         if self.store is not None:
-            await self.store.write_cells(self.id, delta.arrays())
-        if self.gossip.should_publish(self.table.version, time.monotonic()):
+            version = delta.to_version
+            self.durable.begin(version)  # before any await: the publisher must not pass it
+            try:
+                await self.store.write_cells(self.id, delta.arrays())
+            except BaseException:  # failed or abandoned: not durable until a repair rewrites it
+                self.durable.failed(version)
+                self._wake.set()
+                raise
+            self.durable.committed(version)
+        if self.gossip.should_publish(self.watermark, time.monotonic()):
             self._wake.set()
         return delta.to_version
+
+    @property
+    def watermark(self) -> int:
+        """Highest own version such that every version up to it is durable (DESIGN §4).
+
+        A node without a store has nothing to wait for: its table version.
+        """
+        return self.durable.value(self.table.version)
+
+    async def _repair_durability(self) -> None:
+        """Rewrite own cells changed after the watermark, so that failed commits stop holding it.
+
+        The rewrite takes each cell at its current state, which includes the
+        update whose commit failed; if the disk is still broken, the next
+        publisher tick tries again and nothing newer is published meanwhile.
+        """
+        if self.store is None or not self.durable.needs_repair:
+            return
+        upto = self.table.version
+        cells = self.table.delta(since=self.watermark)
+        try:
+            await self.store.write_cells(self.id, cells.arrays())
+        except Exception as exc:
+            self._log.warning("own_cells_not_durable", watermark=self.watermark,
+                              version=upto, error=str(exc))
+            return
+        self.durable.repaired(upto)
+        self._log.info("own_cells_repaired", cells=len(cells), watermark=self.watermark)
 
     # ------------------------------------------------------------ outgoing
     def _header(self) -> wire.Header:
@@ -298,12 +337,12 @@ class Node:
     async def _publish_delta_locked(self, *, force: bool, since: int | None) -> bool:
         answering = since is not None
         start = self.gossip.published_version if since is None else since
-        version = self.table.version
+        version = self.watermark  # never a version whose commit has not returned
         if not force and not answering and not self.gossip.should_publish(version, time.monotonic()):
             return False
         if version <= start and not answering:
             return False
-        delta = self.table.delta(since=start)
+        delta = self.table.delta(since=start, upto=version)
         # Signatures feed the trust round, which runs once per heartbeat: sending
         # them with every delta would only cost bytes and verification time.
         now = time.monotonic()
@@ -345,6 +384,7 @@ class Node:
                 async with asyncio.timeout(tick):
                     await self._wake.wait()
             self._wake.clear()
+            await self._repair_durability()
             if self.transport is None or not self.transport.connected:
                 continue
             for origin, since in self.gossip.due_asks(time.time()):
@@ -561,7 +601,7 @@ class Node:
         t = self.transport
         return {
             "node": self.id, "federation": self.fed, "fingerprint": self.task.fingerprint,
-            "epoch": self.epoch, "version": self.table.version,
+            "epoch": self.epoch, "version": self.table.version, "durable_version": self.watermark,
             "published_version": self.gossip.published_version,
             "cells": self.table.size, "origins": len(self.table.origins),
             "connected": bool(t and t.connected),

@@ -260,18 +260,28 @@ class QTable:
                            **{f: c[f][row, a, :1].copy() for f in _OWN_FIELDS})
 
     # ------------------------------------------------------------ deltas out
-    def delta(self, since: int = 0) -> Delta:
-        """Own cells changed after version ``since``, sorted by (key, action)."""
-        return self.delta_of(self.node_id, since)
+    def delta(self, since: int = 0, upto: int | None = None) -> Delta:
+        """Own cells changed after version ``since`` (and at most ``upto``), sorted by (key, action)."""
+        return self.delta_of(self.node_id, since, upto)
 
-    def delta_of(self, origin: str, since: int = 0) -> Delta:
-        """Stored cells of any origin changed after ``since``: for catch-up and relaying."""
+    def delta_of(self, origin: str, since: int = 0, upto: int | None = None) -> Delta:
+        """Stored cells of any origin with ``since < version <= upto``: catch-up and relaying.
+
+        ``upto`` (default: the highest version held) is the node's durable
+        watermark for its own cells: a cell whose latest change is newer is left
+        out, not sent at an older state, and goes out once that change is durable.
+        """
         ix = self._origin_ix.get(origin)
         top = self._max_version.get(origin, 0)
+        if upto is not None:
+            top = min(top, upto)
         if ix is None or since >= top:
             return Delta.empty(origin, self.task.fingerprint, since, max(since, top))
         ver = self._cells["version"][: self._index.size, :, ix]
-        rows, acts = np.nonzero(ver > np.uint64(since))
+        mask = ver > np.uint64(since)
+        if top < self._max_version.get(origin, 0):
+            mask &= ver <= np.uint64(top)
+        rows, acts = np.nonzero(mask)
         return self._delta_at(ix, rows, acts, since, top)
 
     def _delta_at(self, ix: int, rows: np.ndarray, acts: np.ndarray, since: int,
