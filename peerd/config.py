@@ -51,6 +51,9 @@ class NodeConfig:
     certfile: str = _opt("broker", "certfile", "", "client certificate for mqtts://")
     keyfile: str = _opt("broker", "keyfile", "", "client key for mqtts://")
     keepalive: int = _opt("broker", "keepalive", 30, "MQTT keepalive, seconds")
+    retain: bool = _opt("broker", "retain", True,
+                        "retained presence (births, the Will); false for a broker without "
+                        "retained messages (mosquitto retain_available false)")
     strategy: str = _opt("learning", "strategy", "weighted_average",
                          "weighted_average | max | min | median | trimmed_mean[:beta]")
     half_life: float = _opt("learning", "half_life", 600.0, "evidence half-life H, seconds")

@@ -25,10 +25,10 @@ import nacl.signing
 
 from peerd.errors import StoreError
 from peerd.wire import (
+    KEYED_TYPES,
     PUBLIC_KEY_LEN,
     SIGNATURE_LEN,
     BadSignature,
-    Birth,
     Header,
     KeyMismatch,
     Message,
@@ -199,8 +199,8 @@ class Verifier:
         Counters only move forward, so committing out of order is harmless.
         """
         h = msg.header
-        if isinstance(msg, Birth) and self.pinned(h.node) is None:
-            self._pins[h.node] = msg.public_key
+        if msg.type in KEYED_TYPES and self.pinned(h.node) is None:
+            self._pins[h.node] = msg.public_key  # type: ignore[union-attr]
         k = (h.node, msg.type)
         stamp = (h.epoch, h.seq)
         if k not in self._last or stamp > self._last[k]:
@@ -216,14 +216,14 @@ class Verifier:
         pinned = self.pinned(node)
         if self.strict and node not in self._allow:
             raise UnknownSender(f"node {node!r} is not on the allowlist")
-        if msg_type != "birth":
+        if msg_type not in KEYED_TYPES:
             if pinned is None:
                 raise UnknownSender(f"no key pinned for {node!r}: {msg_type} before its birth")
             return pinned
         if announced is None:
-            raise UnknownSender(f"birth of {node!r} announces no key")
+            raise UnknownSender(f"{msg_type} of {node!r} announces no key")
         if pinned is not None and pinned != announced:
-            raise KeyMismatch(f"birth of {node!r} announces key {announced.hex()[:16]}…, "
+            raise KeyMismatch(f"{msg_type} of {node!r} announces key {announced.hex()[:16]}…, "
                               f"pinned is {pinned.hex()[:16]}…")
         return announced
 

@@ -39,6 +39,7 @@ from peerd.liveness import OFFLINE, Liveness
 from peerd.logs import get_logger
 from peerd.memtransport import Transport
 from peerd.peers import PeerRecord, TrustEvent
+from peerd.presence import PresenceState
 from peerd.qtable import QTable
 from peerd.store import Store
 from peerd.trust import INVALID, Judgement, clamp_trust, consensus_round, convergence_score
@@ -70,6 +71,8 @@ class NodeCounters:
     messages_received: int = 0
     sync_requests_sent: int = 0
     sync_answers_sent: int = 0
+    rebirths_requested: int = 0
+    births_answered: int = 0
     trust_rounds: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
 
@@ -105,6 +108,7 @@ class Node:
                                  missed=config.suspect_after, peer_timeout=config.peer_timeout)
         self.identity = identity
         self.verifier = Verifier(allowlist=self.verifier_allowlist(), strict=config.strict)
+        self.presence = PresenceState(ask_interval=max(1.0, 4 * config.sync_interval))
         self.store: Store | None = None
         #: own versions whose commit has not returned: nothing beyond goes out (DESIGN §4)
         self.durable = DurableWatermark()
@@ -213,7 +217,7 @@ class Node:
                 if self.transport is not None and self.transport.connected:
                     await self._publish_delta(force=True)
                     await self._publish(wire.Death(self._header()), "presence", qos=1,
-                                        retain=True)
+                                        retain=self.config.retain)
                     await self.transport.disconnect()
         self._log.info("node_stopped", version=self.table.version)
 
@@ -226,7 +230,7 @@ class Node:
 
     def _will(self) -> tuple[str, bytes, int, bool]:
         death = wire.encode(wire.Death(self._header()), self.identity)
-        return (wire.topic(self.fed, "presence", self.id), death, 1, True)
+        return (wire.topic(self.fed, "presence", self.id), death, 1, self.config.retain)
 
     def _make_transport(self) -> Transport:
         will = self._will()
@@ -244,7 +248,7 @@ class Node:
         return MqttTransport(cfg.broker_url, client_id=f"peerd-{self.fed}-{self.id}",
                              subscriptions=subs, will=will, username=cfg.username or None,
                              password=cfg.broker_password() or None, tls=tls,
-                             keepalive=cfg.keepalive,
+                             keepalive=cfg.keepalive, retain=cfg.retain,
                              # a restarted broker is found within ~10 s, not the 30 s default cap
                              backoff=(0.2, 10.0))
 
@@ -389,16 +393,29 @@ class Node:
                 continue
             for origin, since in self.gossip.due_asks(time.time()):
                 self._ask(origin, since)
+            if self.presence.take_answer(time.monotonic()):
+                await self._answer_birth()
             since = self.gossip.take_answer()
             if since is not None and not await self._publish_delta(since=since):
                 self.gossip.on_sync_request(since)  # not sent: try again next time
             await self._publish_delta()
 
+    def _birth(self) -> wire.Birth:
+        return wire.Birth(self._header(), public_key=self.identity.public_key,
+                          version=self.gossip.published_version)
+
+    async def _answer_birth(self) -> None:
+        """A fresh, non-retained birth: for a peer that asked, or a new peer that was born."""
+        if await self._publish(self._birth(), "presence", qos=1, retain=False):
+            self.counters.births_answered += 1
+            self._log.debug("birth_answered")
+        else:
+            self.presence.retry_answer()
+
     async def _on_connect(self) -> None:
         """(Re)connected: birth, then everything unpublished (computed from versions)."""
-        birth = wire.Birth(self._header(), public_key=self.identity.public_key,
-                           version=self.gossip.published_version)
-        await self._publish(birth, "presence", qos=1, retain=True)
+        await self._publish(self._birth(), "presence", qos=1, retain=self.config.retain)
+        self.presence.answered(time.monotonic())
         # The Will of the *next* connection: a fresh (epoch, seq), or peers would
         # reject a second abrupt death in this epoch as a replay.
         if self.transport is not None:
@@ -445,16 +462,18 @@ class Node:
                               topic=topic, commit=False)
         except WireError as exc:
             await self._reject(sender, exc, retain)
+            if exc.reason == "unknown_sender" and not retain:
+                self._ask_rebirth(sender)
             return
         try:
-            await self._handle(msg)
+            await self._handle(msg, retain)
         except WireError as exc:  # e.g. the evidence guard: the (verified) sender said this
             exc.authenticated = True
             await self._reject(sender, exc, retain)
             return
         self.verifier.commit(msg)  # only an accepted message moves the replay window
 
-    async def _handle(self, msg: Any) -> None:
+    async def _handle(self, msg: Any, retain: bool = False) -> None:
         now = time.time()
         h: wire.Header = msg.header
         peer = h.node
@@ -462,8 +481,13 @@ class Node:
             t = self.liveness.on_birth(peer, h.epoch, now)
             self._touch_peer(peer, public_key=msg.public_key, epoch=h.epoch, seq=h.seq,
                              last_seen=now, status=self.liveness.status(peer))
+            self.presence.known(peer)
             if t:
                 self._log.info("peer_online", peer=peer, epoch=h.epoch)
+            # On a broker that keeps no retained messages the newcomer never sees our
+            # birth: a live birth of a new peer (life) is answered with ours, once.
+            if not retain and self.presence.on_live_birth(peer, h.epoch):
+                self._wake.set()
             # A node asks every origin it hears of and holds nothing of: the retained
             # birth may advertise an old version, and waiting for a heartbeat costs
             # a heartbeat interval.
@@ -476,6 +500,14 @@ class Node:
                 self._touch_peer(peer, status=OFFLINE)
         elif isinstance(msg, wire.Heartbeat):
             self._heard(peer, h.epoch, now)
+            self._ask(peer, self.gossip.on_advert(peer, msg.version, now))
+        elif isinstance(msg, wire.Rebirth):
+            self._heard(peer, h.epoch, now)
+            self._touch_peer(peer, public_key=msg.public_key)
+            self.presence.known(peer)
+            if msg.to == self.id:
+                self.presence.on_rebirth_request()
+                self._wake.set()
             self._ask(peer, self.gossip.on_advert(peer, msg.version, now))
         elif isinstance(msg, wire.SyncRequest):
             self._heard(peer, h.epoch, now)
@@ -521,6 +553,23 @@ class Node:
         self.counters.sync_requests_sent += 1
         self._log.debug("sync_requested", peer=origin, since=since)
         task = asyncio.ensure_future(self._publish(req, "sync", qos=1))
+        task.add_done_callback(_ignore_result)
+
+    def _ask_rebirth(self, sender: str) -> None:
+        """An unknown sender spoke live: ask it for a fresh birth (rate-limited per sender).
+
+        Not under a strict allowlist (an unlisted sender is refused anyway), and
+        not for a sender whose key is pinned (its birth is not what is missing).
+        """
+        if self.transport is None or self.config.strict or self.verifier.pinned(sender):
+            return
+        if not self.presence.may_ask(sender, time.monotonic()):
+            return
+        req = wire.Rebirth(self._header(), to=sender, public_key=self.identity.public_key,
+                           version=self.gossip.published_version)
+        self.counters.rebirths_requested += 1
+        self._log.debug("rebirth_requested", peer=sender)
+        task = asyncio.ensure_future(self._publish(req, "rebirth", qos=1))
         task.add_done_callback(_ignore_result)
 
     async def _reject(self, sender: str, exc: WireError, retain: bool) -> None:

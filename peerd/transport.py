@@ -16,6 +16,18 @@ handed to the MQTT client (written in call order; QoS 1 is then confirmed in
 the background) and ``False`` when disconnected. aiomqtt errors never escape as
 such: they are retried (connection) or turned into ``False`` (publish); an
 unusable setup surfaces as ``peerd.errors.ConfigError``/``TransportError``.
+
+Brokers without retained messages: mosquitto with ``retain_available false``
+drops a client whose Will or PUBLISH has the retain bit (MQTT 3.1.1 has no way
+to say why). With ``retain=False`` nothing is ever retained; otherwise the
+transport notices by itself and switches retain off for good, logging once
+(``transport_retain_unavailable``):
+
+- a CONNECT with a retained Will that times out is retried once with the Will
+  not retained (a probe); if that one connects, retain was the cause;
+- a connection lost while a retained publish awaits its PUBACK: the same.
+
+Without retain, presence rests on rebirth requests (``peerd.presence``).
 """
 
 from __future__ import annotations
@@ -138,6 +150,7 @@ class MqttTransport(BaseTransport):
         backoff: tuple[float, float] = (0.2, 30.0),
         rng: random.Random | None = None,
         timeout: float = 10.0,
+        retain: bool = True,
     ) -> None:
         super().__init__(client_id=client_id, subscriptions=subscriptions, will=will)
         address = parse_broker_url(url)
@@ -159,6 +172,12 @@ class MqttTransport(BaseTransport):
         self.messages_unsolicited = 0
         #: Why the last connection attempt failed or the last connection ended.
         self.last_error: str | None = None
+        #: False: retained publishes and the Will go out without the retain bit.
+        self.retain_available = retain
+        self._retain_probe = False  # this attempt connects with a non-retained Will, as a test
+        self._retained_pending: set[asyncio.Task[bool]] = set()
+        self._retained_failed = False  # a retained publish of this connection went unconfirmed
+        self._retained_lost = False  # the last connection died with a retained publish unacked
         self._rng = rng if rng is not None else random.Random()
         self._client: aiomqtt.Client | None = None
         self._pending: set[asyncio.Task[None]] = set()
@@ -188,6 +207,7 @@ class MqttTransport(BaseTransport):
                     self.last_error = str(exc)
                     event = "transport_connection_lost" if self._connections else "transport_connect_failed"
                     self._log.warning(event, error=str(exc), url=self.url)
+                    self._suspect_retain(exc, connected=self._connections > connections_before)
                 if self._closing.is_set():
                     break
                 if self._connections > connections_before:
@@ -202,6 +222,25 @@ class MqttTransport(BaseTransport):
             self._running = False
             self._stopped.set()
 
+    def _suspect_retain(self, exc: aiomqtt.MqttError, *, connected: bool) -> None:
+        """After a failed attempt or a lost connection: was the retain bit the cause?"""
+        if not self.retain_available:
+            return
+        if self._retain_probe:  # the probe failed as well: retain was not the cause
+            self._retain_probe = False
+        elif connected and self._retained_lost:
+            self._retain_off("the broker dropped the connection on a retained publish")
+        elif (not connected and self.will is not None and self.will[3]
+              and "timed out" in str(exc).lower()):
+            self._retain_probe = True  # no CONNACK for a retained Will: try once without
+        self._retained_lost = False
+
+    def _retain_off(self, why: str) -> None:
+        self.retain_available = False
+        self._retain_probe = False
+        self._log.warning("transport_retain_unavailable", reason=why, url=self.url,
+                          hint="set [broker] retain = false to skip the detection")
+
     async def _session(self, on_message: OnMessage, on_connect: OnConnect) -> None:
         """One connection, from CONNECT to its end.
 
@@ -210,6 +249,9 @@ class MqttTransport(BaseTransport):
         """
         client = self._new_client()
         async with client:
+            if self._retain_probe:
+                self._retain_off("the broker refused a retained Will")
+            self._retained_failed = False
             try:
                 await self._subscribe(client)
                 self._client = client
@@ -231,12 +273,15 @@ class MqttTransport(BaseTransport):
             finally:
                 self._client = None
                 self._mark_disconnected()
+                self._retained_lost = self._retained_failed or any(
+                    not t.done() for t in self._retained_pending)
                 self._abandon_pending()
 
     def _new_client(self) -> aiomqtt.Client:
         will = None
         if self.will is not None:
             topic, payload, qos, retain = self.will
+            retain = retain and self.retain_available and not self._retain_probe
             will = aiomqtt.Will(topic, payload, qos, retain)
         tls_params = None
         if self.tls is not None:
@@ -306,9 +351,13 @@ class MqttTransport(BaseTransport):
         client = self._client
         if client is None or not self.connected:
             return False
+        retain = retain and self.retain_available
         task = asyncio.create_task(self._send(client, topic, payload, qos, retain))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+        if retain:
+            self._retained_pending.add(task)
+            task.add_done_callback(self._retained_pending.discard)
         # aiomqtt hands the message to paho synchronously, in the task's first step,
         # which runs before we resume: after this the message is queued (or refused).
         await asyncio.sleep(0)
@@ -324,6 +373,8 @@ class MqttTransport(BaseTransport):
             await client.publish(topic, payload, qos=qos, retain=retain, timeout=self.timeout)
         except aiomqtt.MqttError as exc:
             self._log.debug("transport_publish_unconfirmed", topic=topic, error=str(exc))
+            if retain:
+                self._retained_failed = True
             return False
         return True
 

@@ -14,6 +14,8 @@ Body fields by type (besides the header):
     death      -
     heartbeat  version (own published version: the anti-entropy digest), size (cells)
     sync       origin (whose cells are asked for), since (version)
+    rebirth    to (the node asked for a fresh birth), pk (the asker's own public key),
+               version (the asker's published version)
 
 An array map is ``{"dt": "<u8", "n": m, "c": codec, "d": data}``: explicit
 little-endian dtype and length, ``d`` the raw bytes (codec ``raw``) or one
@@ -67,12 +69,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CODECS", "CODEC_DELTA_SHUFFLE", "CODEC_RAW", "CODEC_SHUFFLE", "COMPRESS_MIN_CELLS",
-    "KINDS", "KIND_OF_TYPE", "MAX_ENTRIES", "MAX_ID_LEN", "MAX_PAYLOAD", "MAX_SIGNATURES",
-    "PUBLIC_KEY_LEN", "QOS", "REASONS", "RETAIN", "SIGNATURE_DTYPES", "SIGNATURE_LEN", "TYPES",
-    "WIRE_VERSION", "ZLIB_LEVEL", "BadSignature", "Birth", "Death", "DeltaMsg",
-    "FederationMismatch", "Frame", "Header", "Heartbeat", "InternalDecodeError", "KeyMismatch",
-    "MalformedMessage", "Message", "PayloadTooLarge", "Replay", "Route", "Signer",
-    "SyncRequest", "TopicMismatch", "UnknownMessageType", "UnknownSender",
+    "KEYED_TYPES", "KINDS", "KIND_OF_TYPE", "MAX_ENTRIES", "MAX_ID_LEN", "MAX_PAYLOAD",
+    "MAX_SIGNATURES", "PUBLIC_KEY_LEN", "QOS", "REASONS", "RETAIN", "SIGNATURE_DTYPES",
+    "SIGNATURE_LEN", "TYPES", "WIRE_VERSION", "ZLIB_LEVEL", "BadSignature", "Birth", "Death",
+    "DeltaMsg", "FederationMismatch", "Frame", "Header", "Heartbeat", "InternalDecodeError",
+    "KeyMismatch", "MalformedMessage", "Message", "PayloadTooLarge", "Rebirth", "Replay", "Route",
+    "Signer", "SyncRequest", "TopicMismatch", "UnknownMessageType", "UnknownSender",
     "UnsupportedVersion", "check_id", "decode", "encode", "is_safe_id", "parse_topic", "peek",
     "route", "subscriptions", "topic",
 ]
@@ -228,11 +230,14 @@ def check_id(value: object, what: str = "id") -> str:
 #: Topic kind of each message type (births and deaths share the retained presence topic).
 KIND_OF_TYPE: dict[str, str] = {
     "delta": "delta", "birth": "presence", "death": "presence",
-    "heartbeat": "heartbeat", "sync": "sync",
+    "heartbeat": "heartbeat", "sync": "sync", "rebirth": "rebirth",
 }
-KINDS: tuple[str, ...] = ("delta", "presence", "heartbeat", "sync")
-QOS: dict[str, int] = {"delta": 1, "presence": 1, "heartbeat": 0, "sync": 1}
-RETAIN: dict[str, bool] = {"delta": False, "presence": True, "heartbeat": False, "sync": False}
+KINDS: tuple[str, ...] = ("delta", "presence", "heartbeat", "sync", "rebirth")
+QOS: dict[str, int] = {"delta": 1, "presence": 1, "heartbeat": 0, "sync": 1, "rebirth": 1}
+RETAIN: dict[str, bool] = {"delta": False, "presence": True, "heartbeat": False, "sync": False,
+                           "rebirth": False}
+#: Message types that carry the sender's own public key (self-signed: they can pin it).
+KEYED_TYPES: frozenset[str] = frozenset({"birth", "rebirth"})
 _TOPIC_ROOT = f"peerd/v{WIRE_VERSION}"
 
 
@@ -392,8 +397,36 @@ class SyncRequest:
         object.__setattr__(self, "since", _as_uint(self.since, "since"))
 
 
-Message = DeltaMsg | Birth | Death | Heartbeat | SyncRequest
-TYPES: tuple[str, ...] = ("delta", "birth", "death", "heartbeat", "sync")
+@dataclass(frozen=True)
+class Rebirth:
+    """The sender asks node ``to`` for a fresh, non-retained birth (Sparkplug B's rebirth).
+
+    Sent to a sender whose key this node has not pinned: its retained birth
+    never arrived (a broker that keeps no retained messages, or does not
+    deliver them to wildcard subscriptions). It carries the asker's own key and
+    published version, self-signed like a birth, so that the asked node (which
+    may not know the asker either) can verify it and pin the key.
+    """
+
+    type: ClassVar[str] = "rebirth"
+    header: Header
+    to: str
+    public_key: bytes
+    version: int = 0
+
+    def __post_init__(self) -> None:
+        check_id(self.to, "to")
+        if not isinstance(self.public_key, (bytes, bytearray, memoryview)):
+            raise MalformedMessage("public_key must be bytes")
+        pk = bytes(self.public_key)
+        if len(pk) != PUBLIC_KEY_LEN:
+            raise MalformedMessage(f"public_key has {len(pk)} bytes, expected {PUBLIC_KEY_LEN}")
+        object.__setattr__(self, "public_key", pk)
+        object.__setattr__(self, "version", _as_uint(self.version, "version"))
+
+
+Message = DeltaMsg | Birth | Death | Heartbeat | SyncRequest | Rebirth
+TYPES: tuple[str, ...] = ("delta", "birth", "death", "heartbeat", "sync", "rebirth")
 
 
 class Signer(Protocol):
@@ -586,6 +619,8 @@ def _body_fields(msg: Message) -> dict[str, Any]:
         fields.update(version=msg.version, size=msg.size)
     elif isinstance(msg, SyncRequest):
         fields.update(origin=msg.origin, since=msg.since)
+    elif isinstance(msg, Rebirth):
+        fields.update(to=msg.to, pk=msg.public_key, version=msg.version)
     elif not isinstance(msg, Death):
         raise UnknownMessageType(f"cannot encode {type(msg).__name__}")
     return fields
@@ -731,15 +766,19 @@ def _parse_sync(h: Header, f: Mapping[str, Any], lim: _Limits) -> SyncRequest:
     return SyncRequest(h, _field(f, "origin", str), _field(f, "since", int))
 
 
+def _parse_rebirth(h: Header, f: Mapping[str, Any], lim: _Limits) -> Rebirth:
+    return Rebirth(h, _field(f, "to", str), _field(f, "pk", bytes), _field(f, "version", int))
+
+
 _PARSERS: dict[str, Callable[[Header, Mapping[str, Any], _Limits], Message]] = {
     "delta": _parse_delta, "birth": _parse_birth, "death": _parse_death,
-    "heartbeat": _parse_heartbeat, "sync": _parse_sync,
+    "heartbeat": _parse_heartbeat, "sync": _parse_sync, "rebirth": _parse_rebirth,
 }
 
 
 def _claimed_key(msg_type: str, fields: Mapping[str, Any]) -> bytes | None:
-    """The public key a birth announces (checked before the signature it must verify)."""
-    if msg_type != "birth":
+    """The public key a birth or rebirth request announces (before the signature it must verify)."""
+    if msg_type not in KEYED_TYPES:
         return None
     pk = _field(fields, "pk", bytes)
     if len(pk) != PUBLIC_KEY_LEN:
