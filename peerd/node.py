@@ -35,12 +35,13 @@ from peerd.durable import DurableWatermark
 from peerd.errors import WireError
 from peerd.gossip import GossipState
 from peerd.identity import Identity, Verifier
-from peerd.liveness import OFFLINE, Liveness
+from peerd.liveness import OFFLINE, ONLINE, Liveness
 from peerd.logs import get_logger
 from peerd.memtransport import Transport
 from peerd.peers import PeerRecord, TrustEvent
 from peerd.presence import PresenceState
 from peerd.qtable import QTable
+from peerd.relay import RelayPlanner, RelayStore
 from peerd.store import Store
 from peerd.trust import INVALID, Judgement, clamp_trust, consensus_round, convergence_score
 
@@ -73,6 +74,9 @@ class NodeCounters:
     sync_answers_sent: int = 0
     rebirths_requested: int = 0
     births_answered: int = 0
+    relays_sent: int = 0
+    relayed_payloads_sent: int = 0
+    relayed_deltas_applied: int = 0
     trust_rounds: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
 
@@ -109,6 +113,9 @@ class Node:
         self.identity = identity
         self.verifier = Verifier(allowlist=self.verifier_allowlist(), strict=config.strict)
         self.presence = PresenceState(ask_interval=max(1.0, 4 * config.sync_interval))
+        #: origins' own signed payloads, re-sent verbatim for them when they are silent
+        self.relays = RelayStore()
+        self.relay_plan = RelayPlanner(delay=max(0.5, config.sync_interval))
         self.store: Store | None = None
         #: own versions whose commit has not returned: nothing beyond goes out (DESIGN §4)
         self.durable = DurableWatermark()
@@ -395,6 +402,8 @@ class Node:
                 self._ask(origin, since)
             if self.presence.take_answer(time.monotonic()):
                 await self._answer_birth()
+            for origin, since in self.relay_plan.due(time.monotonic()):
+                await self._relay(origin, since)
             since = self.gossip.take_answer()
             if since is not None and not await self._publish_delta(since=since):
                 self.gossip.on_sync_request(since)  # not sent: try again next time
@@ -437,6 +446,7 @@ class Node:
                 self._touch_peer(peer, status=new)
             for peer in self.liveness.expired(now, self.config.origin_ttl):
                 dropped = self.table.forget(peer)
+                self.relays.forget(peer)
                 if self.store:
                     await self.store.delete_origin(peer)
                 self.gossip.forget(peer)
@@ -449,11 +459,14 @@ class Node:
         parsed = wire.parse_topic(topic)
         if parsed is None:
             return
-        fed, _kind, sender = parsed
+        fed, kind, sender = parsed
         if sender == self.id or fed != self.fed:
             return
         self.counters.messages_received += 1
         self.counters.bytes_received += len(payload)
+        if kind == "relay":
+            await self._on_relayed(sender, payload)
+            return
         try:
             msg = wire.decode(payload, fed=self.fed, fingerprint=self.task.fingerprint,
                               n_actions=self.task.n_actions, q_bound=self.config.q_bound,
@@ -472,6 +485,93 @@ class Node:
             await self._reject(sender, exc, retain)
             return
         self.verifier.commit(msg)  # only an accepted message moves the replay window
+        self._keep_for_relay(msg, payload)
+
+    def _keep_for_relay(self, msg: Any, payload: bytes) -> None:
+        """Keep an origin's own signed birth and deltas, to re-send for it when it is silent."""
+        h: wire.Header = msg.header
+        if isinstance(msg, wire.Birth):
+            self.relays.add_birth(h.node, (h.epoch, h.seq), payload)
+        elif isinstance(msg, wire.DeltaMsg) and msg.delta.origin == h.node and len(msg.delta):
+            d = msg.delta
+            self.relays.add_delta(h.node, (h.epoch, h.seq), payload, d.to_version,
+                                  zip(d.keys.tolist(), d.actions.tolist(), d.version.tolist(),
+                                      strict=True))
+
+    async def _on_relayed(self, relayer: str, payload: bytes) -> None:
+        """A payload another node signed, relayed: verify it as the origin's own, apply it.
+
+        The relayer cannot forge it (the origin's signature covers every byte)
+        and is not who speaks, so a bad relay costs nobody trust: it is counted.
+        """
+        try:
+            msg = wire.decode(payload, fed=self.fed, fingerprint=self.task.fingerprint,
+                              n_actions=self.task.n_actions, q_bound=self.config.q_bound,
+                              max_payload=self.config.max_payload,
+                              max_entries=self.config.max_entries,
+                              verifier=self.verifier.relayed(), commit=False)
+            origin = msg.header.node
+            if msg.type not in wire.RELAYABLE_TYPES:
+                raise wire.MalformedMessage(f"{msg.type} of {origin!r} cannot be relayed")
+            if isinstance(msg, wire.DeltaMsg) and msg.delta.origin != origin:
+                raise OriginMismatch(f"relayed delta of {origin!r} holds cells of "
+                                     f"{msg.delta.origin!r}")
+        except WireError as exc:
+            exc.authenticated = False  # the relayer is not the author: nobody loses trust
+            await self._reject(relayer, exc, False)
+            return
+        if origin == self.id:
+            return
+        now = time.time()
+        if isinstance(msg, wire.Birth):
+            if self.verifier.pin_first(origin, msg.public_key):
+                self._touch_peer(origin, public_key=msg.public_key)
+                self._log.info("peer_key_pinned_from_relay", peer=origin, relayer=relayer)
+        else:
+            delta: Delta = msg.delta
+            try:
+                stats = await self._merge(origin, delta, now)
+            except WireError as exc:
+                exc.authenticated = False
+                await self._reject(relayer, exc, False)
+                return
+            self.counters.relayed_deltas_applied += 1
+            self.relay_plan.covered(origin, delta.from_version)
+            have = self.gossip.known.get(origin, 0)
+            if delta.from_version <= have:  # contiguous: the cursor moves; a gap asks nobody
+                self.gossip.known[origin] = max(have, delta.to_version)
+            self._log.debug("relayed_delta_applied", peer=origin, relayer=relayer,
+                            cells=stats.cells, new=stats.new)
+            if self.on_merge:
+                self.on_merge(msg.header, stats)
+            self.applied_event.set()
+        self._keep_for_relay(msg, payload)
+
+    def _silent(self, origin: str) -> bool:
+        """Not heard from lately (suspect, offline, or never seen live by this node)."""
+        return self.liveness.status(origin) != ONLINE
+
+    def _offer_relays(self, newcomer: str, now: float) -> None:
+        """A node new to us appeared: it may lack silent origins' knowledge, relay it."""
+        for origin in self.relays.origins():
+            if origin != newcomer and self._silent(origin):
+                self.relay_plan.want(origin, 0, now)
+
+    async def _relay(self, origin: str, since: int) -> None:
+        """Re-send ``origin``'s kept payloads after ``since``, verbatim, on our relay topic."""
+        if self.transport is None or origin == self.id:
+            return
+        topic = wire.topic(self.fed, "relay", self.id)
+        sent = 0
+        for payload in self.relays.payloads(origin, since):
+            if not await self.transport.publish(topic, payload, qos=1):
+                break
+            sent += 1
+            self.counters.bytes_sent += len(payload)
+        if sent:
+            self.counters.relays_sent += 1
+            self.counters.relayed_payloads_sent += sent
+            self._log.info("origin_relayed", peer=origin, since=since, payloads=sent)
 
     async def _handle(self, msg: Any, retain: bool = False) -> None:
         now = time.time()
@@ -488,6 +588,8 @@ class Node:
             # birth: a live birth of a new peer (life) is answered with ours, once.
             if not retain and self.presence.on_live_birth(peer, h.epoch):
                 self._wake.set()
+            if not retain and self.verifier.pinned(peer) is None:
+                self._offer_relays(peer, time.monotonic())
             # A node asks every origin it hears of and holds nothing of: the retained
             # birth may advertise an old version, and waiting for a heartbeat costs
             # a heartbeat interval.
@@ -502,6 +604,8 @@ class Node:
             self._heard(peer, h.epoch, now)
             self._ask(peer, self.gossip.on_advert(peer, msg.version, now))
         elif isinstance(msg, wire.Rebirth):
+            if self.verifier.pinned(peer) is None:
+                self._offer_relays(peer, time.monotonic())
             self._heard(peer, h.epoch, now)
             self._touch_peer(peer, public_key=msg.public_key)
             self.presence.known(peer)
@@ -514,22 +618,33 @@ class Node:
             if msg.origin == self.id:
                 self.gossip.on_sync_request(msg.since)
                 self._wake.set()
+            elif self.relays.payloads(msg.origin, msg.since):
+                # Relayed catch-up: answer for a silent origin now (after a jitter), for a
+                # live one only if it has not answered within a few sync intervals.
+                wait = 0.0 if self._silent(msg.origin) else 3 * self.config.sync_interval
+                self.relay_plan.want(msg.origin, msg.since, time.monotonic(), wait=wait)
         elif isinstance(msg, wire.DeltaMsg):
             self._heard(peer, h.epoch, now)
             await self._apply(peer, msg, now)
         else:  # pragma: no cover - decode returns only the types above
             raise AssertionError(type(msg))
 
+    async def _merge(self, origin: str, delta: Delta, now: float) -> MergeStats:
+        """Apply an origin's cells (its own or relayed for it) and persist what changed."""
+        stats = self.table.apply(delta)  # validates everything first; raises InvalidDelta
+        if stats.changed and self.store is not None:
+            await asyncio.gather(self.store.write_cells(origin, delta.arrays()),
+                                 self.store.log_merge(now, stats))  # one group commit
+        self.counters.deltas_applied += 1
+        self.counters.cells_applied += stats.changed
+        return stats
+
     async def _apply(self, peer: str, msg: Any, now: float) -> None:
         delta: Delta = msg.delta
         if delta.origin != peer:
             raise OriginMismatch(f"{peer!r} sent cells of origin {delta.origin!r}")
-        stats = self.table.apply(delta)  # validates everything first; raises InvalidDelta
-        if stats.changed and self.store is not None:
-            await asyncio.gather(self.store.write_cells(peer, delta.arrays()),
-                                 self.store.log_merge(now, stats))  # one group commit
-        self.counters.deltas_applied += 1
-        self.counters.cells_applied += stats.changed
+        stats = await self._merge(peer, delta, now)
+        self.relay_plan.covered(peer, delta.from_version)  # the origin answered itself
         if msg.signatures:
             self.peer_signatures[peer] = tuple(msg.signatures)
             self._fresh_signatures.add(peer)

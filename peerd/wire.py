@@ -17,6 +17,10 @@ Body fields by type (besides the header):
     rebirth    to (the node asked for a fresh birth), pk (the asker's own public key),
                version (the asker's published version)
 
+On ``peerd/v1/{f}/relay/{relayer}`` travel payloads of *another* node (a delta
+or birth it signed), byte for byte: the header names the origin, the topic the
+relayer. Receivers verify them with the origin's key (``Verifier.relayed``).
+
 An array map is ``{"dt": "<u8", "n": m, "c": codec, "d": data}``: explicit
 little-endian dtype and length, ``d`` the raw bytes (codec ``raw``) or one
 bytes per byte plane (``shuf+zlib``, ``delta+shuf+zlib``; see
@@ -70,7 +74,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CODECS", "CODEC_DELTA_SHUFFLE", "CODEC_RAW", "CODEC_SHUFFLE", "COMPRESS_MIN_CELLS",
     "KEYED_TYPES", "KINDS", "KIND_OF_TYPE", "MAX_ENTRIES", "MAX_ID_LEN", "MAX_PAYLOAD",
-    "MAX_SIGNATURES", "PUBLIC_KEY_LEN", "QOS", "REASONS", "RETAIN", "SIGNATURE_DTYPES",
+    "MAX_SIGNATURES", "PUBLIC_KEY_LEN", "QOS", "REASONS", "RELAYABLE_TYPES", "RETAIN", "SIGNATURE_DTYPES",
     "SIGNATURE_LEN", "TYPES", "WIRE_VERSION", "ZLIB_LEVEL", "BadSignature", "Birth", "Death",
     "DeltaMsg", "FederationMismatch", "Frame", "Header", "Heartbeat", "InternalDecodeError",
     "KeyMismatch", "MalformedMessage", "Message", "PayloadTooLarge", "Rebirth", "Replay", "Route",
@@ -232,10 +236,15 @@ KIND_OF_TYPE: dict[str, str] = {
     "delta": "delta", "birth": "presence", "death": "presence",
     "heartbeat": "heartbeat", "sync": "sync", "rebirth": "rebirth",
 }
-KINDS: tuple[str, ...] = ("delta", "presence", "heartbeat", "sync", "rebirth")
-QOS: dict[str, int] = {"delta": 1, "presence": 1, "heartbeat": 0, "sync": 1, "rebirth": 1}
+#: ``relay`` carries no message type of its own: an origin's signed payloads, verbatim,
+#: re-sent by another node (``peerd.relay``); the topic names the relayer.
+KINDS: tuple[str, ...] = ("delta", "presence", "heartbeat", "sync", "rebirth", "relay")
+QOS: dict[str, int] = {"delta": 1, "presence": 1, "heartbeat": 0, "sync": 1, "rebirth": 1,
+                       "relay": 1}
 RETAIN: dict[str, bool] = {"delta": False, "presence": True, "heartbeat": False, "sync": False,
-                           "rebirth": False}
+                           "rebirth": False, "relay": False}
+#: Message types a relay may carry: an origin's deltas, and its birth (to pin its key).
+RELAYABLE_TYPES: frozenset[str] = frozenset({"delta", "birth"})
 #: Message types that carry the sender's own public key (self-signed: they can pin it).
 KEYED_TYPES: frozenset[str] = frozenset({"birth", "rebirth"})
 _TOPIC_ROOT = f"peerd/v{WIRE_VERSION}"
