@@ -447,6 +447,7 @@ class Node:
             for peer in self.liveness.expired(now, self.config.origin_ttl):
                 dropped = self.table.forget(peer)
                 self.relays.forget(peer)
+                self.relay_plan.forget(peer)
                 if self.store:
                     await self.store.delete_origin(peer)
                 self.gossip.forget(peer)

@@ -15,7 +15,9 @@ bounded in bytes per origin (oldest payloads go first).
 
 ``RelayPlanner`` decides *when*: a relay is due after a random delay (so that
 of many holders usually one speaks), and is cancelled when another node relays
-the same origin first or the origin itself answers.
+the same origin first or the origin itself answers. An origin is relayed at
+most once per ``min_interval``: births of new ids cost an attacker nothing, and
+must not make every holder re-send megabytes each time.
 """
 
 from __future__ import annotations
@@ -121,14 +123,18 @@ class RelayStore:
 class RelayPlanner:
     """When to relay an origin: after a random delay, unless someone else did it first."""
 
-    def __init__(self, *, delay: float = 1.0, rng: random.Random | None = None) -> None:
+    def __init__(self, *, delay: float = 1.0, min_interval: float = 10.0,
+                 rng: random.Random | None = None) -> None:
         self.delay = delay
+        self.min_interval = min_interval
         self._rng = rng or random.Random()
         self._due: dict[str, tuple[int, float]] = {}  # origin -> (since, due time)
+        self._last: dict[str, float] = {}  # origin -> when it was last relayed
 
     def want(self, origin: str, since: int, now: float, *, wait: float = 0.0) -> None:
         """Plan a relay of ``origin`` after ``since``, at least ``wait`` from now (plus jitter)."""
         due = now + wait + self._rng.uniform(0.0, self.delay)
+        due = max(due, self._last.get(origin, -1e18) + self.min_interval)
         old = self._due.get(origin)
         if old is not None:
             since, due = min(since, old[0]), min(due, old[1])
@@ -144,7 +150,12 @@ class RelayPlanner:
         out = [(o, since) for o, (since, t) in self._due.items() if t <= now]
         for o, _ in out:
             del self._due[o]
+            self._last[o] = now
         return out
+
+    def forget(self, origin: str) -> None:
+        self._due.pop(origin, None)
+        self._last.pop(origin, None)
 
     def pending(self) -> int:
         return len(self._due)

@@ -750,7 +750,9 @@ class TapTransport(MqttTransport):
                 led.own_topic_skipped += 1  # the node does not count these (MQTT 3.1.1: no no-local)
                 await on_message(topic, payload, retain)
                 return
-            h = hash(payload)
+            # keyed by topic too: an honest relayer re-sends captured payloads verbatim
+            # on its relay topic, and those are not the attacker's replays
+            h = hash((topic, payload))
             hostile = led.expected[h] > 0
             kind = ""
             if hostile:
@@ -1164,8 +1166,8 @@ async def _send(foe: MqttTransport, ledgers: dict[str, Ledger], batch: list[tupl
         sender = wire.parse_topic(topic)
         for nid, led in ledgers.items():
             if sender is not None and sender[2] != nid:
-                led.expected[hash(payload)] += 1
-                led.kinds[hash(payload)] = kind
+                led.expected[hash((topic, payload))] += 1
+                led.kinds[hash((topic, payload))] = kind
                 led.hostile_sent += 1
                 led.valid_sent += valid
         if not await foe.publish(topic, payload, qos=1):

@@ -56,6 +56,16 @@ def test_a_relay_seen_from_someone_else_cancels_ours() -> None:
     assert plan.pending() == 0
 
 
+def test_an_origin_is_relayed_at_most_once_per_min_interval() -> None:
+    """However many newcomers are born, one origin's payloads go out once per min_interval."""
+    plan = RelayPlanner(delay=0.0, min_interval=10.0)
+    plan.want("x", 0, now=0.0)
+    assert plan.due(0.0) == [("x", 0)]
+    plan.want("x", 0, now=1.0)  # another newcomer, right after
+    assert plan.due(5.0) == []
+    assert plan.due(10.0) == [("x", 0)]
+
+
 # -- over a real broker ---------------------------------------------------------------------------
 
 
