@@ -179,8 +179,8 @@ class PoisonedTable:
             a["lw"] = np.full(len(d), ceiling)
         return Delta.build(d.origin, d.fingerprint, d.from_version, d.to_version, **a)
 
-    def delta(self, since: int = 0) -> Delta:
-        return self._poison(self._table.delta(since))
+    def delta(self, since: int = 0, upto: int | None = None) -> Delta:
+        return self._poison(self._table.delta(since, upto))
 
     def signatures(self, k: int = 32) -> list[PatternSignature]:
         if self.attack == "copycat":
