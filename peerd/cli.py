@@ -1,142 +1,51 @@
-"""The ``peerd`` command: ``sim``, ``run``, ``decode`` and the operator tools.
+"""The ``peerd`` command. It dispatches one way: each command module has
+``add_parser(subparsers)``, which registers its subcommand(s) with a ``--help``
+and sets ``func``; ``main`` runs ``args.func(args)`` and returns its exit status.
 
-Each subcommand lives in its own small function; heavy imports happen inside
-them so that ``peerd --help`` is instant.
+    sim                          peerd.sim_cmd     (the [sim] extra)
+    run                          peerd.daemon
+    decode                       peerd.decode_cmd
+    inspect                      peerd.inspect_cmd
+    status, peers, table, keygen peerd.tools_cmd
+
+Heavy imports happen inside the commands, so that ``peerd --help`` is instant
+and an edge install never imports the simulator.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import sys
-from pathlib import Path
-from typing import Any
+import importlib
 
 from peerd import __doc__ as _pkg_doc
 
+__all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
-def _sim_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "sim", help="simulate a federation of nodes on a real RL task over a real MQTT broker",
-        description="Run N peerd nodes in one process, each on its own environment instance, "
-        "gossiping over an MQTT broker (the embedded one by default), next to the same nodes "
-        "learning alone (isolated) and one table fed by all environments (centralized, the "
-        "limit). Prints steps per node until the greedy policy reaches the task's target and "
-        "the speedup over isolated learning.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--env", default="taxi",
-                   help="taxi | frozenlake8x8 | cliffwalking | frozenlake | routing | any "
-                   "Gymnasium id with discrete spaces (e.g. FrozenLake-v1)")
-    p.add_argument("--nodes", type=int, default=8, help="nodes in the federation")
-    p.add_argument("--seeds", type=int, default=1, help="repetitions; results are medians")
-    p.add_argument("--modes", default="federated,isolated,centralized",
-                   help="comma-separated: federated, isolated, centralized, naive")
-    p.add_argument("--broker", default=None,
-                   help="mqtt://host:port of an existing broker; default: start the embedded one")
-    p.add_argument("--broker-kind", default="amqtt", choices=["amqtt", "mosquitto", "auto"],
-                   help="which broker to start when --broker is not given")
-    p.add_argument("--publish-every", type=int, default=10, help="interactions between deltas")
-    p.add_argument("--max-lag", type=int, default=None,
-                   help="ticks a delta may arrive late before the simulation waits for the "
-                   "network (default: publish-every)")
-    p.add_argument("--half-life", type=float, default=None, help="evidence half-life in ticks "
-                   "(default: the task's)")
-    p.add_argument("--strategy", default="weighted_average", help="merge strategy")
-    p.add_argument("--step-cap", type=int, default=None, help="give up after this many steps")
-    p.add_argument("--seed", type=int, default=2024)
-    p.add_argument("--out", type=Path, default=None, help="write results.json and curves.png here")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON (no display)")
-
-
-def _cmd_sim(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    from peerd import logs
-    from peerd.sim import report
-    from peerd.sim.runner import SimSettings, Simulation, summarize
-
-    logs.configure("warning")
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    settings = SimSettings(env=args.env, nodes=args.nodes, seeds=args.seeds, modes=modes,
-                           broker_url=args.broker, broker_kind=args.broker_kind,
-                           publish_every=args.publish_every, max_lag=args.max_lag,
-                           half_life=args.half_life, step_cap=args.step_cap,
-                           strategy=args.strategy, seed=args.seed)
-    if args.nodes < 1 or args.seeds < 1:
-        print("peerd sim: --nodes and --seeds must be >= 1", file=sys.stderr)
-        return 2
-    console = Console(stderr=True)
-    try:
-        sim = Simulation(settings)
-    except ValueError as exc:
-        print(f"peerd sim: {exc}", file=sys.stderr)
-        return 2
-    spec = sim.spec
-    if not args.json:
-        console.print(f"[bold]peerd sim[/]: {args.nodes} nodes on {spec.name} "
-                      f"({spec.metric} ≥ {spec.target:g}), modes {', '.join(modes)}, "
-                      f"{args.seeds} seed(s), broker "
-                      f"{args.broker or 'embedded ' + args.broker_kind}")
-    with Progress(SpinnerColumn(), TextColumn("{task.description:<12}"),
-                  TextColumn("{task.completed:>7,.0f} steps/node"),
-                  TextColumn("best {task.fields[best]}"), TimeElapsedColumn(),
-                  console=console, disable=args.json, transient=False) as progress:
-        bars: dict[str, Any] = {}
-
-        def on_progress(mode: str, tick: int, best: float, cap: int) -> None:
-            if mode not in bars:
-                bars[mode] = progress.add_task(mode, total=cap, best="–")
-            progress.update(bars[mode], completed=tick, best=f"{best:.2f}")
-
-        sim.progress = on_progress
-        results = asyncio.run(sim.run())
-    summary = summarize(results)
-    meta = {"env": spec.name, "metric": spec.metric, "target": spec.target, "nodes": args.nodes,
-            "seeds": args.seeds, "half_life": sim.half_life, "publish_every": args.publish_every,
-            "max_lag": sim.max_lag, "strategy": args.strategy,
-            "broker": args.broker or f"embedded {args.broker_kind}"}
-    if args.out:
-        path = report.write_results(args.out, summary, results, meta)
-        report.plot(results, args.out / "curves.png", title=f"{spec.name}: {args.nodes} nodes",
-                    metric=spec.metric, target=spec.target)
-        if not args.json:
-            console.print(f"wrote {path} and {args.out / 'curves.png'}")
-    if args.json:
-        print(json.dumps({**meta, **summary}, indent=2))
-    else:
-        Console().print(report.table(summary, target=spec.target, metric=spec.metric))
-    return 0
+#: The modules whose ``add_parser`` builds the ``peerd`` command, in ``--help`` order.
+COMMAND_MODULES = ("peerd.sim_cmd", "peerd.daemon", "peerd.decode_cmd", "peerd.inspect_cmd",
+                   "peerd.tools_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``peerd`` parser: every command module registers itself with ``add_parser``."""
     parser = argparse.ArgumentParser(
         prog="peerd", description=(_pkg_doc or "").strip().splitlines()[0],
         epilog="Run 'peerd COMMAND --help' for the options of a command.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _sim_parser(sub)
-    from peerd import daemon, decode_cmd, inspect_cmd, tools_cmd
-
-    daemon.add_parser(sub)
-    decode_cmd.add_parser(sub)
-    inspect_cmd.add_parser(sub)
-    tools_cmd.add_parser(sub)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen command's ``func``; return its exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    from peerd import daemon, decode_cmd, inspect_cmd, tools_cmd
-
-    handlers = {"sim": _cmd_sim, "run": daemon.run, "decode": decode_cmd.run,
-                "inspect": inspect_cmd.run, **dict.fromkeys(tools_cmd.COMMANDS, tools_cmd.run)}
     try:
-        return handlers[args.command](args)
+        return int(args.func(args))
     except KeyboardInterrupt:
         return 130
 

@@ -9,7 +9,7 @@ need neither aiohttp nor an event loop::
     a = peerd.act(state)
     peerd.learn(state, a, reward, next_state=nxt, done=done)   # returns once durable
 
-Errors::
+Errors (defined in ``peerd.errors``, re-exported here)::
 
     PeerdError
     └── ApiError(status, message)      the server answered 4xx/5xx; ``code`` is its error code
@@ -27,25 +27,11 @@ import socket
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from peerd.errors import PeerdError
+from peerd.errors import ApiError, ApiUnreachable
 
 __all__ = ["DEFAULT_URL", "ApiError", "ApiUnreachable", "PeerdClient"]
 
 DEFAULT_URL = "http://127.0.0.1:8765"
-
-
-class ApiError(PeerdError):
-    """The API refused a request: ``status`` (0 = no answer), ``code`` and the server's ``message``."""
-
-    def __init__(self, status: int, message: str, *, code: str = "") -> None:
-        super().__init__(f"{status} {code}: {message}" if code else f"{status}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-class ApiUnreachable(ApiError):
-    """The daemon did not answer (refused, timed out, connection reset)."""
 
 
 class _UnixConnection(http.client.HTTPConnection):

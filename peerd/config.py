@@ -39,7 +39,7 @@ class NodeConfig:
     federation: str = _opt("node", "federation", "default", "federation name (MQTT topic level)")
     node_id: str = _opt("node", "id", "", "this node's id, unique in the federation (default: hostname)")
     secret: str = _opt("node", "secret", "", "federation secret: keys the state hash (same on every node)")
-    state_dir: str = _opt("node", "state_dir", "", "dir of peerd.db and node.key; empty = not durable")
+    state_dir: str = _opt("node", "state_dir", "", "dir of peerd.db and node.key (peerd run: required)")
     actions: list[str] = _opt("task", "actions", [], "action names, in a fixed order")
     gamma: float = _opt("task", "gamma", 0.95, "discount factor")
     task_name: str = _opt("task", "name", "task", "task name (informational)")
@@ -78,6 +78,8 @@ class NodeConfig:
     signatures: int = _opt("gossip", "signatures", 32, "pattern signatures per delta")
     max_payload: int = _opt("gossip", "max_payload", 8 << 20, "largest accepted message, bytes")
     max_entries: int = _opt("gossip", "max_entries", 1_000_000, "most cells in one delta")
+    max_origins: int = _opt("gossip", "max_origins", 1024,
+                            "most peers held; past it a new one is refused (allowlisted: always in)")
     strict: bool = _opt("security", "strict", False, "accept only nodes in the allowlist")
     allowlist: dict[str, str] = _opt("security", "allowlist", {}, "node id = hex Ed25519 public key")
     api_listen: str = _opt("api", "listen", "127.0.0.1:8765",
@@ -115,6 +117,9 @@ class NodeConfig:
             v = getattr(self, key)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise bad(key, f"must be a positive number, got {v!r}")
+        if isinstance(self.max_origins, bool) or not isinstance(self.max_origins, int) \
+                or self.max_origins < 1:
+            raise bad("max_origins", f"must be a positive integer, got {self.max_origins!r}")
         if not 0.0 <= self.quarantine_below <= 2.0:
             raise bad("quarantine_below", f"must be within [0, 2], got {self.quarantine_below}")
         for key in ("sync_interval", "min_visits", "signatures", "eps_decay_steps"):

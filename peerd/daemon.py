@@ -21,11 +21,19 @@ SIGHUP re-reads the config file (and ``PEERD_*`` variables) and applies what a
 running node can change safely (``RELOADABLE``): log level and format, trust
 (``[security] strict`` and ``allowlist``), the gossip cadence
 (``publish_every``, ``publish_interval``, ``sync_interval``, ``signatures``)
-and peer ageing (``suspect_after``, ``peer_timeout``, ``origin_ttl``). Any
+and peer ageing (``suspect_after``, ``peer_timeout``, ``origin_ttl``,
+``max_origins``). Any
 other changed key is reported as ``config_restart_required`` and keeps its
 running value; an invalid file is reported as ``config_reload_failed`` and
 changes nothing. ``--log-level``/``--json-logs`` on the command line keep
 winning over the file.
+
+Identity is stable only with a state directory (``[node] state_dir``, which
+holds ``node.key`` and ``peerd.db``): without one every restart would be a new
+key at epoch 1 and version 0, which peers reject (key mismatch, replay) or
+ignore. So ``peerd run`` refuses to start without it (exit 2), unless
+``--ephemeral`` asks for a throwaway node: a fresh key under a fresh node id
+``<id>-<random hex>``, nothing kept, said loudly in the log.
 
 Exit status: 0 after a clean stop, 1 when the node or the API failed or the
 stop timed out, 2 for a configuration error (systemd: ``RestartPreventExitStatus=2``,
@@ -38,6 +46,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import secrets
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -63,7 +72,7 @@ STATUS_PERIOD = 30.0
 #: ``NodeConfig`` fields that SIGHUP applies to a running node.
 RELOADABLE = frozenset({
     "log_level", "log_json", "strict", "allowlist", "publish_every", "publish_interval",
-    "sync_interval", "signatures", "suspect_after", "peer_timeout", "origin_ttl",
+    "sync_interval", "signatures", "suspect_after", "peer_timeout", "origin_ttl", "max_origins",
 })
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -268,19 +277,10 @@ class Daemon:
         if not applied:
             return applied, restart
         cfg = old.replace(**{k: getattr(new, k) for k in applied})  # validates the mix
-        node.config = self.config = cfg
+        self.config = cfg
+        node.reconfigure(cfg)
         if {"log_level", "log_json"} & set(applied):
             self._configure_logs()
-        if {"strict", "allowlist"} & set(applied):
-            from peerd.identity import Verifier
-
-            node.verifier = Verifier.restore(node.verifier.snapshot(),
-                                             allowlist=node.verifier_allowlist(), strict=cfg.strict)
-        node.gossip.publish_every = cfg.publish_every
-        node.gossip.publish_interval = cfg.publish_interval
-        node.gossip.sync_interval = cfg.sync_interval
-        node.liveness.missed = cfg.suspect_after
-        node.liveness.peer_timeout = cfg.peer_timeout
         return applied, restart
 
     def _configure_logs(self) -> None:
@@ -291,15 +291,14 @@ class Daemon:
         # the long-lived loggers so that the new level applies to them too.
         node = self.node
         self._log = get_logger(node=node.id, fed=node.fed)
-        if hasattr(node, "_log"):
-            node._log = get_logger(node=node.id, fed=node.fed, epoch=node.epoch)
+        node.rebind_logger()
 
     # ---------------------------------------------------------- supervision
     def status_line(self) -> str:
         """One line for ``systemctl status``: what an operator checks first."""
         node = self.node
         t = node.transport
-        peers = node.liveness.counts()
+        peers = node.liveness_counts()
         broker = ("connected" if t is not None and t.connected else "disconnected") \
             if self.config.broker_url else "none"
         return (f"{'running' if self.running else 'starting'}; version {node.table.version}, "
@@ -361,6 +360,25 @@ async def serve(config: NodeConfig, *, shutdown_trigger: ShutdownTrigger | None 
 
 
 # ------------------------------------------------------------------ command line
+#: Why ``peerd run`` will not start without a state directory (one line, names the fixes).
+NO_STATE_DIR = (
+    "[node] state_dir is empty (set it, or PEERD_NODE_STATE_DIR; the systemd unit's "
+    "StateDirectory=peerd provides /var/lib/peerd): without it every restart is a new key at "
+    "epoch 1 that peers reject; pass --ephemeral for a throwaway test node")
+#: Hex digits appended to the configured id of an ``--ephemeral`` node.
+EPHEMERAL_SUFFIX_HEX = 8
+
+
+def ephemeral_config(config: NodeConfig) -> NodeConfig:
+    """``config`` for a throwaway node: id ``<id>-<random hex>`` (so no peer has its old key
+    pinned under that id) and no state directory (so a new key is generated in memory)."""
+    from peerd.wire import MAX_ID_LEN  # here: numpy stays out of `peerd --help`
+
+    suffix = secrets.token_hex(EPHEMERAL_SUFFIX_HEX // 2)
+    base = config.node[: MAX_ID_LEN - len(suffix) - 1]
+    return config.replace(node_id=f"{base}-{suffix}", state_dir="")
+
+
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", required=True, metavar="FILE",
                    help="TOML config file (PEERD_<SECTION>_<KEY> variables override it)")
@@ -368,6 +386,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="log level (default: [log] level of the config)")
     p.add_argument("--json-logs", action="store_true", default=None,
                    help="log JSON lines even on a terminal (default: [log] json of the config)")
+    p.add_argument("--ephemeral", action="store_true",
+                   help="throwaway node for tests: a fresh key under a fresh node id "
+                   "(<id>-<random hex>), no state directory, nothing survives the process")
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -377,7 +398,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         description="Run one peerd node until SIGTERM/SIGINT: connect to the broker, gossip and "
         "merge, serve the local HTTP API, keep state in the state directory. SIGHUP reloads the "
         "config file (log level, trust, gossip cadence). Speaks the systemd notify protocol "
-        "(Type=notify, watchdog). Exit status: 0 clean stop, 1 failure, 2 config error.")
+        "(Type=notify, watchdog). A state directory ([node] state_dir) is required unless "
+        "--ephemeral. Exit status: 0 clean stop, 1 failure, 2 config error.")
     _add_arguments(p)
     p.set_defaults(func=run)
     return p
@@ -390,9 +412,20 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"peerd: config error: {exc}", file=sys.stderr)
         return 2
+    ephemeral = bool(getattr(args, "ephemeral", False))
+    if ephemeral:
+        config = ephemeral_config(config)
+    elif not config.state_dir:
+        print(f"peerd: config error: {NO_STATE_DIR}", file=sys.stderr)
+        return 2
     json_logs = True if args.json_logs else None
     daemon_json = json_logs if json_logs is not None else _json_setting(config.log_json)
     logs.configure(args.log_level or config.log_level, json=daemon_json)
+    if ephemeral:
+        get_logger(node=config.node, fed=config.federation).warning(
+            "ephemeral_node", node=config.node,
+            warning="EPHEMERAL: fresh key and node id, no state directory; "
+            "nothing this node learns survives the process")
     try:
         return asyncio.run(serve(config, config_path=args.config, log_level=args.log_level,
                                  json_logs=json_logs))

@@ -9,25 +9,40 @@ holds *everything* of that origin. A delta whose ``from_version`` lies beyond it
 leaves a gap; a heartbeat or birth that advertises a newer version shows we are
 behind. Either way we ask the origin for everything after ``known`` — at most
 once per ``sync_interval`` per origin, so a storm of adverts costs one request.
+
+``GossipState`` holds only this node's own publish state. The per-origin
+cursor (``Cursor``: known, last ask, deferred ask) lives in the origin's
+registry entry (``peerd.registry.Peer.cursor``) and the catch-up functions
+below work on the cursor they are handed, so forgetting an origin frees its
+cursor with everything else.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Cursor:
+    """What this node holds of one origin, and when it last asked that origin."""
+
+    #: version up to which this node holds everything of the origin
+    known: int = 0
+    #: when a sync was last asked (None: never)
+    last_sync: float | None = None
+    #: newest version wanted but not asked yet because of the rate limit (0: none)
+    deferred: int = 0
 
 
 @dataclass
 class GossipState:
-    """Publish triggers and anti-entropy cursors of one node."""
+    """Publish triggers and pending sync answers of this node."""
 
     publish_every: int = 10
     publish_interval: float = 60.0
     sync_interval: float = 2.0
     published_version: int = 0
     last_publish: float = 0.0
-    known: dict[str, int] = field(default_factory=dict)
-    _last_sync: dict[str, float] = field(default_factory=dict)
-    _deferred: dict[str, int] = field(default_factory=dict)
     #: lowest ``since`` asked of us and not answered yet (None: nothing asked)
     pending_answer: int | None = None
 
@@ -43,47 +58,7 @@ class GossipState:
         self.published_version = max(self.published_version, version)
         self.last_publish = now
 
-    # -------------------------------------------------------------- catch-up
-    def on_delta(self, origin: str, from_version: int, to_version: int, now: float) -> int | None:
-        """Record a delta; return the version to ask a sync from, or None."""
-        have = self.known.get(origin, 0)
-        if from_version <= have:
-            self.known[origin] = max(have, to_version)
-            if self._deferred.get(origin, 0) <= self.known[origin]:
-                self._deferred.pop(origin, None)
-            return None
-        return self._ask(origin, have, from_version, now)
-
-    def on_advert(self, origin: str, version: int, now: float) -> int | None:
-        """An origin advertised its published version (heartbeat, birth)."""
-        have = self.known.get(origin, 0)
-        if version <= have:
-            return None
-        return self._ask(origin, have, version, now)
-
-    def _ask(self, origin: str, since: int, wanted: int, now: float) -> int | None:
-        last = self._last_sync.get(origin)
-        if last is not None and now - last < self.sync_interval:
-            # not dropped: asked again once the interval has passed, if still behind
-            self._deferred[origin] = max(wanted, self._deferred.get(origin, 0))
-            return None
-        self._last_sync[origin] = now
-        self._deferred.pop(origin, None)
-        return since
-
-    def due_asks(self, now: float) -> list[tuple[str, int]]:
-        """Deferred asks whose rate limit has passed and that are still needed: (origin, since)."""
-        out = []
-        for origin, wanted in list(self._deferred.items()):
-            if now - self._last_sync.get(origin, -1e18) < self.sync_interval:
-                continue
-            del self._deferred[origin]
-            have = self.known.get(origin, 0)
-            if have < wanted:
-                self._last_sync[origin] = now
-                out.append((origin, have))
-        return out
-
+    # ---------------------------------------------------------------- answers
     def on_sync_request(self, since: int) -> None:
         """Someone asked for our cells after ``since``: answer once for all askers."""
         self.pending_answer = since if self.pending_answer is None else min(self.pending_answer, since)
@@ -92,7 +67,46 @@ class GossipState:
         since, self.pending_answer = self.pending_answer, None
         return since
 
-    def forget(self, origin: str) -> None:
-        self.known.pop(origin, None)
-        self._last_sync.pop(origin, None)
-        self._deferred.pop(origin, None)
+
+# ------------------------------------------------------------------ catch-up
+def on_delta(cur: Cursor, from_version: int, to_version: int, now: float,
+             sync_interval: float) -> int | None:
+    """Record a delta of the cursor's origin; return the version to ask a sync from, or None."""
+    have = cur.known
+    if from_version <= have:
+        cur.known = max(have, to_version)
+        if cur.deferred <= cur.known:
+            cur.deferred = 0
+        return None
+    return _ask(cur, have, from_version, now, sync_interval)
+
+
+def on_advert(cur: Cursor, version: int, now: float, sync_interval: float) -> int | None:
+    """The origin advertised its published version (heartbeat, birth)."""
+    if version <= cur.known:
+        return None
+    return _ask(cur, cur.known, version, now, sync_interval)
+
+
+def _ask(cur: Cursor, since: int, wanted: int, now: float, sync_interval: float) -> int | None:
+    if cur.last_sync is not None and now - cur.last_sync < sync_interval:
+        # not dropped: asked again once the interval has passed, if still behind
+        cur.deferred = max(wanted, cur.deferred)
+        return None
+    cur.last_sync = now
+    cur.deferred = 0
+    return since
+
+
+def due_ask(cur: Cursor, now: float, sync_interval: float) -> int | None:
+    """A deferred ask whose rate limit has passed and that is still needed: its ``since``."""
+    if not cur.deferred:
+        return None
+    last = -1e18 if cur.last_sync is None else cur.last_sync
+    if now - last < sync_interval:
+        return None
+    wanted, cur.deferred = cur.deferred, 0
+    if cur.known >= wanted:
+        return None
+    cur.last_sync = now
+    return cur.known

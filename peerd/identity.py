@@ -170,11 +170,34 @@ class Verifier:
 
     def pinned(self, node: str) -> bytes | None:
         """The key this verifier holds for ``node`` (allowlist first), or None."""
-        return self._allow.get(node) or self._pins.get(node)
+        return self._allow.get(node) or self._learned_pin(node)
+
+    def allowlisted(self, node: str) -> bool:
+        return node in self._allow
 
     def last_accepted(self, node: str, msg_type: str) -> tuple[int, int] | None:
         """The newest (epoch, seq) accepted from ``node`` for messages of ``msg_type``."""
+        return self._window(node, msg_type)
+
+    # -- where pins and replay windows live: plain dicts here; a node's peer
+    #    registry (``peerd.registry``) overrides these to keep them in its entries
+
+    def _learned_pin(self, node: str) -> bytes | None:
+        return self._pins.get(node)
+
+    def _pin(self, node: str, key: bytes) -> None:
+        self._pins[node] = key
+
+    def _window(self, node: str, msg_type: str) -> tuple[int, int] | None:
         return self._last.get((node, msg_type))
+
+    def _advance(self, node: str, msg_type: str, stamp: tuple[int, int]) -> None:
+        self._last[(node, msg_type)] = stamp
+
+    def _drop(self, node: str) -> None:
+        self._pins.pop(node, None)
+        for k in [k for k in self._last if k[0] == node]:
+            del self._last[k]
 
     # -- the two steps
 
@@ -190,7 +213,7 @@ class Verifier:
             raise BadSignature(f"{msg_type} from {header.node!r} has a bad signature")
         if not replay:
             return
-        last = self._last.get((header.node, msg_type))
+        last = self._window(header.node, msg_type)
         stamp = (header.epoch, header.seq)
         if last is not None and stamp <= last:
             raise Replay(f"{msg_type} from {header.node!r} at (epoch, seq)={stamp} is not newer "
@@ -203,17 +226,17 @@ class Verifier:
         """
         h = msg.header
         if msg.type in KEYED_TYPES and self.pinned(h.node) is None:
-            self._pins[h.node] = msg.public_key  # type: ignore[union-attr]
-        k = (h.node, msg.type)
+            self._pin(h.node, msg.public_key)  # type: ignore[union-attr]
         stamp = (h.epoch, h.seq)
-        if k not in self._last or stamp > self._last[k]:
-            self._last[k] = stamp
+        last = self._window(h.node, msg.type)
+        if last is None or stamp > last:
+            self._advance(h.node, msg.type, stamp)
 
     def pin_first(self, node: str, key: bytes) -> bool:
         """Pin ``key`` for ``node`` unless a key is already held (trust on first use); True if pinned."""
         if self.pinned(node) is not None or len(key) != PUBLIC_KEY_LEN:
             return False
-        self._pins[node] = bytes(key)
+        self._pin(node, bytes(key))
         return True
 
     def relayed(self) -> RelayedView:
@@ -222,9 +245,7 @@ class Verifier:
 
     def unpin(self, node: str) -> None:
         """Forget a learned key and counters (an operator re-keyed that node)."""
-        self._pins.pop(node, None)
-        for k in [k for k in self._last if k[0] == node]:
-            del self._last[k]
+        self._drop(node)
 
     def _key_for(self, node: str, msg_type: str, announced: bytes | None) -> bytes:
         pinned = self.pinned(node)

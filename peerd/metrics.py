@@ -93,21 +93,21 @@ class NodeCollector(Collector):
         yield rejected
 
         peers = GaugeMetricFamily("peerd_peers", "Known peers by liveness state.", labels=["state"])
-        counts = node.liveness.counts()
+        counts = node.liveness_counts()
         for state in _PEER_STATES:
             peers.add_metric([state], float(counts.get(state, 0)))
         yield peers
 
         trust = GaugeMetricFamily("peerd_peer_trust", "Trust in each peer, in [0.1, 2].",
                                   labels=["peer"])
-        for pid in sorted(set(node.peers) | set(node.liveness.peers)):
-            trust.add_metric([pid], float(node.table.trust(pid)))
+        for pid, value in sorted(node.trusts().items()):
+            trust.add_metric([pid], float(value))
         yield trust
 
         alignment = GaugeMetricFamily("peerd_peer_alignment",
                                       "Agreement of each peer's signatures with the consensus.",
                                       labels=["peer"])
-        for pid, value in sorted(node.alignment.items()):
+        for pid, value in sorted(node.alignments().items()):
             alignment.add_metric([pid], float(value))
         yield alignment
 

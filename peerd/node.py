@@ -1,23 +1,30 @@
 """``Node``: one peer of a federation — the daemon, the simulation and the tests all use it.
 
 A node owns a ``QTable`` (what it knows), a ``Store`` (what survives a crash),
-a transport (how it talks) and a wire ``Verifier`` (whom it believes). Its
-background work runs in one ``TaskGroup``:
+a transport (how it talks) and a ``PeerRegistry`` (one entry per peer: key,
+replay window, liveness, gossip cursor, trust, signatures; its verifier decides
+whom it believes). Its background work runs in one ``TaskGroup``:
 
 - the transport loop: connect forever, deliver messages to ``_on_message``;
 - the publisher: own delta after ``publish_every`` interactions or
   ``publish_interval`` seconds with changes, and answers to sync requests;
-- the heartbeat: every ``heartbeat_interval``, advertise the own version, age
-  peers (online → suspect → offline), run a trust round over the signatures.
+- the heartbeat: every ``heartbeat_interval``, ``tick()``: advertise the own
+  version, age peers (online → suspect → offline), free the peers offline for
+  ``origin_ttl`` (once: their entry goes), run a trust round over the signatures.
 
 ``await node.learn(...)`` returns only when the interaction is durable;
 ``node.act(...)`` never waits for anything. Shutdown publishes a final delta
 and the death message, flushes and closes.
+
+Time comes from the injected ``clock`` (wall time: headers, liveness, store) and
+``monotonic`` (publish cadence); both default to the ``time`` module, and a
+benchmark can drive a virtual fleet through them and ``receive``/``tick``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -28,21 +35,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peerd import wire
+from peerd import gossip, liveness, wire
 from peerd.config import NodeConfig
 from peerd.delta import Delta, MergeStats, PatternSignature
 from peerd.durable import DurableWatermark
-from peerd.errors import WireError
+from peerd.errors import OriginLimit, OriginMismatch, WireError
 from peerd.gossip import GossipState
 from peerd.identity import Identity, Verifier
-from peerd.liveness import OFFLINE, ONLINE, Liveness
+from peerd.liveness import ONLINE, UNKNOWN, LivenessPolicy
 from peerd.logs import get_logger
-from peerd.memtransport import Transport
-from peerd.peers import PeerRecord, TrustEvent
+from peerd.peers import TrustEvent
 from peerd.presence import PresenceState
 from peerd.qtable import QTable
+from peerd.registry import Peer, PeerRegistry
 from peerd.relay import RelayPlanner, RelayStore
 from peerd.store import Store
+from peerd.transport_api import Transport
 from peerd.trust import INVALID, Judgement, clamp_trust, consensus_round, convergence_score
 
 #: Bytes per cell a delta may need on the wire, uncompressed (42 raw + framing):
@@ -52,10 +60,10 @@ WORST_BYTES_PER_CELL = 48
 TransportFactory = Callable[..., Transport]
 
 
-class OriginMismatch(WireError):
-    """A node sent cells of another origin (relaying is not enabled)."""
-
-    reason = "origin_mismatch"
+#: Seconds between two logs of the same rejection (per peer, or per reason for strangers).
+REJECT_LOG_INTERVAL = 60.0
+#: Rejection-log rate-limit slots kept for senders that hold no registry entry.
+STRANGER_LOG_SLOTS = 256
 
 
 @dataclass
@@ -89,6 +97,7 @@ class Node:
         config: NodeConfig,
         *,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         transport_factory: TransportFactory | None = None,
         identity: Identity | None = None,
     ) -> None:
@@ -97,6 +106,7 @@ class Node:
         self.fed = config.federation
         self.task = config.task
         self.clock = clock
+        self.monotonic = monotonic
         self.table = QTable(
             self.task, self.id, secret=config.secret or config.federation,
             strategy=config.strategy, half_life=config.half_life, clock=clock,
@@ -105,31 +115,36 @@ class Node:
             policy_options=_policy_options(config), quarantine_below=config.quarantine_below,
         )
         self.counters = NodeCounters()
-        self.gossip = GossipState(publish_every=config.publish_every,
-                                  publish_interval=config.publish_interval,
-                                  sync_interval=config.sync_interval)
-        self.liveness = Liveness(heartbeat_interval=config.heartbeat_interval,
-                                 missed=config.suspect_after, peer_timeout=config.peer_timeout)
+        self._gossip = GossipState(publish_every=config.publish_every,
+                                   publish_interval=config.publish_interval,
+                                   sync_interval=config.sync_interval)
+        self._life_policy = _life_policy(config)
         self.identity = identity
-        self.verifier = Verifier(allowlist=self.verifier_allowlist(), strict=config.strict)
+        self._registry = PeerRegistry(allowlist=self.verifier_allowlist(), strict=config.strict,
+                                      max_origins=config.max_origins)
+        #: Validates every incoming payload; built once per node (the registry's verifier is
+        #: handed to it per message, since reconfiguring replaces that verifier).
+        self.decoder = wire.Decoder(fed=self.fed, fingerprint=self.task.fingerprint,
+                                    n_actions=self.task.n_actions, q_bound=config.q_bound,
+                                    max_payload=config.max_payload, max_entries=config.max_entries)
+        self.store: Store | None = None
+        #: own versions whose commit has not returned: nothing beyond goes out (DESIGN §4)
+        self.durable = DurableWatermark()
+        #: rebirth requests out and births in answer (presence without retained messages)
         self.presence = PresenceState(ask_interval=max(1.0, 4 * config.sync_interval))
         #: origins' own signed payloads, re-sent verbatim for them when they are silent
         self.relays = RelayStore()
         self.relay_plan = RelayPlanner(delay=max(0.5, config.sync_interval))
-        self.store: Store | None = None
-        #: own versions whose commit has not returned: nothing beyond goes out (DESIGN §4)
-        self.durable = DurableWatermark()
         self.transport: Transport | None = None
         self._transport_factory = transport_factory
         self.epoch = 0
         self.seq = 0
-        self.peers: dict[str, PeerRecord] = {}
-        self.peer_signatures: dict[str, tuple[PatternSignature, ...]] = {}
-        self._fresh_signatures: set[str] = set()
-        self.alignment: dict[str, float] = {}
         self.convergence: float | None = None
         self._log = get_logger(node=self.id, fed=self.fed)
-        self._last_reject_log: dict[tuple[str, str], float] = {}
+        #: rejection-log rate limit of senders without an entry, by (sender, reason), LRU-bounded:
+        #: their ids are chosen by whoever publishes, so this must not grow with them
+        self._stranger_logged: collections.OrderedDict[tuple[str, str], float] = \
+            collections.OrderedDict()
         self._signatures_sent = -1e18
         self._wake = asyncio.Event()
         self._publish_lock = asyncio.Lock()
@@ -156,7 +171,7 @@ class Node:
         if self.identity is None:
             self.identity = Identity.generate()
         self.epoch += 1
-        self.gossip.last_publish = time.monotonic()
+        self._gossip.last_publish = self.monotonic()
         if self.store:
             await self.store.set_meta("epoch", self.epoch)
         self._log = self._log.bind(epoch=self.epoch)
@@ -167,22 +182,40 @@ class Node:
         cells = await self.store.load_cells()
         for origin, arrays in cells.items():
             self.table.load(origin, arrays)
-        self.peers = await self.store.load_peers()
+        # Pins and replay windows used to live in a "verifier" snapshot: fold it in once.
         snap = await self.store.get_meta("verifier", None)
-        if snap:
-            self.verifier = Verifier.restore(json.loads(snap), allowlist=self.verifier_allowlist(),
-                                             strict=self.config.strict)
-        for pid, rec in self.peers.items():
-            self.gossip.known[pid] = rec.version
-            self.table.set_trust(pid, rec.trust)
-            self.liveness.restore(pid, status=rec.status, epoch=rec.epoch, last_seen=rec.last_seen)
+        self._registry.load(await self.store.load_peers(), json.loads(snap) if snap else None)
+        self.table.set_trusts(self._registry.trusts())  # one recompute, not one per peer
         published = int(await self.store.get_meta("published_version", 0))
-        self.gossip.published_version = min(published, self.table.version)
+        self._gossip.published_version = min(published, self.table.version)
         self._log.info("state_loaded", cells=self.table.size, origins=len(cells),
-                       version=self.table.version, peers=len(self.peers))
+                       version=self.table.version, peers=len(self._registry))
+
+    @property
+    def verifier(self) -> Verifier:
+        """Whom this node believes: the registry's verifier (pins and replay windows are entry fields)."""
+        return self._registry.verifier
 
     def verifier_allowlist(self) -> dict[str, bytes]:
         return {k: bytes.fromhex(v) for k, v in self.config.allowlist.items()}
+
+    def reconfigure(self, config: NodeConfig) -> None:
+        """Apply a reloaded configuration's cadence, ageing, allowlist and bounds (SIGHUP).
+
+        Peers' entries (keys, windows, trust) are kept; a new allowlist and
+        ``strict`` apply to the next message.
+        """
+        self.config = config
+        self._gossip.publish_every = config.publish_every
+        self._gossip.publish_interval = config.publish_interval
+        self._gossip.sync_interval = config.sync_interval
+        self._life_policy = _life_policy(config)
+        self._registry.configure(allowlist=self.verifier_allowlist(), strict=config.strict,
+                                 max_origins=config.max_origins)
+
+    def rebind_logger(self) -> None:
+        """Recreate the node's logger (structlog fixes the level filter when a logger is made)."""
+        self._log = get_logger(node=self.id, fed=self.fed, epoch=self.epoch)
 
     async def run(self, shutdown_trigger: Callable[[], Awaitable[Any]] | None = None) -> None:
         """Run until ``shutdown_trigger`` returns (default: ``stop()`` is called)."""
@@ -228,10 +261,14 @@ class Node:
                     await self.transport.disconnect()
         self._log.info("node_stopped", version=self.table.version)
 
+    async def close(self) -> None:
+        """Save the peers and close the store (``run`` does it on exit; for callers without ``run``)."""
+        await self._close_store()
+
     async def _close_store(self) -> None:
         if self.store is not None:
             await self._save_peers()
-            await self.store.set_meta("published_version", self.gossip.published_version)
+            await self.store.set_meta("published_version", self._gossip.published_version)
             await self.store.close()
             self.store = None
 
@@ -279,7 +316,7 @@ class Node:
                 self._wake.set()
                 raise
             self.durable.committed(version)
-        if self.gossip.should_publish(self.watermark, time.monotonic()):
+        if self._gossip.should_publish(self.watermark, self.monotonic()):
             self._wake.set()
         return delta.to_version
 
@@ -315,7 +352,7 @@ class Node:
     def _header(self) -> wire.Header:
         self.seq += 1
         return wire.Header(fed=self.fed, node=self.id, fp=self.task.fingerprint, epoch=self.epoch,
-                           seq=self.seq, ts=time.time())
+                           seq=self.seq, ts=self.clock())
 
     async def _publish(self, msg: Any, kind: str, *, qos: int, retain: bool = False) -> bool:
         if self.transport is None:
@@ -347,16 +384,16 @@ class Node:
 
     async def _publish_delta_locked(self, *, force: bool, since: int | None) -> bool:
         answering = since is not None
-        start = self.gossip.published_version if since is None else since
+        start = self._gossip.published_version if since is None else since
         version = self.watermark  # never a version whose commit has not returned
-        if not force and not answering and not self.gossip.should_publish(version, time.monotonic()):
+        if not force and not answering and not self._gossip.should_publish(version, self.monotonic()):
             return False
         if version <= start and not answering:
             return False
         delta = self.table.delta(since=start, upto=version)
         # Signatures feed the trust round, which runs once per heartbeat: sending
         # them with every delta would only cost bytes and verification time.
-        now = time.monotonic()
+        now = self.monotonic()
         sigs: tuple[PatternSignature, ...] = ()
         if now - self._signatures_sent >= self.config.heartbeat_interval:
             sigs = tuple(self.table.signatures(self.config.signatures))
@@ -380,8 +417,8 @@ class Node:
                 sigs = ()
             self.counters.deltas_sent += 1
             self.counters.cells_sent += len(piece)
-            if start <= self.gossip.published_version:
-                self.gossip.mark_published(piece.to_version, time.monotonic())
+            if start <= self._gossip.published_version:
+                self._gossip.mark_published(piece.to_version, self.monotonic())
         if answering:
             self.counters.sync_answers_sent += 1
         self._log.debug("delta_published", cells=len(delta), since=start, version=delta.to_version)
@@ -398,20 +435,21 @@ class Node:
             await self._repair_durability()
             if self.transport is None or not self.transport.connected:
                 continue
-            for origin, since in self.gossip.due_asks(time.time()):
-                self._ask(origin, since)
-            if self.presence.take_answer(time.monotonic()):
+            now = self.clock()
+            for peer in self._registry:
+                self._ask(peer.node_id, gossip.due_ask(peer.cursor, now, self._gossip.sync_interval))
+            if self.presence.take_answer(self.monotonic()):
                 await self._answer_birth()
-            for origin, since in self.relay_plan.due(time.monotonic()):
-                await self._relay(origin, since)
-            since = self.gossip.take_answer()
+            for origin, relay_since in self.relay_plan.due(self.monotonic()):
+                await self._relay(origin, relay_since)
+            since = self._gossip.take_answer()
             if since is not None and not await self._publish_delta(since=since):
-                self.gossip.on_sync_request(since)  # not sent: try again next time
+                self._gossip.on_sync_request(since)  # not sent: try again next time
             await self._publish_delta()
 
     def _birth(self) -> wire.Birth:
         return wire.Birth(self._header(), public_key=self.identity.public_key,
-                          version=self.gossip.published_version)
+                          version=self._gossip.published_version)
 
     async def _answer_birth(self) -> None:
         """A fresh, non-retained birth: for a peer that asked, or a new peer that was born."""
@@ -424,7 +462,7 @@ class Node:
     async def _on_connect(self) -> None:
         """(Re)connected: birth, then everything unpublished (computed from versions)."""
         await self._publish(self._birth(), "presence", qos=1, retain=self.config.retain)
-        self.presence.answered(time.monotonic())
+        self.presence.answered(self.monotonic())
         # The Will of the *next* connection: a fresh (epoch, seq), or peers would
         # reject a second abrupt death in this epoch as a replay.
         if self.transport is not None:
@@ -436,26 +474,49 @@ class Node:
         interval = self.config.heartbeat_interval
         while True:
             await asyncio.sleep(interval * random.uniform(0.9, 1.1))
-            now = time.time()
-            if self.transport is not None and self.transport.connected:
-                hb = wire.Heartbeat(self._header(), version=self.gossip.published_version,
-                                    size=self.table.size)
-                await self._publish(hb, "heartbeat", qos=0)
-            for peer, old, new in self.liveness.tick(now):
-                self._log.info(f"peer_{new}", peer=peer, was=old)
-                self._touch_peer(peer, status=new)
-            for peer in self.liveness.expired(now, self.config.origin_ttl):
-                dropped = self.table.forget(peer)
-                self.relays.forget(peer)
-                self.relay_plan.forget(peer)
-                if self.store:
-                    await self.store.delete_origin(peer)
-                self.gossip.forget(peer)
-                self._log.info("origin_expired", peer=peer, cells=dropped)
-            await self.trust_round()
-            await self._save_peers()
+            await self.tick()
+
+    async def tick(self) -> None:
+        """One heartbeat round: advertise, age peers, free expired origins, judge, save."""
+        now = self.clock()
+        if self.transport is not None and self.transport.connected:
+            hb = wire.Heartbeat(self._header(), version=self._gossip.published_version,
+                                size=self.table.size)
+            await self._publish(hb, "heartbeat", qos=0)
+        ttl = self.config.origin_ttl
+        expired = []
+        for peer in self._registry:
+            change = liveness.on_silence(peer.life, now, self._life_policy)
+            if change:
+                self._log.info(f"peer_{change[1]}", peer=peer.node_id, was=change[0])
+            if liveness.is_expired(peer.life, now, ttl):
+                expired.append(peer.node_id)
+        for pid in expired:
+            await self._expire(pid)
+        await self.trust_round()
+        await self._save_peers()
+
+    async def _expire(self, pid: str) -> None:
+        """Free an origin offline for ``origin_ttl``: entry, pins, cells, store rows. Once.
+
+        Its entry goes, so no later round finds it again. Should it come back, its
+        next birth admits it as a new peer (key pinned anew, everything re-synced).
+        """
+        entry = self._registry.remove(pid)
+        self.relays.forget(pid)
+        self.relay_plan.forget(pid)
+        if entry is not None and entry.trust != 1.0:
+            self.table.set_trusts({pid: 1.0})  # a returning peer starts afresh, in the table too
+        dropped = self.table.forget(pid)
+        if self.store:
+            await self.store.forget_peer(pid)
+        self._log.info("origin_expired", peer=pid, cells=dropped)
 
     # ------------------------------------------------------------ incoming
+    async def receive(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        """Handle one message from the network (what the transport calls; benchmarks too)."""
+        await self._on_message(topic, payload, retain)
+
     async def _on_message(self, topic: str, payload: bytes, retain: bool) -> None:
         parsed = wire.parse_topic(topic)
         if parsed is None:
@@ -468,12 +529,15 @@ class Node:
         if kind == "relay":
             await self._on_relayed(sender, payload)
             return
+        if not self._registry.admits(sender):  # before decoding: a full node spends nothing
+            await self._reject(sender, OriginLimit(
+                f"{sender!r} would be peer {len(self._registry) + 1}, past max_origins = "
+                f"{self._registry.max_origins}"), retain)
+            return
+        verifier = self._registry.verifier
         try:
-            msg = wire.decode(payload, fed=self.fed, fingerprint=self.task.fingerprint,
-                              n_actions=self.task.n_actions, q_bound=self.config.q_bound,
-                              max_payload=self.config.max_payload,
-                              max_entries=self.config.max_entries, verifier=self.verifier,
-                              topic=topic, commit=False)
+            self.decoder.verifier = verifier
+            msg = self.decoder.decode(payload, topic=topic, commit=False)
         except WireError as exc:
             await self._reject(sender, exc, retain)
             if exc.reason == "unknown_sender" and not retain:
@@ -485,7 +549,7 @@ class Node:
             exc.authenticated = True
             await self._reject(sender, exc, retain)
             return
-        self.verifier.commit(msg)  # only an accepted message moves the replay window
+        verifier.commit(msg)  # only an accepted message moves the replay window
         self._keep_for_relay(msg, payload)
 
     def _keep_for_relay(self, msg: Any, payload: bytes) -> None:
@@ -506,27 +570,28 @@ class Node:
         and is not who speaks, so a bad relay costs nobody trust: it is counted.
         """
         try:
-            msg = wire.decode(payload, fed=self.fed, fingerprint=self.task.fingerprint,
-                              n_actions=self.task.n_actions, q_bound=self.config.q_bound,
-                              max_payload=self.config.max_payload,
-                              max_entries=self.config.max_entries,
-                              verifier=self.verifier.relayed(), commit=False)
+            self.decoder.verifier = self._registry.verifier.relayed()
+            msg = self.decoder.decode(payload, commit=False)
             origin = msg.header.node
             if msg.type not in wire.RELAYABLE_TYPES:
                 raise wire.MalformedMessage(f"{msg.type} of {origin!r} cannot be relayed")
             if isinstance(msg, wire.DeltaMsg) and msg.delta.origin != origin:
                 raise OriginMismatch(f"relayed delta of {origin!r} holds cells of "
                                      f"{msg.delta.origin!r}")
+            if origin != self.id and not self._registry.admits(origin):
+                raise OriginLimit(f"relayed origin {origin!r} would be past max_origins = "
+                                  f"{self._registry.max_origins}")
         except WireError as exc:
             exc.authenticated = False  # the relayer is not the author: nobody loses trust
             await self._reject(relayer, exc, False)
             return
+        finally:
+            self.decoder.verifier = self._registry.verifier
         if origin == self.id:
             return
-        now = time.time()
+        now = self.clock()
         if isinstance(msg, wire.Birth):
-            if self.verifier.pin_first(origin, msg.public_key):
-                self._touch_peer(origin, public_key=msg.public_key)
+            if self._registry.verifier.pin_first(origin, msg.public_key):
                 self._log.info("peer_key_pinned_from_relay", peer=origin, relayer=relayer)
         else:
             delta: Delta = msg.delta
@@ -538,9 +603,9 @@ class Node:
                 return
             self.counters.relayed_deltas_applied += 1
             self.relay_plan.covered(origin, delta.from_version)
-            have = self.gossip.known.get(origin, 0)
-            if delta.from_version <= have:  # contiguous: the cursor moves; a gap asks nobody
-                self.gossip.known[origin] = max(have, delta.to_version)
+            cursor = self._registry.admit(origin).cursor
+            if delta.from_version <= cursor.known:  # contiguous: the cursor moves; a gap asks nobody
+                cursor.known = max(cursor.known, delta.to_version)
             self._log.debug("relayed_delta_applied", peer=origin, relayer=relayer,
                             cells=stats.cells, new=stats.new)
             if self.on_merge:
@@ -550,10 +615,11 @@ class Node:
 
     def _silent(self, origin: str) -> bool:
         """Not heard from lately (suspect, offline, or never seen live by this node)."""
-        return self.liveness.status(origin) != ONLINE
+        return self.liveness_status(origin) != ONLINE
 
-    def _offer_relays(self, newcomer: str, now: float) -> None:
+    def _offer_relays(self, newcomer: str) -> None:
         """A node new to us appeared: it may lack silent origins' knowledge, relay it."""
+        now = self.monotonic()
         for origin in self.relays.origins():
             if origin != newcomer and self._silent(origin):
                 self.relay_plan.want(origin, 0, now)
@@ -575,55 +641,53 @@ class Node:
             self._log.info("origin_relayed", peer=origin, since=since, payloads=sent)
 
     async def _handle(self, msg: Any, retain: bool = False) -> None:
-        now = time.time()
+        now = self.clock()
         h: wire.Header = msg.header
-        peer = h.node
+        pid = h.node
+        # (before admit: a first birth or rebirth request of a peer pins its key on commit)
+        newcomer = not retain and self._registry.verifier.pinned(pid) is None
+        peer = self._registry.admit(pid)  # admission was checked before decoding
+        sync = self._gossip.sync_interval
         if isinstance(msg, wire.Birth):
-            t = self.liveness.on_birth(peer, h.epoch, now)
-            self._touch_peer(peer, public_key=msg.public_key, epoch=h.epoch, seq=h.seq,
-                             last_seen=now, status=self.liveness.status(peer))
-            self.presence.known(peer)
-            if t:
-                self._log.info("peer_online", peer=peer, epoch=h.epoch)
+            if liveness.on_birth(peer.life, h.epoch, now):
+                self._log.info("peer_online", peer=pid, epoch=h.epoch)
+            self.presence.known(pid)
             # On a broker that keeps no retained messages the newcomer never sees our
             # birth: a live birth of a new peer (life) is answered with ours, once.
-            if not retain and self.presence.on_live_birth(peer, h.epoch):
+            if not retain and self.presence.on_live_birth(pid, h.epoch):
                 self._wake.set()
-            if not retain and self.verifier.pinned(peer) is None:
-                self._offer_relays(peer, time.monotonic())
+            if newcomer:
+                self._offer_relays(pid)
             # A node asks every origin it hears of and holds nothing of: the retained
             # birth may advertise an old version, and waiting for a heartbeat costs
             # a heartbeat interval.
-            advert = msg.version if self.gossip.known.get(peer, 0) else max(msg.version, 1)
-            self._ask(peer, self.gossip.on_advert(peer, advert, now))
+            advert = msg.version if peer.cursor.known else max(msg.version, 1)
+            self._ask(pid, gossip.on_advert(peer.cursor, advert, now, sync))
         elif isinstance(msg, wire.Death):
-            t = self.liveness.on_death(peer, h.epoch, now)
-            if t:
-                self._log.info("peer_offline", peer=peer, epoch=h.epoch, reason="death")
-                self._touch_peer(peer, status=OFFLINE)
+            if liveness.on_death(peer.life, h.epoch, now):
+                self._log.info("peer_offline", peer=pid, epoch=h.epoch, reason="death")
         elif isinstance(msg, wire.Heartbeat):
             self._heard(peer, h.epoch, now)
-            self._ask(peer, self.gossip.on_advert(peer, msg.version, now))
+            self._ask(pid, gossip.on_advert(peer.cursor, msg.version, now, sync))
         elif isinstance(msg, wire.Rebirth):
-            if self.verifier.pinned(peer) is None:
-                self._offer_relays(peer, time.monotonic())
+            if newcomer:
+                self._offer_relays(pid)
             self._heard(peer, h.epoch, now)
-            self._touch_peer(peer, public_key=msg.public_key)
-            self.presence.known(peer)
+            self.presence.known(pid)
             if msg.to == self.id:
                 self.presence.on_rebirth_request()
                 self._wake.set()
-            self._ask(peer, self.gossip.on_advert(peer, msg.version, now))
+            self._ask(pid, gossip.on_advert(peer.cursor, msg.version, now, sync))
         elif isinstance(msg, wire.SyncRequest):
             self._heard(peer, h.epoch, now)
             if msg.origin == self.id:
-                self.gossip.on_sync_request(msg.since)
+                self._gossip.on_sync_request(msg.since)
                 self._wake.set()
             elif self.relays.payloads(msg.origin, msg.since):
                 # Relayed catch-up: answer for a silent origin now (after a jitter), for a
                 # live one only if it has not answered within a few sync intervals.
-                wait = 0.0 if self._silent(msg.origin) else 3 * self.config.sync_interval
-                self.relay_plan.want(msg.origin, msg.since, time.monotonic(), wait=wait)
+                wait = 0.0 if self._silent(msg.origin) else 3 * sync
+                self.relay_plan.want(msg.origin, msg.since, self.monotonic(), wait=wait)
         elif isinstance(msg, wire.DeltaMsg):
             self._heard(peer, h.epoch, now)
             await self._apply(peer, msg, now)
@@ -640,26 +704,27 @@ class Node:
         self.counters.cells_applied += stats.changed
         return stats
 
-    async def _apply(self, peer: str, msg: Any, now: float) -> None:
+    async def _apply(self, entry: Peer, msg: Any, now: float) -> None:
         delta: Delta = msg.delta
+        peer = entry.node_id
         if delta.origin != peer:
             raise OriginMismatch(f"{peer!r} sent cells of origin {delta.origin!r}")
         stats = await self._merge(peer, delta, now)
         self.relay_plan.covered(peer, delta.from_version)  # the origin answered itself
         if msg.signatures:
-            self.peer_signatures[peer] = tuple(msg.signatures)
-            self._fresh_signatures.add(peer)
-        self._ask(peer, self.gossip.on_delta(peer, delta.from_version, delta.to_version, now))
+            entry.signatures = tuple(msg.signatures)
+            entry.fresh = True
+        self._ask(peer, gossip.on_delta(entry.cursor, delta.from_version, delta.to_version, now,
+                                        self._gossip.sync_interval))
         self._log.debug("delta_applied", peer=peer, cells=stats.cells, new=stats.new,
                         updated=stats.updated, conflicts=stats.conflicts)
         if self.on_merge:
             self.on_merge(msg.header, stats)
         self.applied_event.set()
 
-    def _heard(self, peer: str, epoch: int, now: float) -> None:
-        if self.liveness.on_heard(peer, epoch, now):
-            self._log.info("peer_online", peer=peer, epoch=epoch)
-            self._touch_peer(peer)
+    def _heard(self, peer: Peer, epoch: int, now: float) -> None:
+        if liveness.on_heard(peer.life, epoch, now):
+            self._log.info("peer_online", peer=peer.node_id, epoch=epoch)
 
     def _ask(self, origin: str, since: int | None) -> None:
         """Send a sync request (already rate-limited by the gossip state)."""
@@ -677,12 +742,12 @@ class Node:
         Not under a strict allowlist (an unlisted sender is refused anyway), and
         not for a sender whose key is pinned (its birth is not what is missing).
         """
-        if self.transport is None or self.config.strict or self.verifier.pinned(sender):
+        if self.transport is None or self.config.strict or self.pinned_key(sender):
             return
-        if not self.presence.may_ask(sender, time.monotonic()):
+        if not self.presence.may_ask(sender, self.monotonic()):
             return
         req = wire.Rebirth(self._header(), to=sender, public_key=self.identity.public_key,
-                           version=self.gossip.published_version)
+                           version=self._gossip.published_version)
         self.counters.rebirths_requested += 1
         self._log.debug("rebirth_requested", peer=sender)
         task = asyncio.ensure_future(self._publish(req, "rebirth", qos=1))
@@ -691,9 +756,9 @@ class Node:
     async def _reject(self, sender: str, exc: WireError, retain: bool) -> None:
         reason = exc.reason
         self.counters.rejected[reason] = self.counters.rejected.get(reason, 0) + 1
-        now = time.time()
-        if now - self._last_reject_log.get((sender, reason), -1e9) >= 60.0:
-            self._last_reject_log[(sender, reason)] = now
+        now = self.clock()
+        entry = self._registry.get(sender)
+        if self._should_log_reject(entry, sender, reason, now):
             # Retained presence of a node we never met (its death from an earlier run,
             # a birth already superseded) is normal on a shared broker: not a warning.
             # Duplicates (QoS 1 redelivery, a bridge re-sending retained births) are
@@ -703,63 +768,133 @@ class Node:
             log("message_rejected", peer=sender, reason=reason, error=str(exc), retained=retain)
         # Only what the verified sender itself said costs it trust: anyone can publish
         # garbage or forgeries on its topic, and replays are anyone's to make.
-        if not exc.authenticated or reason == "replay" or retain or sender not in self.peers:
+        if not exc.authenticated or reason == "replay" or retain or entry is None:
             return
-        old = self.table.trust(sender)
+        old = entry.trust
         new = clamp_trust(old + INVALID)
         if new != old:
-            self.table.set_trust(sender, new)
-            self._touch_peer(sender, trust=new)
+            entry.trust = new
+            self.table.set_trusts({sender: new})
             if self.store:
                 await self.store.add_trust_events([TrustEvent(sender, now, old, new, f"invalid:{reason}")])
 
+    def _should_log_reject(self, entry: Peer | None, sender: str, reason: str, now: float) -> bool:
+        """Rate-limit rejection logs: per entry for peers, in a bounded LRU for strangers.
+
+        A stranger past ``max_origins`` is logged at most once per interval per
+        reason, whatever ids it invents.
+        """
+        if entry is not None:
+            if now - entry.reject_logged.get(reason, -1e18) < REJECT_LOG_INTERVAL:
+                return False
+            entry.reject_logged[reason] = now
+            return True
+        key = ("", reason) if reason == OriginLimit.reason else (sender, reason)
+        last = self._stranger_logged.get(key)
+        if last is not None and now - last < REJECT_LOG_INTERVAL:
+            return False
+        self._stranger_logged[key] = now
+        self._stranger_logged.move_to_end(key)
+        while len(self._stranger_logged) > STRANGER_LOG_SLOTS:
+            self._stranger_logged.popitem(last=False)
+        return True
+
     # --------------------------------------------------------------- trust
     async def trust_round(self) -> dict[str, Judgement]:
-        """Judge peers with fresh signatures against the leave-one-out consensus."""
-        if not self._fresh_signatures:
+        """Judge peers with fresh signatures against the leave-one-out consensus.
+
+        The registry holds the trust; the table receives every change of the
+        round in one ``set_trusts`` call (one recompute, not one per peer).
+        """
+        fresh = [p for p in self._registry if p.fresh]
+        if not fresh:
             return {}
-        sigs = dict(self.peer_signatures)
+        sigs = {p.node_id: p.signatures for p in self._registry if p.signatures}
         sigs[self.id] = tuple(self.table.signatures(self.config.signatures))
-        trust = {p: self.table.trust(p) for p in sigs}
+        trust = {p.node_id: p.trust for p in self._registry if p.signatures}
         judged = consensus_round(sigs, trust)
         self.convergence = convergence_score(judged)
         events = []
-        now = time.time()
-        for peer in self._fresh_signatures:
-            j = judged.get(peer)
+        changes: dict[str, float] = {}
+        now = self.clock()
+        for peer in fresh:
+            peer.fresh = False
+            j = judged.get(peer.node_id)
             if j is None:
                 continue
             if j.alignment is not None:
-                self.alignment[peer] = j.alignment
-            old = self.table.trust(peer)
+                peer.alignment = j.alignment
+            old = peer.trust
             new = clamp_trust(old + j.change)
             if new != old:
-                events.append(TrustEvent(peer, now, old, new, f"consensus:+{j.agree}/-{j.disagree}"))
-                self.table.set_trust(peer, new)
-                self._touch_peer(peer, trust=new)
-        self._fresh_signatures.clear()
+                events.append(TrustEvent(peer.node_id, now, old, new,
+                                         f"consensus:+{j.agree}/-{j.disagree}"))
+                peer.trust = changes[peer.node_id] = new
+        if changes:
+            self.table.set_trusts(changes)
         self.counters.trust_rounds += 1
         if events and self.store:
             await self.store.add_trust_events(events)
         return judged
 
     # ---------------------------------------------------------------- peers
-    def _touch_peer(self, peer: str, **changes: Any) -> None:
-        rec = self.peers.get(peer) or PeerRecord(peer, trust=self.table.trust(peer))
-        self.peers[peer] = rec.replace(**changes)
-
     async def _save_peers(self) -> None:
+        """Persist every entry as a ``PeerRecord``, in one batch."""
         if self.store is None:
             return
-        for pid, rec in list(self.peers.items()):
-            life = self.liveness.peers.get(pid)
-            if life is not None:
-                rec = rec.replace(status=life.status, last_seen=life.last_seen,
-                                  epoch=max(rec.epoch, life.epoch))
-            self.peers[pid] = rec = rec.replace(trust=self.table.trust(pid),
-                                                version=self.gossip.known.get(pid, 0))
-            await self.store.upsert_peer(rec)
-        await self.store.set_meta("verifier", json.dumps(self.verifier.snapshot()))
+        await self.store.upsert_peers(self._registry.records())
+        if await self.store.get_meta("verifier", None):
+            await self.store.set_meta("verifier", "")  # folded into the records (see _load)
+
+    def peer_ids(self) -> list[str]:
+        """Ids of the peers this node holds an entry for (heard, or stored), sorted."""
+        return self._registry.ids()
+
+    def peer_count(self) -> int:
+        return len(self._registry)
+
+    def liveness_status(self, peer: str) -> str:
+        """``online`` | ``suspect`` | ``offline`` | ``unknown`` (no entry)."""
+        entry = self._registry.get(peer)
+        return entry.life.status if entry else UNKNOWN
+
+    def liveness_counts(self) -> dict[str, int]:
+        """Peers per liveness status."""
+        return self._registry.counts()
+
+    def trust_of(self, peer: str) -> float:
+        """The trust this node has in ``peer`` (1.0 for a peer without an entry)."""
+        entry = self._registry.get(peer)
+        return entry.trust if entry else 1.0
+
+    def trusts(self) -> dict[str, float]:
+        return self._registry.trusts()
+
+    def alignments(self) -> dict[str, float]:
+        """Each judged peer's share of signatures that agreed with the consensus."""
+        return {p.node_id: p.alignment for p in self._registry if p.alignment is not None}
+
+    def peer_signatures(self) -> dict[str, tuple[PatternSignature, ...]]:
+        """Every peer's last pattern signatures (peers that sent none are left out)."""
+        return {p.node_id: p.signatures for p in self._registry if p.signatures}
+
+    def signatures_of(self, peer: str) -> tuple[PatternSignature, ...]:
+        entry = self._registry.get(peer)
+        return entry.signatures if entry else ()
+
+    def known_version(self, peer: str) -> int:
+        """The version up to which this node holds everything of ``peer`` (0: nothing)."""
+        entry = self._registry.get(peer)
+        return entry.cursor.known if entry else 0
+
+    def pinned_key(self, peer: str) -> bytes | None:
+        """The public key this node believes for ``peer`` (allowlist first), or None."""
+        return self._registry.verifier.pinned(peer)
+
+    @property
+    def published_version(self) -> int:
+        """The own version every peer can have had: everything up to it was published."""
+        return self._gossip.published_version
 
     # --------------------------------------------------------------- status
     def status(self) -> dict[str, Any]:
@@ -767,26 +902,31 @@ class Node:
         return {
             "node": self.id, "federation": self.fed, "fingerprint": self.task.fingerprint,
             "epoch": self.epoch, "version": self.table.version, "durable_version": self.watermark,
-            "published_version": self.gossip.published_version,
+            "published_version": self._gossip.published_version,
             "cells": self.table.size, "origins": len(self.table.origins),
             "connected": bool(t and t.connected),
-            "peers": self.liveness.counts(), "convergence": self.convergence,
+            "peers": self._registry.counts(), "convergence": self.convergence,
             "counters": {k: v for k, v in vars(self.counters).items()},
             "pid": os.getpid(),
         }
 
     def peer_table(self) -> list[dict[str, Any]]:
         out = []
-        for pid, rec in sorted(self.peers.items()):
-            life = self.liveness.peers.get(pid)
-            out.append({"node": pid, "status": self.liveness.status(pid), "epoch": rec.epoch,
-                        "last_seen": life.last_seen if life else rec.last_seen,
-                        "trust": self.table.trust(pid),
-                        "alignment": self.alignment.get(pid),
-                        "known_version": self.gossip.known.get(pid, 0),
+        for pid in self._registry.ids():
+            p = self._registry.get(pid)
+            assert p is not None
+            key = self.pinned_key(pid)
+            out.append({"node": pid, "status": p.life.status, "epoch": p.life.epoch,
+                        "last_seen": p.life.last_seen, "trust": p.trust,
+                        "alignment": p.alignment, "known_version": p.cursor.known,
                         "held_version": self.table.max_version(pid),
-                        "public_key": rec.public_key.hex() if rec.public_key else None})
+                        "public_key": key.hex() if key else None})
         return out
+
+
+def _life_policy(cfg: NodeConfig) -> LivenessPolicy:
+    return LivenessPolicy(heartbeat_interval=cfg.heartbeat_interval, missed=cfg.suspect_after,
+                          peer_timeout=cfg.peer_timeout)
 
 
 def _policy_options(cfg: NodeConfig) -> dict[str, float]:

@@ -12,33 +12,57 @@ targets weighted by ``2^(t/H)`` and ``lw`` the base-2 log of the total weight.
 The merged value ``Σ trust·2^lw·q / Σ trust·2^lw`` lets fresh evidence outvote
 stale bootstrapped values, which is what makes federation pay (DESIGN §2).
 
-The merged view is maintained incrementally: a delta recomputes only the cells
-it touches, vectorised over those cells × origins; a trust change recomputes
-everything.
+``QTable`` is a facade over four pieces with one job each:
+
+- ``peerd.keyindex.KeyIndex`` — state keys → rows (flat cell id ``row·A + action``);
+- ``peerd.contribution.Contribution`` — the own TD update and version counter;
+- ``peerd.cells.CellStore`` — every origin's stored cells, sparse, with a
+  ``(cell, origin)`` hash, holder chains and per-origin lists;
+- ``peerd.view.MergedView`` — per-cell numerator/denominator/counts, updated
+  term by term: a delta, an own update, a trust change or ``forget`` costs
+  O(cells it changes), whatever the number of origins.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Hashable
-from typing import Any
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from peerd.cells import KeyIndex, OriginCells
-from peerd.delta import CELL_FIELDS, DEFAULT_Q_BOUND, Delta, MergeStats, PatternSignature
+from peerd.cells import MAX_SLOTS, CellStore
+from peerd.contribution import OWN, Contribution
+from peerd.delta import DEFAULT_Q_BOUND, Delta, MergeStats, PatternSignature
 from peerd.errors import ExcessiveEvidence, UnknownAction
+from peerd.keyindex import KeyIndex
 from peerd.policy import Policy, make_policy
-from peerd.strategies import (
-    MergeStrategy,
-    WeightedAverage,
-    make_strategy,
-    relative_weights_t,
-    weighted_average_t,
-)
+from peerd.strategies import MergeStrategy, WeightedAverage, make_strategy
 from peerd.task import Task, state_key
 from peerd.trust import TRUST_MAX, TRUST_MIN
+from peerd.view import MergedView
+
+#: Cells per chunk of a full recompute: bounds the padded [cells, holders] matrices.
+_RECOMPUTE_CHUNK = 1 << 13
+
+
+class LeaveOneOut(NamedTuple):
+    """One origin's cells next to the merged view without that origin (``QTable.leave_one_out``).
+
+    ``w`` and ``w_loo`` are the origin's trusted evidence weight and everyone
+    else's, both relative to the cell's own reference (``2^(lw − ref)``): only
+    their ratio within a cell means something. ``q_loo`` is NaN (and
+    ``w_loo`` 0) where no other counted origin holds the cell.
+    """
+
+    keys: np.ndarray  # uint64[m]
+    actions: np.ndarray  # uint16[m]
+    q: np.ndarray  # float64[m]: the origin's q
+    w: np.ndarray  # float64[m]: its trust × 2^(lw − ref) (0 if it does not count)
+    n: np.ndarray  # uint32[m]: its visits
+    q_loo: np.ndarray  # float64[m]: merged value of the other origins
+    w_loo: np.ndarray  # float64[m]: their weight, same reference
 
 
 class QTable:
@@ -83,19 +107,17 @@ class QTable:
         self.policy = make_policy(policy, seed=seed, **(policy_options or {}))
         self.steps = 0  # decisions taken by act(): drives ε decay
 
-        a = task.n_actions
+        self._a = task.n_actions
         self._index = KeyIndex()
-        self._cells = OriginCells(a)
-        self._origins: list[str] = [node_id]
-        self._origin_ix: dict[str, int] = {node_id: 0}
-        self._trust = np.ones(self._cells.origin_cap, np.float64)
-        self._with_outcomes: set[int] = set()  # origins that may hold nonzero succ/fail
-        self._max_version: dict[str, int] = {node_id: 0}
-        # merged view, [row_capacity, actions]
-        self._mq = np.full((self._cells.row_cap, a), self.q_init, np.float64)
-        self._mn = np.zeros((self._cells.row_cap, a), np.uint64)
-        self._msucc = np.zeros((self._cells.row_cap, a), np.uint64)
-        self._mfail = np.zeros((self._cells.row_cap, a), np.uint64)
+        self._store = CellStore()
+        self._own = Contribution(self._store)
+        self._robust = type(self.strategy) is not WeightedAverage
+        self._view = MergedView(self.q_init, robust=self._robust)
+        self._slots: dict[str, int] = {node_id: OWN}  # insertion order = ``origins``
+        self._names: list[str | None] = [node_id]  # slot → origin (None: free)
+        self._free_slots: list[int] = []
+        self._trust = np.ones(8, np.float64)  # per slot
+        self._max_version: dict[str, int] = {}
         self._key_cache: dict[Hashable, int] = {}
 
     # ------------------------------------------------------------------ keys
@@ -117,19 +139,30 @@ class QTable:
     @property
     def version(self) -> int:
         """Version of this node's own contribution: bumped by every own update."""
-        return self._max_version[self.node_id]
+        return self._own.version
 
     @property
     def origins(self) -> list[str]:
-        return list(self._origins)
+        """Origins held (this node first), in order of first appearance."""
+        return list(self._slots)
 
     def max_version(self, origin: str) -> int:
         """Highest version held of ``origin``'s cells (0 if none)."""
+        if origin == self.node_id:
+            return self._own.version
         return self._max_version.get(origin, 0)
 
     def trust(self, origin: str) -> float:
-        ix = self._origin_ix.get(origin)
-        return 1.0 if ix is None else float(self._trust[ix])
+        s = self._slots.get(origin)
+        return 1.0 if s is None else float(self._trust[s])
+
+    def origin_cells(self, origin: str) -> int:
+        """Number of cells stored for ``origin`` (0 if unknown)."""
+        s = self._slots.get(origin)
+        return 0 if s is None else self._store.count(s)
+
+    def _row_cells(self, row: int) -> slice:
+        return slice(row * self._a, (row + 1) * self._a)
 
     def values(self, state: Any) -> np.ndarray:
         """Merged Q-values of a state (``q_init`` where nothing is known)."""
@@ -138,24 +171,42 @@ class QTable:
     def values_key(self, key: int) -> np.ndarray:
         row = self._index.find(key)
         if row < 0:
-            return np.full(self.task.n_actions, self.q_init, np.float64)
-        return self._mq[row].copy()
+            return np.full(self._a, self.q_init, np.float64)
+        return self._view.values(self._row_cells(row))
 
     def visits(self, state: Any) -> np.ndarray:
         """Merged visit counts of a state: Σ over origins of each origin's own n."""
+        return self.visits_key(self.key(state))
+
+    def visits_key(self, key: int) -> np.ndarray:
+        row = self._index.find(key)
+        if row < 0:
+            return np.zeros(self._a, np.uint64)
+        return self._view.n[self._row_cells(row)].copy()
+
+    def outcomes(self, state: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Merged successes and failures of a state's actions (Σ over counted origins)."""
         row = self._index.find(self.key(state))
         if row < 0:
-            return np.zeros(self.task.n_actions, np.uint64)
-        return self._mn[row].copy()
+            z = np.zeros(self._a, np.uint64)
+            return z, z.copy()
+        c = self._row_cells(row)
+        return self._view.counts("succ", c), self._view.counts("fail", c)
+
+    def _own_entries(self, rows: np.ndarray) -> np.ndarray:
+        """Own entry id of every (row, action), -1 where none: ``[m, A]``."""
+        cells = (rows[:, None] * self._a + np.arange(self._a)).reshape(-1)
+        return self._store.find(cells, OWN).reshape(rows.shape[0], self._a)
 
     def own_share(self, state: Any) -> np.ndarray:
         """Fraction of each action's merged visits that are this node's own."""
         row = self._index.find(self.key(state))
-        a = self.task.n_actions
+        a = self._a
         if row < 0:
             return np.zeros(a)
-        own = self._cells["n"][row, :, 0].astype(np.float64)
-        tot = self._mn[row].astype(np.float64)
+        e = self._own_entries(np.array([row], np.int64))[0]
+        own = np.where(e >= 0, self._store.fields["n"][np.maximum(e, 0)], 0).astype(np.float64)
+        tot = self._view.n[self._row_cells(row)].astype(np.float64)
         return np.divide(own, tot, out=np.zeros(a), where=tot > 0)
 
     def own_cells(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -163,58 +214,80 @@ class QTable:
         rows = self._index.lookup(np.asarray(keys, np.uint64))
         if (rows < 0).any():
             raise KeyError("own_cells: unknown state key")
-        c = self._cells.arrays
-        return c["q"][rows, :, 0].astype(np.float64), c["n"][rows, :, 0] > 0
+        e = self._own_entries(rows)
+        held = e >= 0
+        q = np.where(held, self._store.fields["q"][np.maximum(e, 0)], 0.0).astype(np.float64)
+        return q, held
 
     def greedy(self, keys: np.ndarray) -> np.ndarray:
         """Greedy actions for many keys at once (lowest index on ties): for evaluation."""
         rows = self._index.lookup(np.asarray(keys, np.uint64))
-        vals = np.where((rows >= 0)[:, None], self._mq[np.maximum(rows, 0)], self.q_init)
+        cells = (np.maximum(rows, 0)[:, None] * self._a + np.arange(self._a)).reshape(-1)
+        vals = self._view.values(cells).reshape(rows.shape[0], self._a)
+        vals = np.where((rows >= 0)[:, None], vals, self.q_init)
         return vals.argmax(axis=1)
 
     @property
     def size(self) -> int:
         """Number of (state, action) cells with merged visits."""
-        return int(np.count_nonzero(self._mn[: self._index.size]))
+        return int(np.count_nonzero(self._view.n[: self._index.size * self._a]))
 
     def total_visits(self) -> int:
-        return int(self._mn[: self._index.size].sum())
+        return int(self._view.n[: self._index.size * self._a].sum())
 
     def confidence(self) -> float:
         """Mean eff/(eff+1) over cells with merged visits, eff = fresh-update equivalents now.
 
-        For ``peerd_merge_confidence``: 0 for an empty table, towards 1 where the
+        eff is the cell's trusted evidence (Σ t·2^lw, quarantined peers left
+        out) as a number of fresh updates, ``2^(−now/H)·Σ t·2^lw``. For
+        ``peerd_merge_confidence``: 0 for an empty table, towards 1 where the
         federation holds much recent evidence. Reads the whole table: call it
         at scrape time, not on a hot path.
         """
-        flat = np.flatnonzero(self._mn[: self._index.size].reshape(-1))
-        if flat.shape[0] == 0:
+        cells = np.flatnonzero(self._view.n[: self._index.size * self._a])
+        if cells.shape[0] == 0:
             return 0.0
-        return self._recompute_values(flat, confidence=True) / flat.shape[0]
+        eff = self._view.evidence(cells, self.clock() / self.half_life)
+        return float((eff / (eff + 1.0)).sum()) / cells.shape[0]
 
     def view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The merged view sorted by key: ``(keys, q[m, A], n[m, A])`` — for comparisons."""
         rows = self._index.sorted_rows
-        return self._index.sorted_keys.copy(), self._mq[rows].copy(), self._mn[rows].copy()
+        cells = (rows[:, None] * self._a + np.arange(self._a)).reshape(-1)
+        m = rows.shape[0]
+        return (self._index.sorted_keys.copy(), self._view.values(cells).reshape(m, self._a),
+                self._view.n[cells].reshape(m, self._a))
+
+    def memory(self) -> dict[str, float]:
+        """Bytes of the core's arrays: per stored (origin, cell) pair and per merged cell."""
+        st, pairs = self._store, self._store.pairs
+        cells = max(1, self._index.size * self._a)
+        merged = self._view.nbytes + st.head.nbytes + self._index.nbytes
+        return {"pairs": pairs, "cells": self._index.size * self._a,
+                "store_bytes": st.nbytes, "view_bytes": merged,
+                "bytes_per_pair": st.nbytes / max(1, pairs),
+                "bytes_per_cell": merged / cells,
+                "bytes_per_cell_allocated": merged / max(1, self._view.cap)}
 
     # ------------------------------------------------------------ act, learn
     def act(self, state: Any, *, explore: bool = True) -> int:
         """Choose an action on the merged view with the node's policy."""
         row = self._index.find(self.key(state))
         self.steps += explore
-        a = self.task.n_actions
+        a = self._a
         if row < 0:
             z = np.zeros(a, np.uint64)
             return self.policy.choose(np.full(a, self.q_init), z, z, z, self.steps, explore)
-        return self.policy.choose(self._mq[row], self._mn[row], self._msucc[row],
-                                  self._mfail[row], self.steps, explore)
+        c, v = self._row_cells(row), self._view
+        return self.policy.choose(v.values(c), v.n[c], v.counts("succ", c), v.counts("fail", c),
+                                  self.steps, explore)
 
     def target(self, reward: float, next_state: Any = None, done: bool = False) -> float:
         """TD target r + γ·max_a' M(s', a'); just r when done or without a next state."""
         if done or next_state is None:
             return float(reward)
         row = self._index.find(self.key(next_state))
-        best = self.q_init if row < 0 else float(self._mq[row].max())
+        best = self.q_init if row < 0 else float(self._view.values(self._row_cells(row)).max())
         return float(reward) + self.task.gamma * best
 
     def learn(self, state: Any, action: int | str, reward: float, next_state: Any = None,
@@ -234,30 +307,27 @@ class QTable:
 
     def _update_own(self, key: int, a: int, target: float, success: bool | None) -> Delta:
         row = self._index.add(key)
-        self._reserve(self._index.size, len(self._origins))
-        c = self._cells.arrays
-        now = self.clock() / self.half_life
-        lw_old = float(c["lw"][row, a, 0])
-        lw_new = float(np.logaddexp2(lw_old, now))
-        q_old = float(c["q"][row, a, 0])
-        q_new = q_old + (target - q_old) * math.exp2(now - lw_new)
-        version = self._max_version[self.node_id] + 1
-        self._max_version[self.node_id] = version
-        c["q"][row, a, 0] = q_new
-        c["lw"][row, a, 0] = lw_new
-        c["n"][row, a, 0] += 1
-        c["version"][row, a, 0] = version
-        # Own evidence always counts and its counts only grow: the merged counts go up
-        # by exactly what the own cell did (as in _recompute_counts, without the re-sum).
-        self._mn[row, a] += 1
+        self._reserve()
+        cell = row * self._a + a
+        ch = self._own.update(cell, target, self.clock() / self.half_life, success)
+        # Own evidence always counts (trust 1): the same term swap as a peer's cell.
+        v = self._view
+        exact = v.replace_one(cell, float(ch.n_old > 0), ch.q_old, ch.lw_old, 1.0, ch.q_new, ch.lw_new)
+        v.n[cell] += 1
         if success is not None:
-            self._with_outcomes.add(0)
-            c["succ" if success else "fail"][row, a, 0] += 1
-            (self._msucc if success else self._mfail)[row, a] += 1
-        self._recompute_values(np.array([row * self.task.n_actions + a], np.int64))
-        return Delta.build(self.node_id, self.task.fingerprint, version - 1, version,
-                           keys=np.array([key], np.uint64), actions=np.array([a], np.uint16),
-                           **{f: c[f][row, a, :1].copy() for f in _OWN_FIELDS})
+            v.enable_outcomes()
+            counts = v.succ if success else v.fail
+            assert counts is not None
+            counts[cell] += 1
+        if exact or self._robust:
+            c = np.array([cell], np.int64)
+            self._refresh(c, c if exact else c[:0])
+        f, e = self._store.fields, ch.entry
+        zero = np.zeros(1, np.uint32)
+        out = {k: f[k][e : e + 1] if k in f else zero for k in ("q", "lw", "n", "succ", "fail", "version")}
+        return Delta.build(self.node_id, self.task.fingerprint, self.version - 1,
+                           self.version, keys=np.array([key], np.uint64),
+                           actions=np.array([a], np.uint16), **out)
 
     # ------------------------------------------------------------ deltas out
     def delta(self, since: int = 0, upto: int | None = None) -> Delta:
@@ -270,35 +340,38 @@ class QTable:
         ``upto`` (default: the highest version held) is the node's durable
         watermark for its own cells: a cell whose latest change is newer is left
         out, not sent at an older state, and goes out once that change is durable.
-        """
-        ix = self._origin_ix.get(origin)
-        top = self._max_version.get(origin, 0)
-        if upto is not None:
-            top = min(top, upto)
-        if ix is None or since >= top:
-            return Delta.empty(origin, self.task.fingerprint, since, max(since, top))
-        ver = self._cells["version"][: self._index.size, :, ix]
-        mask = ver > np.uint64(since)
-        if top < self._max_version.get(origin, 0):
-            mask &= ver <= np.uint64(top)
-        rows, acts = np.nonzero(mask)
-        return self._delta_at(ix, rows, acts, since, top)
 
-    def _delta_at(self, ix: int, rows: np.ndarray, acts: np.ndarray, since: int,
-                  top: int) -> Delta:
+        Reads only that origin's entries: O(its cells).
+        """
+        s = self._slots.get(origin)
+        held = self.max_version(origin)
+        top = held if upto is None else min(held, upto)
+        if s is None or since >= top:
+            return Delta.empty(origin, self.task.fingerprint, since, max(since, top))
+        st = self._store
+        ids = st.entries(s)
+        ver = st.fields["version"][ids]
+        keep = ver > np.uint64(since)
+        if top < held:
+            keep &= ver <= np.uint64(top)
+        ids = ids[keep]
+        cells = st.cell[ids].astype(np.int64)
+        rows, acts = np.divmod(cells, self._a)
         keys = self._index.row_keys[rows]
         order = np.lexsort((acts, keys))
-        rows, acts, keys = rows[order], acts[order], keys[order]
-        c = self._cells.arrays
-        return Delta.build(
-            self._origins[ix], self.task.fingerprint, since, top, keys=keys, actions=acts,
-            **{f: c[f][rows, acts, ix] for f in CELL_FIELDS if f not in ("keys", "actions")},
-        )
+        ids = ids[order]
+        zeros = np.zeros(ids.shape[0], np.uint32)
+        f = st.fields
+        return Delta.build(origin, self.task.fingerprint, since, top, keys=keys[order],
+                           actions=acts[order], q=f["q"][ids], lw=f["lw"][ids], n=f["n"][ids],
+                           succ=f["succ"][ids] if "succ" in f else zeros,
+                           fail=f["fail"][ids] if "fail" in f else zeros,
+                           version=f["version"][ids])
 
     # ------------------------------------------------------------- deltas in
     def check(self, delta: Delta) -> None:
         """Validate a peer's delta without applying it; raise an ``InvalidDelta``."""
-        delta.validate(fingerprint=self.task.fingerprint, n_actions=self.task.n_actions,
+        delta.validate(fingerprint=self.task.fingerprint, n_actions=self._a,
                        q_bound=self.q_bound)
         if len(delta):
             limit = math.log2(self.visit_cap) + (self.clock() + self.clock_skew) / self.half_life
@@ -311,16 +384,18 @@ class QTable:
     def apply(self, delta: Delta, *, guard: bool = True) -> MergeStats:
         """Merge a peer's delta: each cell replaces the stored one iff its version is greater.
 
-        Validates everything first; a rejected delta raises and changes nothing.
-        Cells of this node's own origin are never taken from outside (this node
-        is the authority on its own contribution); they count as conflicts.
-        ``guard=False`` skips only the clock-based evidence guard: for cells
-        restored from this node's own store.
+        Validates everything first; a rejected delta raises and changes nothing
+        (the caller counts it: ``MergeStats.rejection``). Cells of this node's
+        own origin are never taken from outside (this node is the authority on
+        its own contribution); they count as conflicts. ``guard=False`` skips
+        only the clock-based evidence guard: for cells restored from this
+        node's own store. Costs O(cells in the delta), whatever the number of
+        origins.
         """
         if guard:
             self.check(delta)
         else:
-            delta.validate(fingerprint=self.task.fingerprint, n_actions=self.task.n_actions,
+            delta.validate(fingerprint=self.task.fingerprint, n_actions=self._a,
                            q_bound=self.q_bound)
         m = len(delta)
         stats = MergeStats(origin=delta.origin, cells=m)
@@ -329,130 +404,223 @@ class QTable:
         if delta.origin == self.node_id:
             stats.conflicts = m
             return stats
+        s = self._slot(delta.origin)
+        changed = self._merge(s, delta, stats)
+        stats.conflicts = m - stats.changed
+        if stats.changed:
+            top = int(delta.version.max())
+            if top > self._max_version.get(delta.origin, 0):
+                self._max_version[delta.origin] = top
+            stats.total_visits = int(self._view.n[changed].sum())
+            eff = self._view.evidence(changed, self.clock() / self.half_life)
+            stats.confidence = float((eff / (eff + 1.0)).sum()) / stats.changed
+        return stats
+
+    def _merge(self, s: int, delta: Delta, stats: MergeStats) -> np.ndarray:
+        """Store the delta's newer cells under slot ``s`` and swap their terms in the view.
+
+        Returns the flat ids of the cells that changed. Vectorised throughout:
+        dedup, key rows, hash look-up, version test, store, view update.
+        """
         keys, acts = delta.keys, delta.actions.astype(np.int64)
-        sel = None  # positions in the delta of the cells still considered; None: all, in order
+        src = {f: getattr(delta, f) for f in ("q", "lw", "n", "succ", "fail", "version")}
         if not _strictly_sorted(keys, acts):  # duplicates possible: keep the newest per cell
+            m = keys.shape[0]
             order = np.lexsort((delta.version, acts, keys))
             k2, a2 = keys[order], acts[order]
             last = np.ones(m, bool)
             last[:-1] = (k2[1:] != k2[:-1]) | (a2[1:] != a2[:-1])
             sel = order[last]
             keys, acts = keys[sel], acts[sel]
-        ix = self._origin(delta.origin)
+            src = {f: v[sel] for f, v in src.items()}
         rows = self._index.ensure(keys)
-        self._reserve(self._index.size, len(self._origins))
-        flat = rows * self.task.n_actions + acts  # merged cell = row * A + action
-        if delta.succ.any() or delta.fail.any():
-            self._with_outcomes.add(ix)
-        # Chunks of cells stay in the CPU cache from the version check to the recompute.
-        step = max(1024, _APPLY_CHUNK_SLOTS // len(self._origins))
-        conf = 0.0
-        for lo in range(0, flat.shape[0], step):
-            pos = slice(lo, lo + step) if sel is None else sel[lo : lo + step]
-            conf += self._merge_chunk(delta, pos, flat[lo : lo + step], ix, stats,
-                                      outcomes=ix in self._with_outcomes)
-        stats.conflicts = m - stats.changed
-        if stats.changed:
-            top = int(delta.version.max())
-            if top > self._max_version.get(delta.origin, 0):
-                self._max_version[delta.origin] = top
-            stats.confidence = conf / stats.changed
-        return stats
-
-    def _merge_chunk(self, delta: Delta, pos: slice | np.ndarray, flat: np.ndarray, ix: int,
-                     stats: MergeStats, *, outcomes: bool) -> float:
-        """Store the cells ``delta.*[pos]`` (merged cells ``flat``) that are newer; recompute them.
-
-        Updates ``stats`` (new, updated, total_visits) and returns the sum of the
-        changed cells' confidences. ``outcomes=False``: the origin's stored and
-        incoming succ/fail are all 0, so they need not be touched.
-        """
-        c = self._cells
-        slot = flat * c.origin_cap + ix  # this origin's slot of each cell in c.field(...)
-        stored = c.field("version")[slot]
-        newer = delta.version[pos] > stored
-        changed = int(np.count_nonzero(newer))
-        if changed == 0:
-            return 0.0
-        if changed < newer.shape[0]:
-            flat, slot, stored = flat[newer], slot[newer], stored[newer]
-            pos = (np.flatnonzero(newer) + pos.start) if isinstance(pos, slice) else pos[newer]
-        new = int(np.count_nonzero(stored == 0))
-        stats.new += new
-        stats.updated += changed - new
-        # Merged counts are exact integer sums: they change by the difference between
-        # this origin's new and old counted cells; the other origins need not be read.
-        # An empty slot holds n = succ = fail = 0 and incoming cells have n >= 1, so
-        # with min_visits <= 1 every held cell counts and the difference is plain.
-        mv = self.min_visits
-        if mv > 1:
-            old_ok = c.field("n")[slot] >= mv
-            new_ok = delta.n[pos] >= mv
-        counts = (("n", self._mn), ("succ", self._msucc), ("fail", self._mfail))
-        for f, merged in counts if outcomes else counts[:1]:
-            cell = c.field(f)
-            new_v, old_v = getattr(delta, f)[pos], cell[slot]
-            cell[slot] = new_v
-            if mv > 1:
-                new_v, old_v = np.where(new_ok, new_v, 0), np.where(old_ok, old_v, 0)
-            m_all = merged.reshape(-1).view(np.int64)  # uint64 read as int64: the same bits
-            m_new = m_all[flat] + (new_v.astype(np.int64) - old_v)
-            m_all[flat] = m_new
-            if f == "n":
-                stats.total_visits += int(m_new.sum())
-        for f in ("q", "lw", "version"):
-            c.field(f)[slot] = getattr(delta, f)[pos]
-        return self._recompute_values(flat, confidence=True)
+        self._reserve()
+        cells = rows * self._a + acts
+        st, f = self._store, self._store.fields
+        e = st.find(cells, s)
+        have = e >= 0
+        newer = ~have
+        newer[have] = src["version"][have] > f["version"][e[have]]
+        if not newer.all():
+            cells, e, have = cells[newer], e[newer], have[newer]
+            src = {k: v[newer] for k, v in src.items()}
+        k = cells.shape[0]
+        if k == 0:
+            return cells
+        n_new = int(np.count_nonzero(~have))
+        stats.new += n_new
+        stats.updated += k - n_new
+        eh = e[have]
+        q_old = np.zeros(k)
+        lw_old = np.full(k, -np.inf)
+        n_old = np.zeros(k, np.int64)
+        q_old[have] = f["q"][eh]
+        lw_old[have] = f["lw"][eh]
+        n_old[have] = f["n"][eh]
+        outcomes = bool(src["succ"].any() or src["fail"].any())
+        if outcomes:
+            st.enable_outcomes()
+            self._view.enable_outcomes()
+        if st.has_outcomes:
+            old_of = {o: np.zeros(k, np.int64) for o in ("succ", "fail")}
+            for o in old_of:
+                old_of[o][have] = st.fields[o][eh]
+        if n_new:
+            e[~have] = st.insert(s, cells[~have])
+        for name in ("q", "lw", "n", "version", *(("succ", "fail") if st.has_outcomes else ())):
+            st.fields[name][e] = src[name]
+        floor = 1 if s == OWN else max(self.min_visits, 1)
+        n_in = src["n"].astype(np.int64)
+        ok_old, ok_new = n_old >= floor, n_in >= floor
+        t = self._eff_trust(s)
+        bad = self._view.replace(cells, t * ok_old, q_old, lw_old, t * ok_new,
+                                 src["q"].astype(np.float64), src["lw"])
+        self._view.add_counts("n", cells, np.where(ok_new, n_in, 0) - np.where(ok_old, n_old, 0))
+        if st.has_outcomes and self._view.succ is not None:
+            for o in ("succ", "fail"):
+                self._view.add_counts(o, cells, np.where(ok_new, src[o].astype(np.int64), 0)
+                                      - np.where(ok_old, old_of[o], 0))
+        self._refresh(cells, bad)
+        return cells
 
     def load(self, origin: str, arrays: dict[str, np.ndarray]) -> None:
         """Restore one origin's cells from the durable store (trusted; no evidence guard)."""
         d = Delta.build(origin, self.task.fingerprint, 0,
                         int(arrays["version"].max()) if len(arrays["version"]) else 0, **arrays)
-        if origin == self.node_id:
-            self._load_own(d)
-        else:
+        if origin != self.node_id:
             self.apply(d, guard=False)
-
-    def _load_own(self, d: Delta) -> None:
-        d.validate(fingerprint=self.task.fingerprint, n_actions=self.task.n_actions,
-                   q_bound=self.q_bound)
-        if not len(d):
             return
-        rows = self._index.ensure(d.keys)
-        self._reserve(self._index.size, len(self._origins))
-        acts = d.actions.astype(np.int64)
-        if d.succ.any() or d.fail.any():
-            self._with_outcomes.add(0)
-        c = self._cells.arrays
-        for f in ("q", "lw", "n", "succ", "fail", "version"):
-            c[f][rows, acts, 0] = getattr(d, f)
-        self._max_version[self.node_id] = max(self.version, int(d.version.max()))
-        self._recompute(rows * self.task.n_actions + acts)
+        d.validate(fingerprint=self.task.fingerprint, n_actions=self._a, q_bound=self.q_bound)
+        if len(d):
+            self._merge(OWN, d, MergeStats(origin=origin, cells=len(d)))
+            self._own.version = max(self._own.version, int(d.version.max()))
 
     def forget(self, origin: str) -> int:
-        """Drop an origin's contribution (``origin_ttl`` expiry); returns cells dropped."""
-        ix = self._origin_ix.get(origin)
-        if ix is None or origin == self.node_id:
+        """Free an origin's cells and slot for good (``origin_ttl`` expiry); returns cells dropped.
+
+        The merged view loses exactly that origin's terms, in O(its cells); the
+        origin leaves ``origins``. A later delta from it re-creates it afresh.
+        """
+        s = self._slots.get(origin)
+        if s is None or s == OWN:
             return 0
-        c = self._cells.arrays
-        n = int(np.count_nonzero(c["version"][: self._index.size, :, ix]))
-        for f, fill in (("q", 0.0), ("lw", -np.inf), ("n", 0), ("succ", 0), ("fail", 0),
-                        ("version", 0)):
-            c[f][:, :, ix] = fill
-        self._max_version[origin] = 0
-        self.recompute_all()
-        return n
+        st = self._store
+        ids = st.entries(s).astype(np.int64)
+        k = ids.shape[0]
+        if k:
+            cells = st.cell[ids].astype(np.int64)
+            f = st.fields
+            n = f["n"][ids].astype(np.int64)
+            ok = n >= max(self.min_visits, 1)
+            t = self._eff_trust(s)
+            bad = self._view.replace(cells, t * ok, f["q"][ids].astype(np.float64), f["lw"][ids],
+                                     0.0, np.zeros(k), np.full(k, -np.inf))
+            self._view.add_counts("n", cells, -np.where(ok, n, 0))
+            if st.has_outcomes and self._view.succ is not None:
+                for o in ("succ", "fail"):
+                    self._view.add_counts(o, cells, -np.where(ok, f[o][ids].astype(np.int64), 0))
+            st.drop(s)
+            self._refresh(cells, bad)
+        del self._slots[origin]
+        self._names[s] = None
+        self._free_slots.append(s)
+        self._trust[s] = 1.0
+        self._max_version.pop(origin, None)
+        return k
 
     # ----------------------------------------------------------------- trust
     def set_trust(self, origin: str, value: float) -> None:
-        """Set a peer's trust (clamped to [0.1, 2.0]) and recompute the whole view."""
-        if origin == self.node_id:
-            return  # own trust is 1 by definition
-        ix = self._origin(origin)
-        value = min(TRUST_MAX, max(TRUST_MIN, float(value)))
-        if self._trust[ix] != value:
-            self._trust[ix] = value
-            self.recompute_all()
+        """Set one peer's trust: ``set_trusts({origin: value})``."""
+        self.set_trusts({origin: value})
+
+    def set_trusts(self, mapping: Mapping[str, float]) -> None:
+        """Set peers' trust (each clamped to [0.1, 2.0]); O(cells of the changed origins).
+
+        Each changed origin's terms are reweighted in place in the view. A peer
+        below ``quarantine_below`` weighs 0 (its cells are kept). Own trust is
+        1 by definition and is ignored here.
+        """
+        touched: list[np.ndarray] = []
+        for origin, value in mapping.items():
+            if origin == self.node_id:
+                continue
+            s = self._slot(origin)
+            value = min(TRUST_MAX, max(TRUST_MIN, float(value)))
+            if self._trust[s] == value:
+                continue
+            t_old = self._eff_trust(s)
+            self._trust[s] = value
+            t_new = self._eff_trust(s)
+            st = self._store
+            ids = st.entries(s).astype(np.int64)
+            if ids.shape[0] == 0:
+                continue
+            cells = st.cell[ids].astype(np.int64)
+            if t_old != t_new:
+                f = st.fields
+                ok = f["n"][ids] >= max(self.min_visits, 1)
+                q, lw = f["q"][ids].astype(np.float64), f["lw"][ids]
+                bad = self._view.replace(cells, t_old * ok, q, lw, t_new * ok, q, lw)
+                if bad.shape[0]:
+                    self._recompute_exact(bad)
+            touched.append(cells)
+        if self._robust and touched:
+            self._recompute_robust(np.unique(np.concatenate(touched)))
+
+    # ------------------------------------------------------- leave-one-out
+    def leave_one_out(self, origin: str) -> LeaveOneOut:
+        """The cells ``origin`` holds, next to the merged view without it: O(its cells).
+
+        For the deviation score of issue #11: ``q_loo = (num − w·q)/(den − w)``
+        with the origin's term taken out of the weighted-average sums. Where
+        that subtraction would cancel (the origin's term was most of the
+        cell's weight), the cell is recomputed exactly from its other holders;
+        there ``w_loo`` may underflow to 0 next to ``w`` while ``q_loo`` is
+        still exact. Uses the trust-weighted average whatever the merge
+        strategy; quarantined peers count as weight 0.
+        """
+        s = self._slots.get(origin)
+        st = self._store
+        ids = st.entries(s).astype(np.int64) if s is not None else np.empty(0, np.int64)
+        cells = st.cell[ids].astype(np.int64)
+        f, v = st.fields, self._view
+        q = f["q"][ids].astype(np.float64)
+        lw, n = f["lw"][ids], f["n"][ids].copy()
+        floor = 1 if s == OWN else max(self.min_visits, 1)
+        t = (self._eff_trust(s) if s is not None else 0.0) * (n >= floor)
+        ref = v.ref[cells]
+        base = np.where(np.isfinite(ref), ref, 0.0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            w = np.where(t > 0, t * np.exp2(np.minimum(lw - base, 1000.0)), 0.0)
+        den = v.den[cells] - w
+        num = v.num[cells] - w * q
+        q_loo = np.full(cells.shape[0], np.nan)
+        ok = den > v.den[cells] * 2.0 ** -8  # else the subtraction cancelled: recompute
+        q_loo[ok] = num[ok] / den[ok]
+        w_loo = np.where(ok, den, 0.0)
+        if not ok.all():
+            shaky = ~ok
+            q_loo[shaky], w_loo[shaky] = self._loo_exact(cells[shaky], base[shaky], s)
+        rows, acts = np.divmod(cells, self._a)
+        return LeaveOneOut(self._index.row_keys[rows], acts.astype(np.uint16), q, w, n, q_loo,
+                           w_loo)
+
+    def _loo_exact(self, cells: np.ndarray, base: np.ndarray,
+                   slot: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """Merged value and weight (relative to ``base``) of cells over the holders but ``slot``."""
+        hold, t, q, lw = self._holders(cells)
+        if slot is not None:
+            t = np.where(self._store.slot[np.maximum(hold, 0)] == slot, 0.0, t)
+        lwm = np.where(t > 0, lw, -np.inf)
+        top = lwm.max(axis=1) if lwm.shape[1] else np.full(cells.shape[0], -np.inf)
+        counted = np.isfinite(top)
+        own_base = np.where(counted, top, 0.0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            w = np.where(t > 0, t * np.exp2(np.minimum(lw - own_base[:, None], 1000.0)), 0.0)
+            den = w.sum(axis=1)
+            value = np.where(counted, (w * q).sum(axis=1) / np.where(counted, den, 1.0), np.nan)
+            rel = np.where(counted, den * np.exp2(np.minimum(own_base - base, 1000.0)), 0.0)
+        return value, rel
 
     # ------------------------------------------------------------ signatures
     def signatures(self, k: int = 32) -> list[PatternSignature]:
@@ -466,116 +634,55 @@ class QTable:
         consensus. It weights this node's vote and scales the trust it gains
         or loses (``peerd.trust``).
         """
-        size = self._index.size
-        if size == 0 or k <= 0:
+        st = self._store
+        ids = st.entries(OWN).astype(np.int64)
+        if ids.shape[0] == 0 or k <= 0:
             return []
-        c = self._cells.arrays
-        n = c["n"][:size, :, 0].astype(np.int64)
-        per_state = n.sum(axis=1)
+        rows, acts = np.divmod(st.cell[ids].astype(np.int64), self._a)
+        n = st.fields["n"][ids].astype(np.int64)
+        urows, inv = np.unique(rows, return_inverse=True)
+        per_state = np.bincount(inv, weights=n, minlength=urows.shape[0]).astype(np.int64)
         cand = np.flatnonzero(per_state > 0)
         if cand.shape[0] == 0:
             return []
         top = cand[np.argsort(-per_state[cand], kind="stable")[:k]]
+        at = np.full(urows.shape[0], -1, np.int64)
+        at[top] = np.arange(top.shape[0])
+        p = at[inv]
+        sel = p >= 0
+        q = np.zeros((top.shape[0], self._a))
+        tried = np.zeros((top.shape[0], self._a), bool)
+        q[p[sel], acts[sel]] = st.fields["q"][ids[sel]]
+        tried[p[sel], acts[sel]] = n[sel] > 0
         vis = per_state[top]
-        best, conf = signature_confidence(c["q"][top, :, 0], n[top] > 0, vis)
-        keys = self._index.row_keys[top]
-        return [PatternSignature(int(kk), int(b), float(cf), int(v))
-                for kk, b, cf, v in zip(keys.tolist(), best.tolist(), conf.tolist(), vis.tolist(),
-                                        strict=True)]
+        best, conf = signature_confidence(q, tried, vis)
+        keys = self._index.row_keys[urows[top]]
+        return [PatternSignature(int(kk), int(b), float(cf), int(vv))
+                for kk, b, cf, vv in zip(keys.tolist(), best.tolist(), conf.tolist(), vis.tolist(),
+                                         strict=True)]
 
     # ------------------------------------------------------------- internals
-    def _origin(self, origin: str) -> int:
-        ix = self._origin_ix.get(origin)
-        if ix is None:
-            ix = len(self._origins)
-            self._origins.append(origin)
-            self._origin_ix[origin] = ix
-            self._max_version.setdefault(origin, 0)
-            self._reserve(self._index.size, ix + 1)
-        return ix
+    def _slot(self, origin: str) -> int:
+        """The slot of ``origin``, allocating one (reusing a forgotten origin's) if new."""
+        s = self._slots.get(origin)
+        if s is not None:
+            return s
+        if self._free_slots:
+            s = self._free_slots.pop()
+            self._names[s] = origin
+        else:
+            s = len(self._names)
+            if s >= MAX_SLOTS:
+                raise ValueError(f"a table holds at most {MAX_SLOTS - 1} origins")
+            self._names.append(origin)
+            if s >= self._trust.shape[0]:
+                self._trust = np.concatenate([self._trust, np.ones(self._trust.shape[0])])
+        self._trust[s] = 1.0
+        self._slots[origin] = s
+        return s
 
-    def _reserve(self, rows: int, origins: int) -> None:
-        cells = self._cells
-        old_r, old_o = cells.row_cap, cells.origin_cap
-        cells.reserve(rows, origins)
-        if cells.origin_cap != old_o:
-            trust = np.ones(cells.origin_cap, np.float64)
-            trust[:old_o] = self._trust
-            self._trust = trust
-        if cells.row_cap != old_r:
-            a = self.task.n_actions
-            for name, fill in (("_mq", self.q_init), ("_mn", 0), ("_msucc", 0), ("_mfail", 0)):
-                old = getattr(self, name)
-                grown = np.full((cells.row_cap, a), fill, old.dtype)
-                grown[:old_r] = old
-                setattr(self, name, grown)
-
-    def _recompute(self, flat: np.ndarray) -> None:
-        """Recompute merged cells ``flat = row * A + action``, vectorised over cells × origins."""
-        self._recompute_counts(flat)
-        self._recompute_values(flat)
-
-    def _recompute_counts(self, flat: np.ndarray) -> None:
-        """Merged visits, successes and failures: sums over the origins whose cell counts."""
-        k = len(self._origins)
-        cells = self._cells
-        n = cells.flat("n")[flat, :k]
-        valid = n >= max(self.min_visits, 1)  # an empty slot (n = 0) is no evidence
-        valid[:, 0] = n[:, 0] > 0  # own evidence always counts
-        self._mn.reshape(-1)[flat] = np.where(valid, n, 0).sum(axis=1, dtype=np.uint64)
-        self._msucc.reshape(-1)[flat] = np.where(valid, cells.flat("succ")[flat, :k], 0).sum(
-            axis=1, dtype=np.uint64)
-        self._mfail.reshape(-1)[flat] = np.where(valid, cells.flat("fail")[flat, :k], 0).sum(
-            axis=1, dtype=np.uint64)
-
-    def _recompute_values(self, flat: np.ndarray, *, confidence: bool = False) -> float:
-        """Merged values of cells ``flat`` with the strategy; optionally the sum of their confidences.
-
-        Works in cache-sized chunks, each gathered origin-major (``[k, chunk]``)
-        into buffers reused from chunk to chunk, so that every reduction over
-        origins runs along the outer axis. The confidence of a cell is
-        eff/(eff+1), eff = its counted evidence as a number of fresh updates:
-        Σ 2^(lw − now/H), at most 2^30.
-        """
-        k = len(self._origins)
-        cells = self._cells
-        qf, lwf = cells.flat("q"), cells.flat("lw")
-        nf = cells.flat("n") if self.min_visits > 1 else None
-        trust, excluded = self._effective_trust(k)
-        mq = self._mq.reshape(-1)
-        default_wa = type(self.strategy) is WeightedAverage
-        now = self.clock() / self.half_life if confidence else 0.0
-        conf = 0.0
-        step = max(1, _CHUNK_SLOTS // k)
-        gather = _Gather(min(step, flat.shape[0]), cells.origin_cap, k)
-        for lo in range(0, flat.shape[0], step):
-            f = flat[lo : lo + step]
-            lw_t = gather(lwf, f)
-            if nf is None:  # n >= 1 exactly where lw is finite (peerd.cells): no need to read n
-                valid_t = None
-            else:
-                n_t = gather(nf, f)
-                valid_t = n_t >= self.min_visits
-                valid_t[0] = n_t[0] > 0  # own evidence always counts
-            if default_wa:  # its evidence sums give the confidence for free
-                mq[f], top, evidence = weighted_average_t(gather(qf, f, np.float64), lw_t, valid_t,
-                                                          trust, self.q_init, overwrite=True)
-            else:
-                if valid_t is None:
-                    valid_t = lw_t > -np.inf
-                if excluded is not None:
-                    valid_t &= ~excluded[:, None]
-                mq[f] = self.strategy.combine_t(gather(qf, f), lw_t, valid_t, trust, self.q_init)
-                if confidence:
-                    w, top = relative_weights_t(lw_t, valid_t)
-                    evidence = w.sum(axis=0)
-            if confidence:
-                eff = np.exp2(np.minimum(top - now, 30.0)) * evidence
-                conf += float((eff / (eff + 1.0)).sum())
-        return conf
-
-    def _effective_trust(self, k: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Trust as the merge uses it: quarantined peers weigh 0 (and are not valid votes).
+    def _eff_trust(self, s: int) -> float:
+        """Trust as the merge uses it: own 1, quarantined peers 0.
 
         Trust is floored at 0.1 so that a peer can earn it back; but a liar's
         fresh evidence can outweigh honest evidence that is a few half-lives
@@ -583,57 +690,98 @@ class QTable:
         Quarantine keeps the liar's cells (the CRDT state is untouched) and
         only leaves them out of the view until consensus restores its trust.
         """
-        trust = self._trust[:k]
-        if self.quarantine_below <= 0.0:
-            return trust, None
-        excluded = trust < self.quarantine_below
-        excluded[0] = False  # own evidence always counts
-        if not excluded.any():
-            return trust, None
-        return np.where(excluded, 0.0, trust), excluded
+        if s == OWN:
+            return 1.0
+        t = float(self._trust[s])
+        return 0.0 if t < self.quarantine_below else t
+
+    def _eff_trusts(self) -> np.ndarray:
+        """``_eff_trust`` of every slot, as an array indexed by slot."""
+        eff = self._trust.copy()
+        if self.quarantine_below > 0.0:
+            eff[eff < self.quarantine_below] = 0.0
+        eff[OWN] = 1.0
+        return eff
+
+    def _reserve(self) -> None:
+        n = self._index.size * self._a
+        if n >= 2**31:
+            raise ValueError("table too large: flat cell ids must fit in int32")
+        self._view.reserve(n)
+        self._store.reserve_cells(n)
+
+    def _holders(self, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Padded holders of cells: entry ids, counted weight t (0 = no vote), q, lw: ``[m, k]``."""
+        st = self._store
+        hold = st.holders(cells)
+        e = np.maximum(hold, 0)
+        slot = st.slot[e]
+        n = st.fields["n"][e]
+        floor = np.where(slot == OWN, 1, max(self.min_visits, 1))
+        t = np.where((hold >= 0) & (n >= floor), self._eff_trusts()[np.minimum(slot, len(self._trust) - 1)],
+                     0.0)
+        return hold, t, st.fields["q"][e].astype(np.float64), st.fields["lw"][e]
+
+    def _recompute_exact(self, cells: np.ndarray) -> None:
+        """Weighted-average sums of cells, exactly, from the origins that hold them."""
+        for lo in range(0, cells.shape[0], _RECOMPUTE_CHUNK):
+            c = cells[lo : lo + _RECOMPUTE_CHUNK]
+            _, t, q, lw = self._holders(c)
+            lwm = np.where(t > 0, lw, -np.inf)
+            ref = lwm.max(axis=1) if lwm.shape[1] else np.full(c.shape[0], -np.inf)
+            base = np.where(np.isfinite(ref), ref, 0.0)
+            with np.errstate(over="ignore", invalid="ignore"):
+                w = np.where(t > 0, t * np.exp2(np.minimum(lw - base[:, None], 1000.0)), 0.0)
+            self._view.set_exact(c, (w * q).sum(axis=1), w.sum(axis=1), ref)
+
+    def _recompute_robust(self, cells: np.ndarray) -> None:
+        """A robust strategy's values of cells, over the origins that hold them."""
+        view = self._view
+        assert view.robust is not None
+        for lo in range(0, cells.shape[0], _RECOMPUTE_CHUNK):
+            c = cells[lo : lo + _RECOMPUTE_CHUNK]
+            hold, t, q, lw = self._holders(c)
+            valid = t > 0
+            trust = self._trust[np.minimum(self._store.slot[np.maximum(hold, 0)], len(self._trust) - 1)]
+            trust = np.where(self._store.slot[np.maximum(hold, 0)] == OWN, 1.0, trust)
+            view.robust[c] = self.strategy.combine(q, lw, valid, trust, self.q_init)
+
+    def _refresh(self, cells: np.ndarray, bad: np.ndarray) -> None:
+        """After terms changed: exact sums where they cancelled; robust values of the cells."""
+        if bad.shape[0]:
+            self._recompute_exact(bad)
+        if self._robust:
+            self._recompute_robust(cells)
+
+    def _recompute_counts(self, cells: np.ndarray) -> None:
+        st, v = self._store, self._view
+        hold = st.holders(cells)
+        e = np.maximum(hold, 0)
+        slot = st.slot[e]
+        n = st.fields["n"][e].astype(np.uint64)
+        floor = np.where(slot == OWN, 1, max(self.min_visits, 1))
+        ok = (hold >= 0) & (n >= floor)
+        v.n[cells] = np.where(ok, n, 0).sum(axis=1, dtype=np.uint64)
+        if st.has_outcomes:
+            v.enable_outcomes()
+            assert v.succ is not None and v.fail is not None
+            v.succ[cells] = np.where(ok, st.fields["succ"][e], 0).sum(axis=1, dtype=np.uint64)
+            v.fail[cells] = np.where(ok, st.fields["fail"][e], 0).sum(axis=1, dtype=np.uint64)
 
     def recompute_all(self) -> None:
-        """Recompute the whole merged view (after a trust change), in bounded chunks."""
-        total = self._index.size * self.task.n_actions
-        step = 1 << 18
-        for lo in range(0, total, step):
-            self._recompute(np.arange(lo, min(total, lo + step), dtype=np.int64))
+        """Recompute the whole merged view exactly from the stored cells, in bounded chunks.
 
-
-_OWN_FIELDS = ("q", "lw", "n", "succ", "fail", "version")
-#: Cells × origins per chunk of ``_recompute_values``: 512 KiB of log-weights (L2-sized).
-_CHUNK_SLOTS = 1 << 16
-#: Cells × origins per chunk of ``apply``: the cells' rows of every field stay in L3.
-_APPLY_CHUNK_SLOTS = 1 << 17
-
-
-class _Gather:
-    """Gathers rows of ``[cells, origin_capacity]`` fields origin-major, ``[k, m]``, into reused buffers.
-
-    Temporaries of a few hundred KiB cost page faults at every allocation; the
-    buffers are allocated once per recompute. A returned array is valid until
-    the next call with the same source and result dtypes (q, lw and n differ).
-    """
-
-    def __init__(self, m: int, origin_cap: int, k: int) -> None:
-        self.m, self.cap, self.k = m, origin_cap, k
-        self.bufs: dict[tuple[np.dtype, np.dtype], tuple[np.ndarray, np.ndarray]] = {}
-
-    def __call__(self, field: np.ndarray, flat: np.ndarray, dtype: type | None = None) -> np.ndarray:
-        """``field[flat, :k].T`` as a C-contiguous array (converted to ``dtype`` on the way)."""
-        dtype = np.dtype(dtype or field.dtype)
-        if self.m <= 64:  # a few cells (an own update): buffers are not worth setting up
-            return np.ascontiguousarray(field[flat, : self.k].T, dtype=dtype)
-        bufs = self.bufs.get((field.dtype, dtype))
-        if bufs is None:
-            bufs = self.bufs[field.dtype, dtype] = (np.empty((self.m, self.cap), field.dtype),
-                                                    np.empty(self.k * self.m, dtype))
-        c = flat.shape[0]
-        rows = bufs[0][:c]
-        np.take(field, flat, axis=0, out=rows)
-        out = bufs[1][: self.k * c].reshape(self.k, c)
-        np.copyto(out, rows[:, : self.k].T)
-        return out
+        Not on any hot path: the view is maintained incrementally. This is the
+        reference the incremental view is checked against (tests), and a
+        repair tool.
+        """
+        total = self._index.size * self._a
+        for lo in range(0, total, _RECOMPUTE_CHUNK):
+            c = np.arange(lo, min(total, lo + _RECOMPUTE_CHUNK), dtype=np.int64)
+            self._recompute_counts(c)
+            self._recompute_exact(c)
+            if self._robust:
+                self._recompute_robust(c)
 
 
 def signature_confidence(q: np.ndarray, tried: np.ndarray,
@@ -663,4 +811,4 @@ def _strictly_sorted(keys: np.ndarray, acts: np.ndarray) -> bool:
     return bool(((k1 > k0) | ((k1 == k0) & (acts[1:] > acts[:-1]))).all())
 
 
-__all__ = ["TRUST_MAX", "TRUST_MIN", "QTable", "UnknownAction"]
+__all__ = ["TRUST_MAX", "TRUST_MIN", "LeaveOneOut", "QTable", "UnknownAction"]

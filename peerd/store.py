@@ -515,6 +515,27 @@ class Store:
                float(rec.last_seen), float(rec.trust), int(rec.version), extra)
         await self._submit(((_UPSERT_PEER, (row,)),))
 
+    async def upsert_peers(self, recs: Sequence[PeerRecord]) -> None:
+        """``upsert_peer`` for many records in one statement and one transaction."""
+        if not recs:
+            return
+        rows = []
+        for rec in recs:
+            extra = json.dumps(rec.extra, sort_keys=True, separators=(",", ":"))
+            rows.append((str(rec.node_id), rec.public_key, int(rec.epoch), int(rec.seq),
+                         str(rec.status), float(rec.last_seen), float(rec.trust),
+                         int(rec.version), extra))
+        await self._submit(((_UPSERT_PEER, tuple(rows)),))
+
+    async def forget_peer(self, node_id: str) -> int:
+        """Delete everything stored about a peer (``origin_ttl`` expiry): cells, record, trust
+        history, in one transaction; returns the rows deleted."""
+        one = ((node_id,),)
+        return await self._submit((("DELETE FROM cells WHERE origin = ?", one),
+                                   ("DELETE FROM peers WHERE node_id = ?", one),
+                                   ("DELETE FROM trust_events WHERE peer = ?", one)),
+                                  counted=True)
+
     async def load_peers(self) -> dict[str, PeerRecord]:
         """Every stored peer by node id."""
         rows = await self._read(

@@ -3,12 +3,16 @@
 Each strategy is a small pure object with one method, ``combine``, vectorised
 over cells: it receives, for ``m`` cells and ``k`` origins, the matrices
 ``q[m, k]`` and ``lw[m, k]``, the boolean ``valid[m, k]`` (the origin holds
-counted evidence for that cell) and the trust vector ``trust[k]``, and returns
-the merged values ``[m]``. Where no origin is valid the result is ``default``:
+counted evidence for that cell) and the trust, either one per origin
+(``trust[k]``) or one per cell and origin (``trust[m, k]``, broadcastable),
+and returns the merged values ``[m]``. ``QTable`` calls it with padded
+``[m, k]`` matrices of the origins that hold each cell (column j of two rows
+may be different origins, hence the per-cell trust). Where no origin is valid the result is ``default``:
 written down here, not left to chance (NaN never leaks into the view).
 
-The mathematics lives in these functions; ``QTable`` only gathers inputs (origin-major,
-``[k, m]``, through ``combine_t``: see there).
+The mathematics lives in these functions; ``QTable`` only gathers inputs. The
+default ``weighted_average`` is not called on the merge path at all: ``peerd.view``
+keeps its sums incrementally, and these functions are its reference.
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ def weighted_average_t(q_t: np.ndarray, lw_t: np.ndarray, valid_t: np.ndarray | 
     evidence = w.sum(axis=0)
     trust = np.asarray(trust, np.float64)
     if (trust != 1.0).any():  # multiplying by 1.0 changes nothing: skip the pass
-        w *= trust[:, None]
+        w *= trust[:, None] if trust.ndim == 1 else trust
         den = w.sum(axis=0)
     else:
         den = evidence
@@ -99,12 +103,13 @@ class MergeStrategy(ABC):
 
     def combine_t(self, q_t: np.ndarray, lw_t: np.ndarray, valid_t: np.ndarray, trust: np.ndarray,
                   default: float = 0.0) -> np.ndarray:
-        """``combine`` on origin-major inputs ``[k, m]``, the layout ``QTable`` gathers: same result.
+        """``combine`` on origin-major inputs ``[k, m]`` (``trust`` ``[k]`` or ``[k, m]``): same result.
 
-        numpy reduces over a short inner axis slowly; a strategy on the merge's
-        hot path overrides this to reduce over the outer axis instead.
+        numpy reduces over a short inner axis slowly; a strategy may override
+        this to reduce over the outer axis instead.
         """
-        return self.combine(q_t.T, lw_t.T, valid_t.T, trust, default)
+        trust = np.asarray(trust)
+        return self.combine(q_t.T, lw_t.T, valid_t.T, trust.T if trust.ndim == 2 else trust, default)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -123,7 +128,9 @@ class WeightedAverage(MergeStrategy):
 
     def combine(self, q: np.ndarray, lw: np.ndarray, valid: np.ndarray, trust: np.ndarray,
                 default: float = 0.0) -> np.ndarray:
-        return self.combine_t(np.asarray(q).T, np.asarray(lw).T, np.asarray(valid).T, trust, default)
+        trust = np.asarray(trust, np.float64)
+        return self.combine_t(np.asarray(q).T, np.asarray(lw).T, np.asarray(valid).T,
+                              trust.T if trust.ndim == 2 else trust, default)
 
     def combine_t(self, q_t: np.ndarray, lw_t: np.ndarray, valid_t: np.ndarray, trust: np.ndarray,
                   default: float = 0.0) -> np.ndarray:

@@ -35,6 +35,7 @@ refused to overwrite), 2 usage or configuration errors.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -46,9 +47,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from peerd.errors import ConfigError, PeerdError
+from peerd.errors import ConfigError, PeerdError, ToolError
 
-__all__ = ["COMMANDS", "DEFAULT_API", "ToolError", "add_parser", "api_url", "main", "read_state", "run"]
+__all__ = ["COMMANDS", "DEFAULT_API", "ToolError", "add_parser", "api_url", "main", "read_state"]
 
 DEFAULT_API = "http://127.0.0.1:8765"
 COMMANDS = ("status", "peers", "table", "keygen")
@@ -58,20 +59,12 @@ KEY_NAME = "node.key"
 TRUST_EVENTS_SHOWN = 10
 
 
-class ToolError(PeerdError):
-    """A failure the tool reports as one line and exit status ``code``."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 # ---------------------------------------------------------------- command line
 
 def add_parser(subparsers: Any) -> None:
     """Register ``status``, ``peers``, ``table`` and ``keygen`` on a CLI's subparsers.
 
-    Each sets ``func=run`` and ``tool=<name>``; ``run(args)`` dispatches on ``tool``.
+    Each sets ``func`` to its command: ``args.func(args)`` runs it and returns the exit status.
     """
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--api", metavar="URL",
@@ -88,18 +81,18 @@ def add_parser(subparsers: Any) -> None:
         description="Show the node's status from its local API, or, when the daemon is not "
                     "reachable, from its state directory (read-only): node id, version, cells "
                     "per origin, peers, last trust events.")
-    p.set_defaults(func=run, tool="status")
+    p.set_defaults(func=_status)
     p = subparsers.add_parser(
         "peers", parents=[common, state], help="list a node's peers (daemon or state directory)",
         description="List the node's peers (status, trust, last seen, epoch) from its local API, "
                     "or from its state directory when the daemon is not reachable.")
-    p.set_defaults(func=run, tool="peers")
+    p.set_defaults(func=_peers)
     p = subparsers.add_parser(
         "table", parents=[common], help="show the merged values of one state",
         description="Ask the running daemon for one state's merged value, visits and own share "
                     "per action. STATE is JSON (e.g. '[3, 1]') or a plain string.")
     p.add_argument("state", metavar="STATE", help="the state: JSON, or a plain string")
-    p.set_defaults(func=run, tool="table")
+    p.set_defaults(func=_table)
     p = subparsers.add_parser(
         "keygen", help="create a node key file and print its public key",
         description="Create an Ed25519 node key file (mode 0600) and print the public key hex, "
@@ -110,44 +103,41 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--config", metavar="FILE", help="the node's TOML config (state_dir, node id)")
     p.add_argument("--force", action="store_true",
                    help="replace an existing key (peers that pinned the old one will reject the node)")
-    p.set_defaults(func=run, tool="keygen")
+    p.set_defaults(func=_keygen)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Stand-alone entry point: ``python -m peerd.tools_cmd status --state-dir DIR``."""
     parser = argparse.ArgumentParser(prog="peerd")
     add_parser(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
 
 
-_HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {}
+Command = Callable[[argparse.Namespace], int]
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the tool ``args.tool`` names; report failures as one line on stderr."""
-    tool = getattr(args, "tool", None) or getattr(args, "command", None)
-    handler = _HANDLERS.get(str(tool))
-    if handler is None:
-        print(f"peerd: unknown tool {tool!r}; known: {', '.join(COMMANDS)}", file=sys.stderr)
-        return 2
-    try:
-        return handler(args)
-    except ToolError as exc:
-        print(f"peerd {tool}: {exc}", file=sys.stderr)
-        return exc.code
-    except ConfigError as exc:
-        print(f"peerd {tool}: {exc}", file=sys.stderr)
-        return 2
-    except PeerdError as exc:
-        print(f"peerd {tool}: {exc}", file=sys.stderr)
-        return 1
+def _tool(name: str) -> Callable[[Command], Command]:
+    """Make ``fn`` the ``func`` of ``peerd NAME``: failures become one line on stderr and the
+    exit status (``ToolError.code``; 2 for a config error; 1 otherwise)."""
 
+    def register(fn: Command) -> Command:
+        @functools.wraps(fn)
+        def command(args: argparse.Namespace) -> int:
+            try:
+                return fn(args)
+            except ToolError as exc:
+                print(f"peerd {name}: {exc}", file=sys.stderr)
+                return exc.code
+            except ConfigError as exc:
+                print(f"peerd {name}: {exc}", file=sys.stderr)
+                return 2
+            except PeerdError as exc:
+                print(f"peerd {name}: {exc}", file=sys.stderr)
+                return 1
 
-def _tool(name: str) -> Callable[[Callable[[argparse.Namespace], int]],
-                                 Callable[[argparse.Namespace], int]]:
-    def register(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-        _HANDLERS[name] = fn
-        return fn
+        return command
+
     return register
 
 

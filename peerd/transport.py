@@ -44,10 +44,8 @@ from urllib.parse import unquote, urlsplit
 import aiomqtt
 
 from peerd.errors import ConfigError
-from peerd.memtransport import (
+from peerd.transport_api import (
     BaseTransport,
-    MemoryBus,
-    MemoryTransport,
     OnConnect,
     OnMessage,
     Transport,
@@ -57,8 +55,6 @@ from peerd.memtransport import (
 )
 
 __all__ = [
-    "MemoryBus",
-    "MemoryTransport",
     "MqttTransport",
     "OnConnect",
     "OnMessage",

@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             for d in batch:
                 baseline.apply(d)
     cells = sum(len(d) for d in timed)
-    storage = sum(a.nbytes for a in table._cells.arrays.values())
+    storage = table.memory()["store_bytes"] + table.memory()["view_bytes"]
     out = {
         "peerd_cells_per_s": round(cells / t_peerd.cpu),
         "baseline_cells_per_s": round(cells / t_base.cpu),

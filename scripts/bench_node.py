@@ -28,9 +28,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peerd import logs
-from peerd.broker import Broker
 from peerd.config import NodeConfig
 from peerd.node import Node
+from peerd.testing.broker import Broker
 
 ACTIONS = [f"a{i}" for i in range(6)]
 
@@ -56,7 +56,7 @@ async def interaction_rate(state_dir: str, total: int, callers: int) -> float:
     t0 = time.perf_counter()
     await asyncio.gather(*(caller(c) for c in range(callers)))
     dt = time.perf_counter() - t0
-    await node._close_store()
+    await node.close()
     return per * callers / dt
 
 
@@ -73,7 +73,7 @@ async def latency(broker_url: str, nodes: int, rounds: int) -> dict[str, float]:
     for nd in group:
         await nd.transport.wait_connected(30)
     async with asyncio.timeout(30):
-        while any(len(nd.peers) < nodes - 1 for nd in group):
+        while any(nd.peer_count() < nodes - 1 for nd in group):
             await asyncio.sleep(0.01)
     expected = 0
     for r in range(rounds):  # one delta per node per round; the next round starts when all arrived

@@ -30,8 +30,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peerd.broker import Broker, free_port
 from peerd.client import ApiError, PeerdClient
+from peerd.testing.broker import Broker, free_port
 
 ROUTES = ["route0", "route1", "route2", "route3"]
 

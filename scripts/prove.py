@@ -65,12 +65,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from peerd import logs, wire  # noqa: E402
-from peerd.broker import LOOPBACK, Broker, find_mosquitto, free_port  # noqa: E402
 from peerd.client import ApiError, PeerdClient  # noqa: E402
 from peerd.config import NodeConfig  # noqa: E402
 from peerd.delta import Delta  # noqa: E402
 from peerd.identity import Identity  # noqa: E402
 from peerd.node import Node  # noqa: E402
+from peerd.testing.broker import LOOPBACK, Broker, find_mosquitto, free_port  # noqa: E402
 from peerd.transport import MqttTransport, OnConnect, OnMessage  # noqa: E402
 
 SCENARIOS = ("crash", "outage", "partition", "hostile", "poisoners")
@@ -612,7 +612,7 @@ def bridge_lines(host: str, port: int) -> list[str]:
 
 def held_lag(readers: list[Node], writers: list[Node]) -> int:
     """Smallest gap between what a writer published and what a reader holds of it."""
-    return min(w.gossip.published_version - r.table.max_version(w.id)
+    return min(w.published_version - r.table.max_version(w.id)
                for r in readers for w in writers)
 
 
@@ -1082,7 +1082,7 @@ async def hostile(quick: bool, fig: Figures) -> bool:
                 delivered = await _send(foe, ledgers, [("mallory_birth", *attacker.mallory_birth())],
                                         sent, valid=True)
                 fig["mallory_pinned"] = delivered and all(
-                    nd.verifier.pinned("mallory") == attacker.mallory.public_key for nd in nodes)
+                    nd.pinned_key("mallory") == attacker.mallory.public_key for nd in nodes)
                 n_sent = 1
                 while delivered and n_sent < total:
                     batch = [attacker.next() for _ in range(min(window, total - n_sent))]

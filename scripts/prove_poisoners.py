@@ -24,8 +24,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peerd.broker import Broker, find_mosquitto
 from peerd.sim.runner import SimSettings, Simulation
+from peerd.testing.broker import Broker, find_mosquitto
 from peerd.trust import TRUST_MIN
 
 FULL = {

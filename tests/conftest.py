@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from peerd.broker import Broker, BrokerKind, available_kinds
+from peerd.testing.broker import Broker, BrokerKind, available_kinds
 
 BROKER_KINDS: list[BrokerKind] = available_kinds()
 

@@ -15,10 +15,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_daemon import ACTIONS, DaemonProcess, new_federation, wait_until, write_config
 
-from peerd.broker import Broker, free_port
 from peerd.client import ApiError, PeerdClient
 from peerd.config import load_config
 from peerd.daemon import Daemon
+from peerd.testing.broker import Broker, free_port
 
 # -- against `peerd run` ------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""peerd.broker: test brokers start on free loopback ports, stop, die and come back on the same port."""
+"""peerd.testing.broker: test brokers start on free ports, stop, die and come back on the same port."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from peerd.broker import Broker, available_kinds, find_mosquitto, free_port
 from peerd.errors import ConfigError, TransportError
+from peerd.testing.broker import Broker, available_kinds, find_mosquitto, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,12 +116,12 @@ def test_two_brokers_cannot_share_a_port(fresh_broker: Callable[..., Broker]) ->
 
 @pytest.mark.parametrize("kind", available_kinds())
 async def test_command_line_runs_until_sigterm(kind: str) -> None:
-    """`python -m peerd.broker --port N --kind K` serves on N and exits 0 on SIGTERM."""
+    """`python -m peerd.testing.broker --port N --kind K` serves on N and exits 0 on SIGTERM."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
                                                                     os.environ.get("PYTHONPATH")]))}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "peerd.broker", "--port", str(port), "--kind", kind,
+        sys.executable, "-m", "peerd.testing.broker", "--port", str(port), "--kind", kind,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
     )
     try:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from peerd.broker import Broker, find_mosquitto
+from peerd.testing.broker import Broker, find_mosquitto
 from peerd.transport import MqttTransport
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from peerd.broker import Broker
+from peerd.testing.broker import Broker
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "cluster.py"
 

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from peerd import daemon, wire
-from peerd.broker import Broker, free_port
 from peerd.client import ApiError, ApiUnreachable, PeerdClient
 from peerd.config import describe_settings, load_config
 from peerd.task import Task
+from peerd.testing.broker import Broker, free_port
 from peerd.transport import MqttTransport
 
 if TYPE_CHECKING:
@@ -103,14 +103,15 @@ def wait_until(pred: Callable[[], Any], timeout: float = 15.0, what: str = "") -
 class DaemonProcess:
     """A ``peerd run`` subprocess with its log in a file and a client for its API."""
 
-    def __init__(self, config: Path, *, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, *, env: dict[str, str] | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.config = config
         cfg = load_config(config, env={})
         self.node_id = cfg.node
         self.client = PeerdClient(_url(cfg.api_listen), timeout=5.0)
         self.log_path = config.with_suffix(".log")
         self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(run_command(config), stdout=subprocess.DEVNULL,
+        self.proc = subprocess.Popen([*run_command(config), *extra_args], stdout=subprocess.DEVNULL,
                                      stderr=self._log, env={**os.environ, **(env or {})})
 
     def log(self) -> str:
@@ -218,6 +219,45 @@ def test_config_error_exits_2_with_the_message(tmp_path: Path,
     args.config = str(tmp_path / "missing.toml")
     assert daemon.run(args) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_run_without_a_state_dir_refuses_to_start(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """No [node] state_dir → one line naming the key, PEERD_NODE_STATE_DIR, the unit's
+    StateDirectory and --ephemeral; exit 2 before anything is created."""
+    config = write_config(tmp_path, "nostate", fed=new_federation(), node={"state_dir": ""})
+    args = argparse.Namespace(config=str(config), log_level=None, json_logs=None, ephemeral=False)
+    assert daemon.run(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    for needle in ("state_dir", "PEERD_NODE_STATE_DIR", "StateDirectory", "--ephemeral"):
+        assert needle in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nostate.toml"]
+
+
+def test_ephemeral_config_is_a_fresh_id_without_state() -> None:
+    """--ephemeral: the configured id plus random hex (a new one each time), no state dir,
+    and the id stays a valid wire id even when the configured one is at the length limit."""
+    base = load_config(None, env={}, node_id="edge", actions=ACTIONS, state_dir="/var/lib/peerd")
+    first, second = daemon.ephemeral_config(base), daemon.ephemeral_config(base)
+    assert first.state_dir == "" and first.node.startswith("edge-")
+    assert first.node != second.node
+    long = daemon.ephemeral_config(base.replace(node_id="x" * wire.MAX_ID_LEN))
+    assert wire.is_safe_id(long.node) and long.node != base.node
+
+
+def test_ephemeral_daemon_runs_without_state_and_says_so(tmp_path: Path, daemons: Any) -> None:
+    """`peerd run --ephemeral` starts without a state dir under `<id>-<hex>`, logs
+    ephemeral_node as a warning, writes no state, and stops cleanly."""
+    config = write_config(tmp_path, "temp", fed=new_federation(), node={"state_dir": ""})
+    d = daemons(config, extra_args=("--ephemeral",))
+    d.wait_ready()
+    node_id = d.client.healthz()["node"]
+    assert node_id.startswith("temp-") and len(node_id) == len("temp-") + 8
+    event = d.wait_event("ephemeral_node")
+    assert event["level"] == "warning" and event["node"] == node_id
+    assert d.stop() == 0
+    assert not (tmp_path / "temp").exists()
 
 
 # -- in process ---------------------------------------------------------------------------------

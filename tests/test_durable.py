@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from peerd.broker import Broker
 from peerd.config import NodeConfig
 from peerd.durable import DurableWatermark
 from peerd.errors import StoreError
 from peerd.node import Node
 from peerd.qtable import QTable
 from peerd.task import Task
+from peerd.testing.broker import Broker
 
 # -- the watermark alone ---------------------------------------------------------------------
 
@@ -113,7 +113,7 @@ async def test_in_process_node_does_not_publish_past_a_stalled_commit(
         assert node.watermark == 2 and node.table.version == 6
         await node.flush()
         await eventually(lambda: peer.table.max_version("node") == 2, what="peer got 1..2")
-        assert node.gossip.published_version == 2
+        assert node.published_version == 2
         release.set()
         await asyncio.gather(*tasks)
         assert node.watermark == 6

@@ -9,13 +9,38 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peerd.gossip import GossipState
+from peerd import gossip
+from peerd.gossip import Cursor, GossipState
 
 
 def make(**kw: float) -> GossipState:
     base: dict[str, Any] = dict(publish_every=10, publish_interval=60.0, sync_interval=2.0)
     base.update(kw)
     return GossipState(**base)
+
+
+class Origins:
+    """Cursors by origin, as the node's registry entries hold them, over the pure functions."""
+
+    def __init__(self, sync_interval: float = 2.0) -> None:
+        self.sync_interval = sync_interval
+        self.cursors: dict[str, Cursor] = {}
+
+    def _cur(self, origin: str) -> Cursor:
+        return self.cursors.setdefault(origin, Cursor())
+
+    def on_delta(self, origin: str, lo: int, hi: int, now: float) -> int | None:
+        return gossip.on_delta(self._cur(origin), lo, hi, now, self.sync_interval)
+
+    def on_advert(self, origin: str, version: int, now: float) -> int | None:
+        return gossip.on_advert(self._cur(origin), version, now, self.sync_interval)
+
+    def known(self, origin: str) -> int:
+        cur = self.cursors.get(origin)
+        return cur.known if cur else 0
+
+    def forget(self, origin: str) -> None:
+        self.cursors.pop(origin, None)
 
 
 # ------------------------------------------------------------------ publish
@@ -60,30 +85,30 @@ def test_mark_published_never_goes_back() -> None:
 
 def test_contiguous_delta_advances_known() -> None:
     """A delta starting at or before ``known`` advances it to the delta's end and asks nothing."""
-    g = make()
+    g = Origins()
     assert g.on_delta("o", 0, 10, now=0.0) is None
-    assert g.known["o"] == 10
+    assert g.known("o") == 10
     assert g.on_delta("o", 10, 15, now=0.0) is None
-    assert g.known["o"] == 15
+    assert g.known("o") == 15
     assert g.on_delta("o", 3, 12, now=0.0) is None  # overlapping, older: no regression
-    assert g.known["o"] == 15
+    assert g.known("o") == 15
     assert g.on_delta("o", 12, 30, now=0.0) is None  # overlapping, newer: advances
-    assert g.known["o"] == 30
+    assert g.known("o") == 30
 
 
 def test_gap_asks_from_known_and_does_not_advance() -> None:
     """A delta leaving a gap asks for everything after ``known`` and leaves ``known`` where it was."""
-    g = make()
+    g = Origins()
     g.on_delta("o", 0, 10, now=0.0)
     assert g.on_delta("o", 20, 30, now=1.0) == 10
-    assert g.known["o"] == 10
+    assert g.known("o") == 10
     assert g.on_delta("x", 5, 6, now=1.0) == 0  # never heard of x: ask from 0
-    assert "x" not in g.known or g.known["x"] == 0
+    assert g.known("x") == 0
 
 
 def test_advert_asks_when_behind() -> None:
     """A heartbeat/birth advertising a newer version asks from ``known``; an older or equal one does not."""
-    g = make()
+    g = Origins()
     g.on_delta("o", 0, 10, now=0.0)
     assert g.on_advert("o", 10, now=1.0) is None
     assert g.on_advert("o", 4, now=1.0) is None
@@ -94,7 +119,7 @@ def test_advert_asks_when_behind() -> None:
 
 def test_ask_is_rate_limited_per_origin() -> None:
     """A second ask of the same origin within ``sync_interval`` returns None; after it, the version."""
-    g = make(sync_interval=2.0)
+    g = Origins(sync_interval=2.0)
     assert g.on_advert("o", 5, now=100.0) == 0
     assert g.on_advert("o", 6, now=101.0) is None
     assert g.on_delta("o", 3, 7, now=101.9) is None
@@ -103,14 +128,30 @@ def test_ask_is_rate_limited_per_origin() -> None:
     assert g.on_advert("o", 7, now=103.0) is None
 
 
-def test_forget_drops_cursor_and_rate_limit() -> None:
-    """``forget`` resets an origin: it is asked from 0 again, at once."""
-    g = make()
+def test_fresh_cursor_is_asked_from_zero_at_once() -> None:
+    """A dropped cursor (an expired origin's entry) starts over: asked from 0, at once."""
+    g = Origins()
     g.on_delta("o", 0, 10, now=0.0)
     g.on_advert("o", 12, now=0.0)
     g.forget("o")
-    assert "o" not in g.known
+    assert g.known("o") == 0
     assert g.on_advert("o", 12, now=0.1) == 0
+
+
+def test_deferred_ask_is_due_after_the_interval_if_still_behind() -> None:
+    """An ask held back by the rate limit comes out of ``due_ask`` once, after the interval."""
+    cur = Cursor()
+    assert gossip.on_advert(cur, 5, 100.0, 2.0) == 0
+    assert gossip.on_advert(cur, 9, 101.0, 2.0) is None  # rate-limited: deferred
+    assert cur.deferred == 9
+    assert gossip.due_ask(cur, 101.5, 2.0) is None  # not yet
+    assert gossip.due_ask(cur, 102.0, 2.0) == 0
+    assert gossip.due_ask(cur, 110.0, 2.0) is None  # asked once, not again
+    done = Cursor()
+    gossip.on_advert(done, 5, 0.0, 2.0)
+    gossip.on_advert(done, 9, 0.5, 2.0)
+    gossip.on_delta(done, 0, 9, 1.0, 2.0)  # caught up meanwhile
+    assert done.deferred == 0 and gossip.due_ask(done, 5.0, 2.0) is None
 
 
 def test_pending_answers_coalesce_to_min_since() -> None:
@@ -155,20 +196,20 @@ def test_known_reaches_max_whatever_the_order(
     """Contiguous deltas in any order, duplicated, plus the answers to the asks bring ``known`` to the max."""
     deltas, seq, steps = case
     top = deltas[-1][1]
-    g = GossipState(sync_interval=2.0)
+    g = Origins(sync_interval=2.0)
     asks: list[int] = []
     now = 0.0
     for i, step in zip(seq, steps, strict=True):
         now += step
         lo, hi = deltas[i]
         since = g.on_delta("o", lo, hi, now)
-        assert g.known.get("o", 0) <= top
+        assert g.known("o") <= top
         if since is not None:
             asks.append(since)
-    assert (g.known.get("o", 0) == top) or asks, "a gap was left without any ask"
+    assert (g.known("o") == top) or asks, "a gap was left without any ask"
     answers = list(asks) * 2  # the origin's answers, duplicated and shuffled as the broker may
     rnd.shuffle(answers)
     for since in answers:  # the origin answers with one delta (since, its version]
         now += 0.1
         assert g.on_delta("o", since, top, now) is None
-    assert g.known["o"] == top
+    assert g.known("o") == top

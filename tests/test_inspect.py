@@ -14,11 +14,11 @@ import msgpack
 import pytest
 
 from peerd import inspect_cmd, wire
-from peerd.broker import Broker, free_port
 from peerd.config import NodeConfig
 from peerd.identity import Identity
 from peerd.inspect_cmd import UNVERIFIED, VALID, Inspector
 from peerd.node import Node
+from peerd.testing.broker import Broker, free_port
 from peerd.transport import MqttTransport
 
 ACTIONS = ["left", "right", "stay"]

@@ -22,6 +22,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -299,3 +300,127 @@ def test_every_strategy_and_min_visits_merge_order_independently(
         np.testing.assert_array_equal(keys, ek)
         np.testing.assert_array_equal(n, en)
         np.testing.assert_allclose(q, eq, rtol=1e-12, atol=1e-12 * max(1.0, float(np.abs(eq).max(initial=0))))
+
+
+# ------------------------------------------- the incremental view against an exact recompute
+
+PEERS = ["p0", "p1", "p2", "p3"]
+T0 = 1e4  # the clock starts here (H = 1): absolute log-weights ≈ 1e4, 2^lw would overflow
+_op = st.one_of(
+    st.tuples(st.just("cells"), st.sampled_from(PEERS),
+              st.lists(st.tuples(st.integers(0, N_STATES - 1), st.integers(0, 2),
+                                 st.floats(-10, 10, allow_nan=False),
+                                 st.sampled_from([-3000.0, -1100.0, -70.0, -5.0, -1.0, 0.0, 2.0]),
+                                 st.floats(0, 1), st.integers(1, 4), st.booleans()),
+                       min_size=1, max_size=8)),
+    st.tuples(st.just("learn"), st.integers(0, N_STATES - 1), st.integers(0, 2),
+              st.integers(-5, 5), st.sampled_from([None, True, False])),
+    st.tuples(st.just("tick"), st.sampled_from([1.0, 30.0, 80.0])),
+    st.tuples(st.just("trust"), st.dictionaries(st.sampled_from(PEERS),
+                                                st.sampled_from([0.0, 0.15, 0.5, 1.0, 2.0, 3.0]),
+                                                max_size=3)),
+    st.tuples(st.just("forget"), st.sampled_from(PEERS)),
+    st.tuples(st.just("resend"), st.sampled_from(PEERS)),
+)
+
+
+def _run_ops(t: QTable, clock: VirtualClock, ops: list[tuple]) -> None:
+    """Random deltas (new cells, newer versions, stale resends), own learning, trust, forget."""
+    sent: dict[str, list[Delta]] = defaultdict(list)
+    version: dict[str, int] = defaultdict(int)
+    for op in ops:
+        kind = op[0]
+        if kind == "cells":
+            _, origin, rows = op
+            uniq = {(s, a): r for s, a, *r in rows}  # one cell per (state, action) in a delta
+            v0 = version[origin]
+            keys = [t.key(s) for s, _ in uniq]
+            acts = [a for _, a in uniq]
+            q = [r[0] for r in uniq.values()]
+            lw = [clock.t + r[1] + r[2] for r in uniq.values()]
+            n = [r[3] for r in uniq.values()]
+            succ = [int(r[4]) for r in uniq.values()]
+            m = len(uniq)
+            d = Delta.build(origin, TASK.fingerprint, v0, v0 + m, keys=keys, actions=acts, q=q,
+                            lw=lw, n=n, succ=succ, fail=[0] * m,
+                            version=list(range(v0 + 1, v0 + m + 1)))
+            version[origin] = v0 + m
+            sent[origin].append(d)
+            t.apply(d)
+        elif kind == "learn":
+            _, s, a, r, success = op
+            t.learn(s, a, float(r), (s + 1) % N_STATES, False, success)
+        elif kind == "tick":
+            clock.t += op[1]
+        elif kind == "trust":
+            t.set_trusts(op[1])
+        elif kind == "forget":
+            t.forget(op[1])
+            sent.pop(op[1], None)
+            version.pop(op[1], None)
+        elif sent.get(op[1]):  # a stale re-delivery: changes nothing
+            assert t.apply(sent[op[1]][0]).changed == 0
+
+
+def _snapshot(t: QTable) -> tuple[np.ndarray, ...]:
+    keys, q, n = t.view()
+    succ = np.array([t.outcomes(s)[0] for s in range(N_STATES)])
+    fail = np.array([t.outcomes(s)[1] for s in range(N_STATES)])
+    return keys, q, n, succ, fail
+
+
+INCREMENTAL_SETTINGS = [{}, {"min_visits": 2}, {"quarantine_below": 0.3},
+                        {"strategy": "median", "quarantine_below": 0.3},
+                        {"strategy": "trimmed_mean:0.25"}, {"strategy": "max", "min_visits": 2}]
+
+
+@PROPS
+@given(ops=st.lists(_op, min_size=1, max_size=30), kwargs=st.sampled_from(INCREMENTAL_SETTINGS))
+def test_the_incremental_view_equals_an_exact_recompute(ops: list[tuple],
+                                                        kwargs: dict[str, object]) -> None:
+    """After any sequence of deltas, own updates, trust changes and forgets, the view that was
+    maintained term by term equals one recomputed from the stored cells: values within 1e-9
+    relative, visits, successes and failures exactly."""
+    clock = VirtualClock(T0)
+    t = QTable(TASK, "me", secret=SECRET, half_life=1.0, clock=clock, seed=0, **kwargs)
+    _run_ops(t, clock, ops)
+    keys, q, n, succ, fail = _snapshot(t)
+    t.recompute_all()
+    ek, eq, en, esucc, efail = _snapshot(t)
+    np.testing.assert_array_equal(keys, ek)
+    np.testing.assert_array_equal(n, en)
+    np.testing.assert_array_equal(succ, esucc)
+    np.testing.assert_array_equal(fail, efail)
+    np.testing.assert_allclose(q, eq, rtol=1e-9, atol=1e-9 * 10.0)  # |q| ≤ 10 here
+    assert sum(t.origin_cells(o) for o in t.origins) == t.memory()["pairs"]
+
+
+@PROPS
+@given(ops=st.lists(_op, min_size=1, max_size=30), who=st.sampled_from(["me", *PEERS]))
+def test_leave_one_out_is_the_view_of_everyone_else(ops: list[tuple], who: str) -> None:
+    """leave_one_out(o) gives, over the cells o holds, o's own cells and the merged value of a
+    table that never received o (NaN exactly where nobody else's evidence counts)."""
+    clock = VirtualClock(T0)
+    t = QTable(TASK, "me", secret=SECRET, half_life=1.0, clock=clock, seed=0)
+    _run_ops(t, clock, ops)
+    loo = t.leave_one_out(who)
+    held = t.delta_of(who, 0)
+    assert len(loo.keys) == len(held) == t.origin_cells(who)
+    order = np.lexsort((loo.actions, loo.keys))
+    np.testing.assert_array_equal(loo.keys[order], held.keys)
+    np.testing.assert_array_equal(loo.q[order], held.q.astype(np.float64))
+    np.testing.assert_array_equal(loo.n[order], held.n)
+    # the others' view: a table that holds every origin but ``who``
+    others = QTable(TASK, "me" if who != "me" else "x", secret=SECRET, half_life=1.0, clock=clock)
+    for o in t.origins:
+        if o != who:
+            others.load(o, t.delta_of(o, 0).arrays())
+    others.set_trusts({o: t.trust(o) for o in t.origins if o not in (who, "me")})
+    for k, a, q_loo, w_loo in zip(loo.keys.tolist(), loo.actions.tolist(), loo.q_loo.tolist(),
+                                  loo.w_loo.tolist(), strict=True):
+        if others.visits_key(k)[a] == 0:
+            assert math.isnan(q_loo) and w_loo == 0.0
+        else:
+            assert q_loo == pytest.approx(others.values_key(k)[a], rel=1e-9, abs=1e-8)
+            assert w_loo >= 0.0  # 0 only where the others' evidence is > 1000 half-lives older
+    assert (loo.w >= 0).all() and np.isfinite(loo.w).all()

@@ -9,6 +9,7 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from peerd import liveness
 from peerd.config import NodeConfig
 from peerd.metrics import make_registry, merge_confidence, render
 from peerd.node import Node
@@ -49,11 +50,11 @@ async def test_exposition_carries_every_family_with_the_node_values() -> None:
     node.counters.deltas_applied, node.counters.cells_applied = 2, 17
     node.counters.bytes_received = 999
     node.counters.rejected.update(bad_signature=2, replay=5)
-    node.liveness.on_birth("p1", 1, 100.0)
-    node.liveness.on_birth("p2", 1, 100.0)
-    node.liveness.on_death("p2", 1, 101.0)
-    node.table.set_trust("p1", 1.5)
-    node.alignment["p1"] = 0.8
+    p1, p2 = node._registry.admit("p1"), node._registry.admit("p2")  # what two births leave
+    liveness.on_birth(p1.life, 1, 100.0)
+    liveness.on_birth(p2.life, 1, 100.0)
+    liveness.on_death(p2.life, 1, 101.0)
+    p1.trust, p1.alignment = 1.5, 0.8
 
     fams = scrape(node)
     assert set(FAMILIES) <= set(fams)

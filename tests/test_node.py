@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 from peerd import wire
-from peerd.broker import Broker
 from peerd.config import NodeConfig
 from peerd.delta import Delta
 from peerd.identity import Identity
 from peerd.node import Node
+from peerd.testing.broker import Broker
 from peerd.transport import MqttTransport
 
 ACTIONS = ["a", "b", "c"]
@@ -182,8 +182,7 @@ async def test_forged_message_changes_nothing_and_is_counted(broker: Broker) -> 
         await learn_block(honest, "h", 10)
         await honest.flush()
         await eventually(lambda: victim.table.total_visits() == 10, what="honest delta")
-        await eventually(lambda: "honest" in victim.verifier.snapshot().get("pinned", victim.peers),
-                         what="honest pinned")
+        await eventually(lambda: victim.pinned_key("honest") is not None, what="honest pinned")
         before = victim.table.view()
         assert await foreign.wait_connected(20)
         fake = Delta.build("honest", victim.task.fingerprint, 10, 11, keys=[123], actions=[0],

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from peerd import wire
-from peerd.broker import Broker, find_mosquitto
 from peerd.config import NodeConfig
 from peerd.identity import Identity, Verifier
 from peerd.node import Node
 from peerd.presence import PresenceState
+from peerd.testing.broker import Broker, find_mosquitto
 
 _FEDS = itertools.count()
 

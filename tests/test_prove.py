@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import structlog
 
-from peerd.broker import find_mosquitto
+from peerd.testing.broker import find_mosquitto
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 

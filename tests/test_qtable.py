@@ -71,7 +71,7 @@ def test_own_update_is_the_recency_weighted_mean_of_targets() -> None:
     clock.t = 1.0  # one half-life later: the new target weighs 2, the old one 1
     d = t.learn("s", 0, 3.0, done=True)
     assert (len(d), d.from_version, d.to_version) == (1, 1, 2)
-    assert d.q[0] == np.float32(7.0 / 3.0)
+    assert d.q[0] == pytest.approx(7.0 / 3.0, rel=1e-6)  # float32 storage
     assert d.lw[0] == pytest.approx(math.log2(3.0), abs=1e-12)
     assert d.n[0] == 2 and d.version[0] == 2 and t.version == 2
     assert t.values("s")[0] == pytest.approx(7.0 / 3.0, rel=1e-6)

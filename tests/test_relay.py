@@ -12,10 +12,10 @@ import msgpack
 import numpy as np
 
 from peerd import wire
-from peerd.broker import Broker
 from peerd.config import NodeConfig
 from peerd.node import Node
 from peerd.relay import RelayPlanner, RelayStore
+from peerd.testing.broker import Broker
 from peerd.transport import MqttTransport
 
 _FEDS = itertools.count()
@@ -170,7 +170,7 @@ async def test_a_relayed_forgery_is_rejected_and_counted(broker: Broker) -> None
                          what="forged relay rejected")
         after = c.table.view()
         assert all(np.array_equal(x, y) for x, y in zip(before, after, strict=True))
-        assert c.table.trust("A") == 1.0  # the origin did not sign this: it loses nothing
+        assert c.trust_of("A") == 1.0  # the origin did not sign this: it loses nothing
     finally:
         await liar.disconnect()
         runner.cancel()

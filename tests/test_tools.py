@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from peerd import tools_cmd
-from peerd.broker import free_port
 from peerd.config import NodeConfig
 from peerd.identity import Identity
-from peerd.memtransport import MemoryBus
 from peerd.node import Node
+from peerd.testing.broker import free_port
+from peerd.testing.memory import MemoryBus
 
 ACTIONS = ["up", "down", "wait"]
 

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from peerd.broker import Broker, free_port
 from peerd.errors import ConfigError
-from peerd.memtransport import MemoryBus, Transport, topic_matches, validate_filter
+from peerd.testing.broker import Broker, free_port
+from peerd.testing.memory import MemoryBus
 from peerd.transport import MqttTransport, TLSConfig, backoff_delay, parse_broker_url
+from peerd.transport_api import Transport, topic_matches, validate_filter
 
 if TYPE_CHECKING:
     from conftest import Recorder
@@ -433,7 +434,7 @@ async def test_memory_bus_routes_by_filter(recorder: type[Recorder], run_transpo
     for t in (deltas, beats, pub):
         run_transport(t, recs[t.client_id])
     for t in (deltas, beats, pub):
-        assert await t.wait_connected(1)
+        assert await t.wait_connected(10)
 
     for i in range(3):
         assert await pub.publish(f"f/delta/n{i}", bytes([i]))
@@ -470,7 +471,7 @@ async def test_memory_bus_kill_publishes_will_and_reconnect_calls_on_connect(
     run_transport(victim, v_rec)
     run_transport(watch, w_rec)
     await v_rec.wait_for(lambda r: r.connects == 1)
-    assert await watch.wait_connected(1)
+    assert await watch.wait_connected(10)
 
     bus.kill(victim)
     assert not victim.connected and bus.client_ids == ["w"]
@@ -493,9 +494,9 @@ async def test_memory_clean_disconnect_sends_no_will(recorder: type[Recorder],
     bus = MemoryBus()
     node = bus.transport(client_id="n", subscriptions=[], will=("f/presence/n", b"offline", 1, True))
     task = run_transport(node, recorder())
-    assert await node.wait_connected(1)
+    assert await node.wait_connected(10)
     await node.disconnect()
-    await asyncio.wait_for(task, 1)
+    await asyncio.wait_for(task, 10)
     assert bus.retained == {} and bus.client_ids == []
 
 
@@ -514,7 +515,7 @@ async def test_memory_on_message_exception_is_counted(run_transport: Run,
 
     rec.on_message = flaky  # type: ignore[method-assign]
     run_transport(node, rec)
-    assert await node.wait_connected(1)
+    assert await node.wait_connected(10)
     bus.publish("t", b"bad")
     bus.publish("t", b"good")
     await rec.wait_for(lambda r: len(r.messages) == 2)

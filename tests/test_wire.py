@@ -29,6 +29,7 @@ from peerd.wire import (
     MalformedMessage,
     Message,
     SyncRequest,
+    codec,
     decode,
     encode,
     parse_topic,
@@ -298,7 +299,7 @@ def test_inflate_stops_at_the_expected_size() -> None:
     """_inflate reads at most size + 1 bytes of a 100 MB zip bomb before refusing it."""
     bomb = zlib.compress(bytes(10**8), 9)
     with pytest.raises(ShapeMismatch):
-        wire._inflate(bomb, 1000)
+        codec._inflate(bomb, 1000)
 
 
 def test_birth_key_of_wrong_length_is_malformed() -> None:

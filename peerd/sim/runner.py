@@ -26,11 +26,13 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
 from peerd.config import NodeConfig
 from peerd.delta import Delta, PatternSignature
+from peerd.errors import SimulationError
 from peerd.node import Node
 from peerd.qtable import QTable, signature_confidence
 from peerd.sim.envs import EnvBatch, EnvSpec, evaluate, load_env
@@ -70,6 +72,7 @@ class SimSettings:
     attackers: int = 0  # extra federated nodes publishing validly signed poisoned deltas
     attack: str = "invert"  # invert | extreme | visits | copycat (see PoisonedTable)
     trust_every: int = 100  # ticks between signature exchanges + trust rounds (federated)
+    peer_timeout: float = 30.0  # seconds for every node to connect and hear every other's birth
 
 
 @dataclass
@@ -184,7 +187,7 @@ class PoisonedTable:
 
     def signatures(self, k: int = 32) -> list[PatternSignature]:
         if self.attack == "copycat":
-            others = [s for s in self._node.peer_signatures.values() if s]
+            others = [s for s in self._node.peer_signatures().values() if s]
             return list(others[int(self._rng.integers(len(others)))][:k]) if others else []
         honest = self._table.signatures(k)
         if not honest:
@@ -337,8 +340,7 @@ class Simulation:
             for node in nodes:
                 await node.start()
             if not isolated:
-                await asyncio.gather(*(nd.transport.wait_connected(30) for nd in nodes))
-                await self._wait_births(nodes)
+                await wait_for_federation(nodes, broker_url, self.s.peer_timeout)
             keys = self._keys(nodes[0].table)
 
             async def backpressure() -> None:
@@ -393,12 +395,6 @@ class Simulation:
             for node in nodes:
                 with contextlib.suppress(Exception):
                     await node.stop()
-
-    async def _wait_births(self, nodes: list[Node], timeout: float = 30.0) -> None:
-        """Start learning once every node has seen every other node's birth."""
-        async with asyncio.timeout(timeout):
-            while any(len(nd.peers) < len(nodes) - 1 for nd in nodes):
-                await asyncio.sleep(0.01)
 
     async def run_centralized(self, seed: int) -> RunResult:
         spec = self.spec
@@ -455,7 +451,7 @@ class Simulation:
         broker = None
         url = self.s.broker_url
         if "federated" in self.s.modes and not url:
-            from peerd.broker import Broker
+            from peerd.testing.broker import Broker
             broker = Broker(self.s.broker_kind)
             broker.start()
             url = broker.url
@@ -478,6 +474,46 @@ class Simulation:
         return out
 
 
+async def wait_for_federation(nodes: Sequence[Node], broker_url: str, timeout: float) -> None:
+    """Return once every node is connected and has seen every other node's birth; else raise
+    ``SimulationError`` with one line naming the probable cause (``federation_problem``)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(*(nd.transport.wait_connected(timeout) for nd in nodes
+                                   if nd.transport is not None))
+            while any(nd.peer_count() < len(nodes) - 1 for nd in nodes):
+                await asyncio.sleep(0.01)
+    problem = federation_problem(nodes, broker_url, timeout)
+    if problem is not None:
+        raise SimulationError(problem)
+
+
+def federation_problem(nodes: Sequence[Node], broker_url: str, waited: float) -> str | None:
+    """Why the nodes have not all met, in one line, or None when they have."""
+    where = _public_url(broker_url)
+    connected = sum(1 for nd in nodes if nd.transport is not None and nd.transport.connected)
+    if connected < len(nodes):
+        return (f"{len(nodes) - connected} of {len(nodes)} nodes could not connect to the broker "
+                f"at {where} within {waited:g} s: broker unreachable (wrong --broker URL, "
+                "not running, or refusing the connection)")
+    want = len(nodes) * (len(nodes) - 1)
+    seen = sum(min(nd.peer_count(), len(nodes) - 1) for nd in nodes)
+    if seen >= want:
+        return None
+    return (f"the nodes connected to {where} but saw only {seen} of {want} peer births within "
+            f"{waited:g} s: the broker probably does not deliver retained presence messages "
+            "to later subscribers (or the nodes are not in one federation)")
+
+
+def _public_url(url: str) -> str:
+    """``url`` without credentials: error lines end up in terminals and CI logs."""
+    parts = urlsplit(url)
+    if parts.hostname is None:
+        return url or "(no broker)"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}"
+
+
 async def _wait_delivered(nodes: list[Node], max_lag: int, timeout: float = 60.0) -> None:
     """Wait until every node holds every other node's published cells up to ``max_lag`` versions."""
     async with asyncio.timeout(timeout):
@@ -487,7 +523,7 @@ async def _wait_delivered(nodes: list[Node], max_lag: int, timeout: float = 60.0
                 for other in nodes:
                     if other is nd:
                         continue
-                    if nd.gossip.known.get(other.id, 0) < other.gossip.published_version - max_lag:
+                    if nd.known_version(other.id) < other.published_version - max_lag:
                         behind = True
                         break
                 if behind:

@@ -1,0 +1,174 @@
+"""The merged view: dense per-cell accumulators, kept up to date term by term.
+
+For every flat cell id (``row * n_actions + action``) the view holds
+
+==========  =======  ====================================================
+num, den    float64  Σ t·2^(lw − ref)·q and Σ t·2^(lw − ref) over counted origins
+ref         float64  the cell's reference log-weight (``-inf``: nothing counted yet)
+mass        float32  the largest ``den`` since the cell was last computed exactly
+n           uint64   merged visits: Σ of each counted origin's own n
+succ, fail  uint64   likewise (allocated once some origin reports an outcome)
+robust      float64  the value of a robust strategy (allocated only for those)
+==========  =======  ====================================================
+
+so 44 B per cell (60 with outcomes, +8 with a robust strategy), whatever the
+number of origins. The weighted-average value is ``num / den`` (``default``
+where ``den = 0``).
+
+Replacing an origin's stored cell subtracts its old term and adds its new one
+(``replace``): O(cells changed). Absolute log-weights are huge (wall-clock
+seconds / H), so terms are relative to ``ref``; an incoming ``lw`` more than
+``REBASE`` above it moves ``ref`` up and scales the sums by 2^(old − new).
+Subtraction loses precision when what remains is much smaller than what was
+there: a cell whose ``den`` falls below ``mass · 2^-CANCEL_BITS`` is reported
+back to be recomputed exactly from the origins that hold it (rare: it takes
+a dominant origin leaving, being distrusted or being replaced by much older
+evidence). The rounding error of a cell then stays below about
+``2^CANCEL_BITS · ε · √(updates)`` relative.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+REBASE = 64.0  # an incoming lw this far above ref moves ref (2^64 keeps far from overflow)
+CANCEL_BITS = 8  # den below mass · 2^-8: recompute exactly
+_CANCEL = 2.0 ** -CANCEL_BITS
+#: what a cell holds before any origin does (``robust``: the default value)
+_FILL = {"num": 0.0, "den": 0.0, "ref": -np.inf, "mass": 0.0, "n": 0, "succ": 0, "fail": 0}
+
+
+class MergedView:
+    """Per-cell numerator, denominator, reference log-weight and merged counts."""
+
+    def __init__(self, default: float, *, robust: bool) -> None:
+        self.default = float(default)
+        self.cap = 0
+        self.num = np.zeros(0)
+        self.den = np.zeros(0)
+        self.ref = np.zeros(0)
+        self.mass = np.zeros(0, np.float32)
+        self.n = np.zeros(0, np.uint64)
+        self.succ: np.ndarray | None = None
+        self.fail: np.ndarray | None = None
+        self.robust: np.ndarray | None = np.zeros(0) if robust else None
+        self.reserve(64)
+
+    def reserve(self, cells: int) -> None:
+        """Grow (by half) so that flat cell ids below ``cells`` exist."""
+        if cells <= self.cap:
+            return
+        cap = max(cells, int(self.cap * 1.5))
+        for name in ("num", "den", "ref", "mass", "n", "succ", "fail", "robust"):
+            old = getattr(self, name)
+            if old is None:
+                continue
+            fill = _FILL.get(name, self.default)
+            grown = np.full(cap, fill, old.dtype)
+            grown[: self.cap] = old
+            setattr(self, name, grown)
+        self.cap = cap
+
+    def enable_outcomes(self) -> None:
+        if self.succ is None:
+            self.succ = np.zeros(self.cap, np.uint64)
+            self.fail = np.zeros(self.cap, np.uint64)
+
+    @property
+    def nbytes(self) -> int:
+        arrays = (self.num, self.den, self.ref, self.mass, self.n, self.succ, self.fail, self.robust)
+        return int(sum(a.nbytes for a in arrays if a is not None))
+
+    # ---------------------------------------------------------------- reads
+    def values(self, cells: np.ndarray | slice) -> np.ndarray:
+        """Merged values of cells (flat ids or a slice)."""
+        if self.robust is not None:
+            return self.robust[cells].copy()
+        den = self.den[cells]
+        out = np.full(den.shape, self.default)
+        np.divide(self.num[cells], den, out=out, where=den > 0)
+        return out
+
+    def counts(self, name: str, cells: np.ndarray | slice) -> np.ndarray:
+        a = getattr(self, name)
+        if a is None:
+            return np.zeros(self.n[cells].shape, np.uint64)
+        return a[cells].copy()
+
+    def evidence(self, cells: np.ndarray, now: float) -> np.ndarray:
+        """Trusted evidence of cells as a number of fresh updates: 2^(ref − now)·den (≤ 2^30·den)."""
+        ref = self.ref[cells]
+        with np.errstate(invalid="ignore"):
+            scale = np.exp2(np.minimum(np.where(np.isfinite(ref), ref, -np.inf) - now, 30.0))
+        return np.where(self.den[cells] > 0, scale * self.den[cells], 0.0)
+
+    # --------------------------------------------------------------- writes
+    def replace(self, cells: np.ndarray, t_old: np.ndarray | float, q_old: np.ndarray,
+                lw_old: np.ndarray, t_new: np.ndarray | float, q_new: np.ndarray,
+                lw_new: np.ndarray) -> np.ndarray:
+        """Swap one origin's term in each of distinct ``cells``; returns the cells to recompute.
+
+        ``t_old``/``t_new`` are the old and new term's weights (trust, 0 when
+        the term does not count); ``lw_old = -inf`` for a cell the origin did
+        not hold. Cells must be distinct (plain fancy assignment).
+        """
+        t_old = np.asarray(t_old, np.float64)
+        t_new = np.asarray(t_new, np.float64)
+        ref = self.ref[cells]
+        up = (lw_new > ref + REBASE) & (t_new > 0)
+        if up.any():
+            cu, new_ref = cells[up], lw_new[up]
+            scale = np.exp2(ref[up] - new_ref)  # 0 where ref = -inf
+            self.num[cu] *= scale
+            self.den[cu] *= scale
+            self.mass[cu] *= scale.astype(np.float32)
+            self.ref[cu] = new_ref
+            ref = self.ref[cells]
+        finite = np.isfinite(ref)
+        base = np.where(finite, ref, 0.0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            w_old = np.where((t_old > 0) & finite, t_old * np.exp2(np.minimum(lw_old - base, 1000.0)), 0.0)
+            w_new = np.where((t_new > 0) & finite, t_new * np.exp2(np.minimum(lw_new - base, 1000.0)), 0.0)
+        den0 = self.den[cells]
+        den = den0 - w_old + w_new
+        num = self.num[cells] - w_old * q_old + w_new * q_new
+        mass = np.maximum(self.mass[cells], den.astype(np.float32))
+        self.den[cells] = den
+        self.num[cells] = num
+        self.mass[cells] = mass
+        return cells[den < mass * _CANCEL]
+
+    def replace_one(self, cell: int, t_old: float, q_old: float, lw_old: float, t_new: float,
+                    q_new: float, lw_new: float) -> bool:
+        """``replace`` for one cell in Python floats (the own-update path); True: recompute it."""
+        ref = float(self.ref[cell])
+        if t_new > 0 and lw_new > ref + REBASE:
+            scale = math.exp2(ref - lw_new)  # 0.0 where ref = -inf
+            self.num[cell] *= scale
+            self.den[cell] *= scale
+            self.mass[cell] *= scale
+            self.ref[cell] = ref = lw_new
+        finite = math.isfinite(ref)
+        w_old = t_old * math.exp2(min(lw_old - ref, 1000.0)) if t_old > 0 and finite else 0.0
+        w_new = t_new * math.exp2(min(lw_new - ref, 1000.0)) if t_new > 0 and finite else 0.0
+        den = float(self.den[cell]) - w_old + w_new
+        self.num[cell] = float(self.num[cell]) - w_old * q_old + w_new * q_new
+        self.den[cell] = den
+        mass = max(float(self.mass[cell]), float(np.float32(den)))
+        self.mass[cell] = mass
+        return den < mass * _CANCEL
+
+    def set_exact(self, cells: np.ndarray, num: np.ndarray, den: np.ndarray, ref: np.ndarray) -> None:
+        """Overwrite cells with sums computed exactly (``peerd.qtable``'s recompute)."""
+        self.num[cells] = num
+        self.den[cells] = den
+        self.ref[cells] = ref
+        self.mass[cells] = den.astype(np.float32)
+
+    def add_counts(self, name: str, cells: np.ndarray, diff: np.ndarray) -> None:
+        """Merged counts change by ``diff`` (int64) at distinct cells."""
+        a = getattr(self, name)
+        as_int = a.view(np.int64)  # uint64 read as int64: the same bits, signed arithmetic
+        as_int[cells] += diff

@@ -1,0 +1,59 @@
+"""`peerd sim` stops with one clear line, not a traceback, when the nodes never meet."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from peerd import cli
+from peerd.sim.runner import federation_problem
+from peerd.testing.broker import free_port
+
+
+def test_unreachable_broker_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    """--broker at a port nothing listens on: `peerd sim` exits 1 after --peer-timeout with one
+    line saying the broker is unreachable at that address."""
+    port = free_port()
+    code = cli.main(["sim", "--nodes", "2", "--modes", "federated", "--env", "frozenlake",
+                     "--broker", f"mqtt://127.0.0.1:{port}", "--peer-timeout", "1", "--json"])
+    assert code == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1, err
+    assert err[0].startswith("peerd sim: ") and "Traceback" not in err[0]
+    assert "unreachable" in err[0] and f"127.0.0.1:{port}" in err[0]
+
+
+@dataclass
+class _Transport:
+    connected: bool
+
+
+@dataclass
+class _Node:
+    connected: bool
+    peers: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def transport(self) -> _Transport:
+        return _Transport(self.connected)
+
+
+def test_connected_nodes_that_never_see_births_blame_retained_delivery() -> None:
+    """Connected nodes that saw no (or not all) births: the line names undelivered retained
+    presence (or another federation); the URL is shown without its credentials."""
+    nodes = [_Node(True), _Node(True, {"n0": object()}), _Node(True)]
+    line = federation_problem(nodes, "mqtt://user:secret@broker.example:1884", 5.0)  # type: ignore[arg-type]
+    assert line is not None and "\n" not in line
+    assert "retained" in line and "1 of 6 peer births" in line
+    assert "mqtt://broker.example:1884" in line and "secret" not in line
+
+
+def test_disconnected_nodes_blame_the_broker_and_met_nodes_are_fine() -> None:
+    """Any node not connected: broker unreachable; everyone connected and met: no problem."""
+    down = [_Node(True, {"b": 1}), _Node(False, {"a": 1})]
+    line = federation_problem(down, "mqtt://127.0.0.1:9", 2.0)  # type: ignore[arg-type]
+    assert line is not None and "unreachable" in line and "1 of 2 nodes" in line
+    met = [_Node(True, {"b": 1}), _Node(True, {"a": 1})]
+    assert federation_problem(met, "mqtt://127.0.0.1:9", 2.0) is None  # type: ignore[arg-type]
