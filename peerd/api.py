@@ -48,7 +48,6 @@ from aiohttp import web
 
 from peerd.errors import InvalidState, StoreError, UnknownAction
 from peerd.logs import get_logger
-from peerd.metrics import CONTENT_TYPE, make_registry, render
 
 __all__ = ["ApiServer", "make_app", "parse_listen"]
 
@@ -132,7 +131,7 @@ class _Routes:
                  running: Callable[[], bool]) -> None:
         self.node = node
         self.max_body = max_body
-        self.registry = registry
+        self._registry = registry
         self.running = running
 
     @property
@@ -292,7 +291,12 @@ class _Routes:
                           "version": int(self.node.table.version)})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=render(self.registry), headers={"Content-Type": CONTENT_TYPE})
+        from peerd import metrics  # prometheus-client loads on the first scrape, not in every daemon
+
+        if self._registry is None:
+            self._registry = metrics.make_registry(self.node, process=True)
+        return web.Response(body=metrics.render(self._registry),
+                            headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
 def make_app(node: Any, *, max_body: int | None = None, registry: Any = None,
@@ -300,12 +304,12 @@ def make_app(node: Any, *, max_body: int | None = None, registry: Any = None,
     """The aiohttp application of a node's API (``ApiServer`` binds and runs it).
 
     ``registry``: the node's Prometheus registry (default: a fresh one with the
-    process collectors). ``running``: whether the node runs, for ``/healthz``
+    process collectors, made on the first scrape). ``running``: whether the node runs, for ``/healthz``
     (default: always).
     """
     limit = int(max_body if max_body is not None else node.config.api_max_body)
     routes = _Routes(node, max_body=limit,
-                     registry=registry if registry is not None else make_registry(node, process=True),
+                     registry=registry,
                      running=running or (lambda: True))
     # client_max_size also covers chunked bodies, which carry no Content-Length
     app = web.Application(middlewares=[routes.errors], client_max_size=limit)

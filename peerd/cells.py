@@ -18,20 +18,23 @@ succ, fail  uint32   allocated only once some origin reports an outcome
 next        int32    next entry holding the same cell (holder chain)
 ==========  =======  =====================================================
 
-Three indexes find entries without scanning:
+Two indexes find entries without scanning:
 
-- an open-addressing hash (linear probing, int32 entry ids, load ≤ 1/2) on
-  ``(cell, slot)``: a delta's cells are found in O(cells), vectorised;
+- one open-addressing hash per origin (linear probing, int32 entry ids, 1/4
+  to 1/2 full) maps a cell to that origin's entry: a delta's cells are found
+  in O(cells), vectorised, in a table sized to that origin alone (it stays in
+  cache however many origins there are); its live slots are also the
+  origin's entry list, so a trust change, ``forget``, ``delta_of`` and the
+  leave-one-out read cost O(that origin's cells);
 - holder chains: ``head[cell]`` → ``next[entry]`` → ... lists the origins that
-  hold a cell, so an exact recompute or a robust strategy reads only those;
-- per-origin entry lists, so a trust change, ``forget``, ``delta_of`` and the
-  leave-one-out read cost O(that origin's cells).
+  hold a cell, so an exact recompute or a robust strategy reads only those.
 
-Entries never move, so every index stays valid; ``forget`` returns an
-origin's entries to a free list that later inserts reuse, and leaves
-tombstones in the hash (rebuilt when they pile up). About 46 B per pair plus
-the hash (8-10 B) and the origin list (4-5 B): under 64 B, whatever the number
-of origins. No per-cell Python anywhere: every method works on arrays of cells.
+Entries never move, so every index stays valid; ``forget`` unlinks an
+origin's entries, drops its hash and returns its entries to a free list that
+later inserts reuse. 38 B per pair (46 with outcomes) plus 8-16 B of hash:
+under 64 B, whatever the number of origins. No per-cell Python on any batch
+path: every method works on arrays of cells (batches of at most 16 cells are
+probed in plain Python, which is faster there).
 """
 
 from __future__ import annotations
@@ -40,12 +43,12 @@ import numpy as np
 
 FREE = np.uint16(0xFFFF)  # slot of a freed entry
 MAX_SLOTS = 0xFFFF
-_EMPTY, _TOMB = -1, -2  # hash slot states (entry ids are >= 0)
+_EMPTY = -1  # an empty hash slot (entry ids are >= 0)
 _GOLDEN_INT = 0x9E3779B97F4A7C15
 _GOLDEN = np.uint64(_GOLDEN_INT)
 _MASK64 = (1 << 64) - 1
 _GROW = 1.25  # entry arrays grow by this factor: little slack, still amortised O(1)
-_MAX_LOAD, _REBUILD_LOAD = 0.5, 0.4
+_MAX_LOAD, _REBUILD_LOAD = 0.5, 0.25  # a hash is rebuilt at 1/2 full, to 1/4 full
 _SMALL = 16  # batches up to this size are probed in plain Python
 
 #: field -> dtype of the per-entry payload (what a delta carries, minus key and action)
@@ -53,31 +56,34 @@ PAYLOAD = {"q": np.float32, "lw": np.float64, "n": np.uint32, "version": np.uint
 OUTCOMES = {"succ": np.uint32, "fail": np.uint32}
 
 
-class _IntList:
-    """A growable int32 array (one origin's entry ids)."""
+class _OriginHash:
+    """One origin's open-addressing hash: cell → entry id (linear probing, int32 slots).
 
-    __slots__ = ("a", "n")
+    Per origin, so that a delta's look-ups stay within a table sized to that
+    origin's cells (cache-friendly, whatever the fleet) and ``forget`` drops
+    the whole table at once.
+    """
 
-    def __init__(self) -> None:
-        self.a = np.empty(16, np.int32)
-        self.n = 0
+    __slots__ = ("n", "table")
 
-    def extend(self, ids: np.ndarray) -> None:
-        need = self.n + ids.shape[0]
-        if need > self.a.shape[0]:
-            grown = np.empty(max(need, int(self.a.shape[0] * _GROW) + 16), np.int32)
-            grown[: self.n] = self.a[: self.n]
-            self.a = grown
-        self.a[self.n : need] = ids
-        self.n = need
+    def __init__(self, size: int = 64) -> None:
+        self.table = np.full(size, _EMPTY, np.int32)
+        self.n = 0  # entries held
 
-    @property
+    def home(self, cell: np.ndarray) -> np.ndarray:
+        h = (cell.astype(np.uint64) * _GOLDEN) >> np.uint64(32)
+        return ((h * np.uint64(self.table.shape[0])) >> np.uint64(32)).astype(np.int64)
+
+    def home_one(self, cell: int) -> int:
+        return ((((cell * _GOLDEN_INT) & _MASK64) >> 32) * self.table.shape[0]) >> 32
+
     def ids(self) -> np.ndarray:
-        return self.a[: self.n]
+        t = self.table
+        return t[t >= 0]
 
 
 class CellStore:
-    """The (slot, cell) entries of every origin, with a hash, holder chains and origin lists."""
+    """The (slot, cell) entries of every origin, with per-origin hashes and holder chains."""
 
     def __init__(self, capacity: int = 1024) -> None:
         self.cap = capacity
@@ -89,10 +95,7 @@ class CellStore:
         self.used = 0  # entries ever allocated (high-water mark)
         self.free = np.empty(0, np.int32)  # freed entry ids, reused first
         self.head = np.full(64, -1, np.int32)  # first holder entry per cell
-        self.lists: dict[int, _IntList] = {}
-        self._table = np.full(2048, _EMPTY, np.int32)
-        self._filled = 0  # non-empty hash slots (live + tombstones)
-        self._tombs = 0
+        self.hashes: dict[int, _OriginHash] = {}
 
     # ---------------------------------------------------------------- sizes
     @property
@@ -101,19 +104,19 @@ class CellStore:
         return self.used - self.free.shape[0]
 
     def count(self, slot: int) -> int:
-        lst = self.lists.get(slot)
-        return 0 if lst is None else lst.n
+        h = self.hashes.get(slot)
+        return 0 if h is None else h.n
 
     def entries(self, slot: int) -> np.ndarray:
-        """Entry ids of one origin (a view: do not keep it across inserts)."""
-        lst = self.lists.get(slot)
-        return np.empty(0, np.int32) if lst is None else lst.ids
+        """Entry ids of one origin, in no particular order: O(its cells)."""
+        h = self.hashes.get(slot)
+        return np.empty(0, np.int32) if h is None else h.ids()
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the pair storage and its indexes (hash, lists, free list; not ``head``)."""
-        arrays = [self.cell, self.slot, self.next, self._table, self.free, *self.fields.values()]
-        return int(sum(a.nbytes for a in arrays) + sum(lst.a.nbytes for lst in self.lists.values()))
+        """Bytes of the pair storage and its indexes (hashes, free list; not ``head``)."""
+        arrays = [self.cell, self.slot, self.next, self.free, *self.fields.values()]
+        return int(sum(a.nbytes for a in arrays) + sum(h.table.nbytes for h in self.hashes.values()))
 
     def reserve_cells(self, n_cells: int) -> None:
         """Make ``head`` cover flat cell ids ``< n_cells``."""
@@ -130,32 +133,22 @@ class CellStore:
                 self.fields[f] = np.zeros(self.cap, d)
 
     # --------------------------------------------------------------- lookup
-    def _home(self, cell: np.ndarray, slot: np.ndarray | int) -> np.ndarray:
-        key = (cell.astype(np.uint64) << np.uint64(16)) | np.asarray(slot, np.uint64)
-        h = (key * _GOLDEN) >> np.uint64(32)
-        return ((h * np.uint64(self._table.shape[0])) >> np.uint64(32)).astype(np.int64)
-
-    def find(self, cell: np.ndarray, slot: np.ndarray | int) -> np.ndarray:
-        """Entry id of each (cell, slot), -1 where absent. ``slot``: one int or one per cell."""
+    def find(self, cell: np.ndarray, slot: int) -> np.ndarray:
+        """Entry id of each cell of origin ``slot``, -1 where absent; vectorised."""
         cell = np.asarray(cell, np.int64)
         m = cell.shape[0]
+        h = self.hashes.get(slot)
+        if h is None or h.n == 0:
+            return np.full(m, -1, np.int64)
         if m <= _SMALL:  # a few cells: plain Python probes beat setting up arrays
-            slots = [int(slot)] * m if np.ndim(slot) == 0 else np.asarray(slot).tolist()
-            return np.array([self.find_one(c, s) for c, s in zip(cell.tolist(), slots, strict=True)],
-                            np.int64)
+            return np.array([self.find_one(c, slot) for c in cell.tolist()], np.int64)
         out = np.full(m, -1, np.int64)
-        if self.pairs == 0:
-            return out
-        table, cap = self._table, self._table.shape[0]
-        pos = self._home(cell, slot)
+        table, cap, cells = h.table, h.table.shape[0], self.cell
+        pos = h.home(cell)
         idx = np.arange(m)
-        scalar = np.ndim(slot) == 0
-        want_slot = slot if scalar else np.asarray(slot)
         while idx.shape[0]:
             e = table[pos]
-            ee = np.maximum(e, 0)
-            ws = want_slot if scalar else want_slot[idx]
-            hit = (e >= 0) & (self.cell[ee] == cell[idx]) & (self.slot[ee] == ws)
+            hit = (e >= 0) & (cells[np.maximum(e, 0)] == cell[idx])
             out[idx[hit]] = e[hit]
             go = ~hit & (e != _EMPTY)
             idx, pos = idx[go], pos[go] + 1
@@ -164,68 +157,52 @@ class CellStore:
 
     def find_one(self, cell: int, slot: int) -> int:
         """``find`` for one cell in plain Python ints: the own-update hot path (no array set-up)."""
-        if self.pairs == 0:
+        h = self.hashes.get(slot)
+        if h is None or h.n == 0:
             return -1
-        table = self._table
+        table, cells = h.table, self.cell
         cap = table.shape[0]
-        key = (cell << 16) | slot
-        pos = ((((key * _GOLDEN_INT) & _MASK64) >> 32) * cap) >> 32
-        cells, slots = self.cell, self.slot
+        pos = h.home_one(cell)
         while True:
             e = int(table[pos])
             if e == _EMPTY:
                 return -1
-            if e >= 0 and int(cells[e]) == cell and int(slots[e]) == slot:
+            if int(cells[e]) == cell:
                 return e
             pos += 1
             if pos == cap:
                 pos = 0
 
-    def _insert_hash(self, ids: np.ndarray) -> None:
-        """Put entries (known absent from the hash) into it, vectorised over the batch."""
-        table, cap = self._table, self._table.shape[0]
+    def _insert_hash(self, h: _OriginHash, ids: np.ndarray) -> None:
+        """Put entries (known absent) into an origin's hash, vectorised over the batch."""
+        table, cap = h.table, h.table.shape[0]
+        h.n += ids.shape[0]
         if ids.shape[0] <= _SMALL:
             for e in ids.tolist():
-                key = (int(self.cell[e]) << 16) | int(self.slot[e])
-                pos = ((((key * _GOLDEN_INT) & _MASK64) >> 32) * cap) >> 32
+                pos = h.home_one(int(self.cell[e]))
                 while table[pos] >= 0:
                     pos = pos + 1 if pos + 1 < cap else 0
-                if table[pos] == _EMPTY:
-                    self._filled += 1
-                else:
-                    self._tombs -= 1
                 table[pos] = e
             return
-        pos = self._home(self.cell[ids], self.slot[ids])
+        pos = h.home(self.cell[ids])
         ids = ids.astype(np.int32)
         while ids.shape[0]:
-            cur = table[pos]
-            open_ = cur < 0
+            open_ = table[pos] < 0
             cand_pos, cand_ids = pos[open_], ids[open_]
             table[cand_pos] = cand_ids  # several may race for one slot: one write survives
             won = np.zeros(ids.shape[0], bool)
             won[open_] = table[cand_pos] == cand_ids
-            self._filled += int(np.count_nonzero(cur[won] == _EMPTY))
-            self._tombs -= int(np.count_nonzero(cur[won] == _TOMB))
             lose = ~won
             ids, pos = ids[lose], pos[lose] + 1
             pos[pos == cap] = 0
-
-    def _rebuild_hash(self, extra: int = 0) -> None:
-        live = self.pairs + extra
-        size = max(2048, int(live / _REBUILD_LOAD) + 1)
-        self._table = np.full(size, _EMPTY, np.int32)
-        self._filled = self._tombs = 0
-        ids = np.flatnonzero(self.slot[: self.used] != FREE)
-        if ids.shape[0]:
-            self._insert_hash(ids)
 
     # --------------------------------------------------------------- insert
     def insert(self, slot: int, cell: np.ndarray) -> np.ndarray:
         """New entries for distinct cells that ``slot`` does not hold yet; returns their ids.
 
-        The caller writes the payload fields. The entries are linked at the
-        head of their cells' holder chains and appended to the origin's list.
+        The caller writes ``q``, ``lw``, ``n`` and ``version`` (``succ`` and
+        ``fail`` start at 0). The entries are linked at the head of their
+        cells' holder chains and put in the origin's hash.
         """
         k = cell.shape[0]
         reuse = min(k, self.free.shape[0])
@@ -239,15 +216,20 @@ class CellStore:
             self.used += k - reuse
         self.cell[ids] = cell
         self.slot[ids] = slot
-        for a in self.fields.values():
-            a[ids] = 0
+        if self.has_outcomes:  # a recycled entry may hold old counts; the caller writes the rest
+            self.fields["succ"][ids] = 0
+            self.fields["fail"][ids] = 0
         self.next[ids] = self.head[cell]
         self.head[cell] = ids
-        self.lists.setdefault(slot, _IntList()).extend(ids.astype(np.int32))
-        if self._filled + k > _MAX_LOAD * self._table.shape[0]:
-            self._rebuild_hash(extra=0)  # the new ids are live already: rebuild takes them
+        h = self.hashes.get(slot)
+        if h is None:
+            h = self.hashes[slot] = _OriginHash(max(64, int(k / _REBUILD_LOAD) + 1))
+        if h.n + k > _MAX_LOAD * h.table.shape[0]:  # grow: rebuild at 1/4 full
+            old = h.ids()
+            h = self.hashes[slot] = _OriginHash(int((h.n + k) / _REBUILD_LOAD) + 1)
+            self._insert_hash(h, np.concatenate([old, ids.astype(np.int32)]))
         else:
-            self._insert_hash(ids)
+            self._insert_hash(h, ids)
         return ids
 
     def _reserve(self, n: int) -> None:
@@ -273,29 +255,17 @@ class CellStore:
         """Free every entry of ``slot`` for good; returns the cells it held.
 
         Unlinks each entry from its cell's holder chain (vectorised: one pass
-        per position along the longest chain touched), tombstones it in the
-        hash and returns its id to the free list.
+        per position along the longest chain touched), drops the origin's hash
+        and returns the entry ids to the free list.
         """
-        lst = self.lists.pop(slot, None)
-        if lst is None or lst.n == 0:
+        h = self.hashes.pop(slot, None)
+        if h is None or h.n == 0:
             return np.empty(0, np.int64)
-        ids = lst.ids.astype(np.int64)
+        ids = h.ids().astype(np.int64)
         cells = self.cell[ids].astype(np.int64)
         self._unlink(ids, cells)
-        pos = self._home(cells, slot)
-        cap = self._table.shape[0]
-        idx = np.arange(ids.shape[0])
-        while idx.shape[0]:
-            hit = self._table[pos] == ids[idx]
-            self._table[pos[hit]] = _TOMB
-            go = ~hit
-            idx, pos = idx[go], pos[go] + 1
-            pos[pos == cap] = 0
-        self._tombs += ids.shape[0]
         self.slot[ids] = FREE
         self.free = np.concatenate([self.free, ids.astype(np.int32)])
-        if self._tombs > self.pairs:  # tombstones slow every probe: start afresh
-            self._rebuild_hash()
         return cells
 
     def _unlink(self, ids: np.ndarray, cells: np.ndarray) -> None:

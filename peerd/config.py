@@ -14,7 +14,7 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from peerd.errors import ConfigError
 from peerd.task import Task
 
 _ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_BROKER_URL = re.compile(r"^mqtts?://[^/:]+(:\d+)?/?$")
 
 
 def _opt(section: str, key: str, default: Any, doc: str, **kw: Any) -> Any:
@@ -44,6 +45,12 @@ class NodeConfig:
     gamma: float = _opt("task", "gamma", 0.95, "discount factor")
     task_name: str = _opt("task", "name", "task", "task name (informational)")
     broker_url: str = _opt("broker", "url", "", "mqtt://host:port or mqtts://; empty = no gossip")
+    broker_urls: list[str] = _opt("broker", "urls", [],
+                                  "members of a clustered broker, tried in this order on "
+                                  "connection loss (instead of url)")
+    subscribe_qos: int = _opt("broker", "subscribe_qos", 1,
+                              "highest QoS the broker delivers to us: 1, or 0 on NATS (no "
+                              "JetStream consumer per subscription; anti-entropy repairs losses)")
     username: str = _opt("broker", "username", "", "MQTT user name")
     password: str = _opt("broker", "password", "", "MQTT password (prefer password_file)")
     password_file: str = _opt("broker", "password_file", "", "file holding the MQTT password")
@@ -108,8 +115,11 @@ class NodeConfig:
             raise bad("actions", "action names must be unique")
         if not 0.0 <= self.gamma <= 1.0:
             raise bad("gamma", f"must be within [0, 1], got {self.gamma}")
-        if self.broker_url and not re.match(r"^mqtts?://[^/:]+(:\d+)?/?$", self.broker_url):
+        if self.broker_url and not _BROKER_URL.match(self.broker_url):
             raise bad("broker_url", f"{self.broker_url!r} is not mqtt://host[:port] or mqtts://")
+        self._validate_members(bad)
+        if self.subscribe_qos not in (0, 1):
+            raise bad("subscribe_qos", f"must be 0 or 1, got {self.subscribe_qos!r}")
         positive = ("half_life", "publish_interval", "heartbeat_interval", "peer_timeout",
                     "origin_ttl", "q_bound", "keepalive", "publish_every", "visit_cap",
                     "max_payload", "max_entries", "api_max_body", "suspect_after")
@@ -148,7 +158,29 @@ class NodeConfig:
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise bad("api_listen", f"{self.api_listen!r} is not host:port or unix:/path")
 
+    def _validate_members(self, bad: Callable[[str, str], ConfigError]) -> None:
+        """``[broker] urls``: well-formed, distinct, one TLS mode, and not contradicting ``url``."""
+        urls = self.broker_urls
+        for url in urls:
+            if not isinstance(url, str) or not _BROKER_URL.match(url):
+                raise bad("broker_urls", f"{url!r} is not mqtt://host[:port] or mqtts://")
+        if len(set(urls)) != len(urls):
+            dup = next(u for u in urls if urls.count(u) > 1)
+            raise bad("broker_urls", f"{dup!r} is listed twice")
+        if len({u.startswith("mqtts://") for u in urls}) > 1:
+            raise bad("broker_urls", "mixes mqtt:// and mqtts:// members; one TLS setting serves all")
+        if self.broker_url and urls and urls != [self.broker_url]:
+            raise bad("broker_urls", "set either [broker] url (one broker) or [broker] urls "
+                                     "(the members of a cluster), not both")
+
     # ------------------------------------------------------------ derived
+    @property
+    def broker_members(self) -> list[str]:
+        """The broker URLs to connect to, in order: ``urls``, else ``[url]``, else none."""
+        if self.broker_urls:
+            return list(self.broker_urls)
+        return [self.broker_url] if self.broker_url else []
+
     @property
     def task(self) -> Task:
         return Task(self.actions, gamma=self.gamma, name=self.task_name)

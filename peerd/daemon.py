@@ -160,7 +160,7 @@ class Daemon:
             self.running = True
             systemd.notify(f"READY=1\nSTATUS={self.status_line()}")
             self._log.info("daemon_ready", api=self.api.addresses if self.api else [],
-                           broker=self.config.broker_url or None, version=node.table.version)
+                           broker=self.config.broker_members or None, version=node.table.version)
             if ready is not None:
                 ready.set()
             self._spawn(self._supervise(), "supervise")
@@ -300,7 +300,7 @@ class Daemon:
         t = node.transport
         peers = node.liveness_counts()
         broker = ("connected" if t is not None and t.connected else "disconnected") \
-            if self.config.broker_url else "none"
+            if self.config.broker_members else "none"
         return (f"{'running' if self.running else 'starting'}; version {node.table.version}, "
                 f"{node.table.size} cells; broker {broker}; peers {peers['online']} online, "
                 f"{peers['suspect']} suspect, {peers['offline']} offline")

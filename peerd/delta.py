@@ -154,7 +154,16 @@ class PatternSignature:
 
 @dataclass
 class MergeStats:
-    """What one ``apply`` did, for logs and metrics."""
+    """What one ``apply`` did, for logs and metrics.
+
+    ``rejected``: ``QTable.apply`` validates a whole delta before it changes
+    anything and raises on the first defect, so a delta is rejected entirely
+    or not at all; there is no partial rejection, and the stats an ``apply``
+    returns always have ``rejected == 0``. A caller that logs or counts the
+    rejection builds its record with ``MergeStats.rejection(delta)``.
+    Cells an ``apply`` ignores on purpose (older or equal versions, cells
+    claiming to be this node's own) are ``conflicts``, not rejections.
+    """
 
     origin: str = ""
     cells: int = 0  # cells in the delta
@@ -169,3 +178,8 @@ class MergeStats:
     @property
     def changed(self) -> int:
         return self.new + self.updated
+
+    @classmethod
+    def rejection(cls, delta: Delta) -> MergeStats:
+        """The stats of a delta that was rejected as a whole: every cell rejected."""
+        return cls(origin=delta.origin, cells=len(delta), rejected=len(delta))

@@ -8,8 +8,31 @@ from __future__ import annotations
 
 import logging
 import sys
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import structlog
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
+
+
+def _import_structlog() -> ModuleType:
+    """structlog, without the rich it imports eagerly for console tracebacks (~5 MB per daemon).
+
+    A process that already uses rich (``peerd sim``) keeps rich tracebacks;
+    elsewhere tracebacks print plainly, and JSON logs (journald) never used it.
+    """
+    if "rich" in sys.modules or "structlog" in sys.modules:
+        import structlog
+        return structlog
+    sys.modules["rich"] = None  # type: ignore[assignment]  # `import rich` fails inside structlog
+    try:
+        import structlog
+    finally:
+        del sys.modules["rich"]
+    return structlog
+
+
+structlog = _import_structlog()
 
 _configured = False
 
@@ -38,7 +61,7 @@ def configure(level: str = "info", *, json: bool | None = None) -> None:
     _configured = True
 
 
-def get_logger(**bound: object) -> structlog.typing.FilteringBoundLogger:
+def get_logger(**bound: object) -> FilteringBoundLogger:
     """A bound logger; configures the defaults (info, stderr) if nobody did.
 
     structlog's own default prints debug lines to stdout, which would mix logs

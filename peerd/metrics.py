@@ -21,7 +21,12 @@ Families (counters carry the ``_total`` suffix in the exposition):
 - ``peerd_peer_trust{peer}``, ``peerd_peer_alignment{peer}``;
 - ``peerd_merge_confidence``, ``peerd_convergence_score`` (absent until the
   first trust round), ``peerd_broker_connected``, ``peerd_table_cells``,
-  ``peerd_own_version``, ``peerd_info{node,federation,fingerprint}``.
+  ``peerd_own_version``, ``peerd_info{node,federation,fingerprint}``;
+- the broker connection: ``peerd_broker_member_info{url}`` (1, for the member
+  in use, absent while disconnected; credentials never appear),
+  ``peerd_broker_members`` (configured members), ``peerd_broker_reconnects_total``
+  (connections after the first) and ``peerd_broker_disconnects_total``
+  (connections lost without being asked to).
 """
 
 from __future__ import annotations
@@ -123,6 +128,7 @@ class NodeCollector(Collector):
         transport = node.transport
         yield GaugeMetricFamily("peerd_broker_connected", "1 while connected to the MQTT broker.",
                                 value=1.0 if transport is not None and transport.connected else 0.0)
+        yield from _broker_families(transport)
         yield GaugeMetricFamily("peerd_table_cells", "Cells of the merged view with visits.",
                                 value=float(node.table.size))
         yield GaugeMetricFamily("peerd_own_version", "Version of this node's own contribution.",
@@ -131,6 +137,25 @@ class NodeCollector(Collector):
                                  labels=["node", "federation", "fingerprint"])
         info.add_metric([node.id, node.fed, node.task.fingerprint], 1.0)
         yield info
+
+
+def _broker_families(transport: Any) -> Iterator[Metric]:
+    """Which member of a (clustered) broker the node uses, and how often it had to reconnect."""
+    member = GaugeMetricFamily("peerd_broker_member_info",
+                               "Constant 1, labelled with the broker member in use.",
+                               labels=["url"])
+    in_use = getattr(transport, "member", None)
+    if in_use:
+        member.add_metric([in_use], 1.0)
+    yield member
+    yield GaugeMetricFamily("peerd_broker_members", "Broker members configured (tried in order).",
+                            value=float(len(getattr(transport, "member_urls", ()) or ())))
+    yield CounterMetricFamily("peerd_broker_reconnects",
+                              "Broker connections after the first (to any member).",
+                              value=float(getattr(transport, "reconnects", 0)))
+    yield CounterMetricFamily("peerd_broker_disconnects",
+                              "Broker connections lost without being asked to.",
+                              value=float(getattr(transport, "disconnects", 0)))
 
 
 def make_registry(node: Any, *, process: bool = False) -> CollectorRegistry:

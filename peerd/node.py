@@ -26,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
+import functools
 import json
 import os
 import random
@@ -151,6 +153,7 @@ class Node:
         self._stop = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self._connections = 0  # broker connections so far (each after the first: a new epoch)
         self.applied_event = asyncio.Event()  # set on every applied delta (tests wait on it)
         #: called with (header, stats) after each applied delta: benchmarks, simulations
         self.on_merge: Callable[[wire.Header, MergeStats], None] | None = None
@@ -226,7 +229,7 @@ class Node:
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(self._publisher(), name="publisher"),
                          tg.create_task(self._heartbeat(), name="heartbeat")]
-                if self.config.broker_url or self._transport_factory:
+                if self.config.broker_members or self._transport_factory:
                     self.transport = self._make_transport()
                     tasks.append(tg.create_task(
                         self.transport.run(self._on_message, self._on_connect), name="transport"))
@@ -272,29 +275,39 @@ class Node:
             await self.store.close()
             self.store = None
 
-    def _will(self) -> tuple[str, bytes, int, bool]:
-        death = wire.encode(wire.Death(self._header()), self.identity)
+    def _will(self, epoch: int | None = None) -> tuple[str, bytes, int, bool]:
+        """The death the broker publishes if this connection drops (of ``epoch``); retained
+        unless ``[broker] retain = false``."""
+        header = self._header()
+        if epoch is not None:
+            header = dataclasses.replace(header, epoch=epoch)
+        death = wire.encode(wire.Death(header), self.identity)
         return (wire.topic(self.fed, "presence", self.id), death, 1, self.config.retain)
 
     def _make_transport(self) -> Transport:
         will = self._will()
-        subs = [(f, 1) for f in wire.subscriptions(self.fed)]
+        subs = [(f, self.config.subscribe_qos) for f in wire.subscriptions(self.fed)]
         if self._transport_factory is not None:
             return self._transport_factory(client_id=f"peerd-{self.fed}-{self.id}",
                                            subscriptions=subs, will=will)
         from peerd.transport import MqttTransport
         cfg = self.config
+        members = cfg.broker_members
         tls = None
-        if cfg.broker_url.startswith("mqtts://") or cfg.ca_certs:
+        if any(u.startswith("mqtts://") for u in members) or cfg.ca_certs:
             from peerd.transport import TLSConfig
             tls = TLSConfig(ca_certs=cfg.ca_certs or None, certfile=cfg.certfile or None,
                             keyfile=cfg.keyfile or None)
-        return MqttTransport(cfg.broker_url, client_id=f"peerd-{self.fed}-{self.id}",
+        return MqttTransport(members, client_id=f"peerd-{self.fed}-{self.id}",
                              subscriptions=subs, will=will, username=cfg.username or None,
                              password=cfg.broker_password() or None, tls=tls,
                              keepalive=cfg.keepalive, retain=cfg.retain,
                              # a restarted broker is found within ~10 s, not the 30 s default cap
-                             backoff=(0.2, 10.0))
+                             backoff=(0.2, 10.0),
+                             # a member that accepts TCP but cannot admit us yet must not hold
+                             # the failover long (doubled after each failed round of members)
+                             connect_timeout=2.0,
+                             )
 
     # ---------------------------------------------------------- local API
     def act(self, state: Any, *, explore: bool = True) -> int:
@@ -354,13 +367,24 @@ class Node:
         return wire.Header(fed=self.fed, node=self.id, fp=self.task.fingerprint, epoch=self.epoch,
                            seq=self.seq, ts=self.clock())
 
-    async def _publish(self, msg: Any, kind: str, *, qos: int, retain: bool = False) -> bool:
+    async def _publish(self, msg: Any, kind: str, *, qos: int, retain: bool = False,
+                       on_unconfirmed: Callable[[], None] | None = None) -> bool:
+        """Encode and hand to the transport. ``on_unconfirmed`` runs if the broker never
+        acknowledges the message (its connection ended first; transports that can tell)."""
         if self.transport is None:
             return False
         payload = wire.encode(msg, self.identity, max_payload=self.config.max_payload,
                               max_entries=self.config.max_entries)
-        ok = await self.transport.publish(wire.topic(self.fed, kind, self.id), payload, qos=qos,
-                                          retain=retain)
+        topic = wire.topic(self.fed, kind, self.id)
+        tracked = getattr(self.transport, "publish_tracked", None)
+        if on_unconfirmed is not None and tracked is not None:
+            ack = await tracked(topic, payload, qos=qos, retain=retain)
+            ok = ack is not None
+            if ack is not None:
+                ack.add_done_callback(
+                    lambda f: None if not f.cancelled() and f.result() else on_unconfirmed())
+        else:
+            ok = await self.transport.publish(topic, payload, qos=qos, retain=retain)
         if ok:
             self.counters.bytes_sent += len(payload)
         return ok
@@ -388,8 +412,10 @@ class Node:
         version = self.watermark  # never a version whose commit has not returned
         if not force and not answering and not self._gossip.should_publish(version, self.monotonic()):
             return False
-        if version <= start and not answering:
-            return False
+        if version <= start:
+            # Nothing after ``start``: an empty answer would only cost every peer a verification
+            # (a fleet starting together asks every origin at version 0). Asked and done.
+            return answering
         delta = self.table.delta(since=start, upto=version)
         # Signatures feed the trust round, which runs once per heartbeat: sending
         # them with every delta would only cost bytes and verification time.
@@ -403,7 +429,8 @@ class Node:
             piece = pending.pop(0)
             msg = wire.DeltaMsg(self._header(), delta=piece, signatures=sigs)
             try:
-                ok = await self._publish(msg, "delta", qos=1)
+                ok = await self._publish(msg, "delta", qos=1,
+                                         on_unconfirmed=functools.partial(self._unconfirmed, piece))
             except wire.PayloadTooLarge as exc:  # signatures or framing pushed it over: halve
                 if len(piece) <= 1:
                     self._log.error("delta_too_large", cells=len(piece), error=str(exc))
@@ -424,6 +451,18 @@ class Node:
         self._log.debug("delta_published", cells=len(delta), since=start, version=delta.to_version)
         return True
 
+    def _unconfirmed(self, piece: Delta) -> None:
+        """A delta the broker never acknowledged (the connection died first): send it again.
+
+        ``published_version`` goes back to where the piece started, so the
+        publisher recomputes everything after it from versions once reconnected;
+        pieces that did arrive are sent twice, which the CRDT merge absorbs.
+        """
+        if piece.from_version < self._gossip.published_version:
+            self._gossip.published_version = piece.from_version
+            self._log.info("delta_unconfirmed", since=piece.from_version, to=piece.to_version)
+            self._wake.set()
+
     async def _publisher(self) -> None:
         """Publish own deltas on trigger; answer sync requests, coalesced."""
         tick = min(1.0, self.config.publish_interval)
@@ -437,7 +476,9 @@ class Node:
                 continue
             now = self.clock()
             for peer in self._registry:
-                self._ask(peer.node_id, gossip.due_ask(peer.cursor, now, self._gossip.sync_interval))
+                if peer.cursor.deferred:  # most have nothing deferred: skip the call
+                    self._ask(peer.node_id,
+                              gossip.due_ask(peer.cursor, now, self._gossip.sync_interval))
             if self.presence.take_answer(self.monotonic()):
                 await self._answer_birth()
             for origin, relay_since in self.relay_plan.due(self.monotonic()):
@@ -460,14 +501,25 @@ class Node:
             self.presence.retry_answer()
 
     async def _on_connect(self) -> None:
-        """(Re)connected: birth, then everything unpublished (computed from versions)."""
+        """(Re)connected: birth, then everything unpublished (computed from versions).
+
+        Each connection after the first is a new presence epoch (docs/architecture.md
+        §5): the Will of the lost connection, which a surviving broker member may
+        publish after our new birth, then carries an older epoch and is ignored.
+        """
+        if self._connections:
+            self.epoch += 1
+            self._log = self._log.bind(epoch=self.epoch)
+            if self.store is not None:
+                await self.store.set_meta("epoch", self.epoch)
+        self._connections += 1
         await self._publish(self._birth(), "presence", qos=1, retain=self.config.retain)
         self.presence.answered(self.monotonic())
-        # The Will of the *next* connection: a fresh (epoch, seq), or peers would
-        # reject a second abrupt death in this epoch as a replay.
+        # The Will of the *next* connection, in the epoch that connection will have.
         if self.transport is not None:
-            self.transport.will = self._will()
-        self._log.info("broker_connected", version=self.table.version)
+            self.transport.will = self._will(self.epoch + 1)
+        self._log.info("broker_connected", member=getattr(self.transport, "member", None),
+                       version=self.table.version, published_version=self._gossip.published_version)
         self._wake.set()
 
     async def _heartbeat(self) -> None:
@@ -652,23 +704,29 @@ class Node:
             if liveness.on_birth(peer.life, h.epoch, now):
                 self._log.info("peer_online", peer=pid, epoch=h.epoch)
             self.presence.known(pid)
-            # On a broker that keeps no retained messages the newcomer never sees our
-            # birth: a live birth of a new peer (life) is answered with ours, once.
+            # A live birth of a new peer (life) is answered with ours, once (DESIGN §4):
+            # on a broker that keeps no retained messages, or a cluster member that has
+            # not replicated our retained birth yet, the newcomer would never see it.
             if not retain and self.presence.on_live_birth(pid, h.epoch):
                 self._wake.set()
             if newcomer:
                 self._offer_relays(pid)
             # A node asks every origin it hears of and holds nothing of: the retained
             # birth may advertise an old version, and waiting for a heartbeat costs
-            # a heartbeat interval.
-            advert = msg.version if peer.cursor.known else max(msg.version, 1)
+            # a heartbeat interval. A live birth's version is current: 0 means nothing
+            # to ask (a fleet starting together would otherwise ask N² times, each
+            # request verified by all N nodes).
+            stale = retain and not peer.cursor.known
+            advert = max(msg.version, 1) if stale else msg.version
             self._ask(pid, gossip.on_advert(peer.cursor, advert, now, sync))
         elif isinstance(msg, wire.Death):
             if liveness.on_death(peer.life, h.epoch, now):
                 self._log.info("peer_offline", peer=pid, epoch=h.epoch, reason="death")
         elif isinstance(msg, wire.Heartbeat):
             self._heard(peer, h.epoch, now)
-            self._ask(pid, gossip.on_advert(peer.cursor, msg.version, now, sync))
+            # QoS 0: it overtakes the QoS 1 delta it advertises; give that one a heartbeat to land
+            self._ask(pid, gossip.on_advert(peer.cursor, msg.version, now, sync,
+                                            wait=self.config.heartbeat_interval))
         elif isinstance(msg, wire.Rebirth):
             if newcomer:
                 self._offer_relays(pid)
@@ -716,7 +774,9 @@ class Node:
             entry.fresh = True
         self._ask(peer, gossip.on_delta(entry.cursor, delta.from_version, delta.to_version, now,
                                         self._gossip.sync_interval))
-        self._log.debug("delta_applied", peer=peer, cells=stats.cells, new=stats.new,
+        # since/version: scripts/cluster.py measures propagation across processes from these lines
+        self._log.debug("delta_applied", peer=peer, since=delta.from_version,
+                        version=delta.to_version, cells=stats.cells, new=stats.new,
                         updated=stats.updated, conflicts=stats.conflicts)
         if self.on_merge:
             self.on_merge(msg.header, stats)
@@ -905,6 +965,9 @@ class Node:
             "published_version": self._gossip.published_version,
             "cells": self.table.size, "origins": len(self.table.origins),
             "connected": bool(t and t.connected),
+            "broker": getattr(t, "member", None),
+            "broker_members": list(getattr(t, "member_urls", self.config.broker_members)),
+            "broker_reconnects": getattr(t, "reconnects", 0),
             "peers": self._registry.counts(), "convergence": self.convergence,
             "counters": {k: v for k, v in vars(self.counters).items()},
             "pid": os.getpid(),

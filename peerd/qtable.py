@@ -439,32 +439,27 @@ class QTable:
         st, f = self._store, self._store.fields
         e = st.find(cells, s)
         have = e >= 0
-        newer = ~have
-        newer[have] = src["version"][have] > f["version"][e[have]]
+        ec = np.maximum(e, 0)  # absent cells read entry 0: masked out below
+        newer = src["version"] > np.where(have, f["version"][ec], 0)  # incoming versions are >= 1
         if not newer.all():
-            cells, e, have = cells[newer], e[newer], have[newer]
+            cells, e, ec, have = cells[newer], e[newer], ec[newer], have[newer]
             src = {k: v[newer] for k, v in src.items()}
         k = cells.shape[0]
         if k == 0:
             return cells
-        n_new = int(np.count_nonzero(~have))
+        n_new = k - int(np.count_nonzero(have))
         stats.new += n_new
         stats.updated += k - n_new
-        eh = e[have]
-        q_old = np.zeros(k)
-        lw_old = np.full(k, -np.inf)
-        n_old = np.zeros(k, np.int64)
-        q_old[have] = f["q"][eh]
-        lw_old[have] = f["lw"][eh]
-        n_old[have] = f["n"][eh]
+        # An absent cell's old term has weight 0 (ok_old is False), so its q and lw never count.
+        q_old = f["q"][ec].astype(np.float64)
+        lw_old = f["lw"][ec]
+        n_old = np.where(have, f["n"][ec], 0).astype(np.int64)
         outcomes = bool(src["succ"].any() or src["fail"].any())
         if outcomes:
             st.enable_outcomes()
             self._view.enable_outcomes()
         if st.has_outcomes:
-            old_of = {o: np.zeros(k, np.int64) for o in ("succ", "fail")}
-            for o in old_of:
-                old_of[o][have] = st.fields[o][eh]
+            old_of = {o: np.where(have, st.fields[o][ec], 0).astype(np.int64) for o in ("succ", "fail")}
         if n_new:
             e[~have] = st.insert(s, cells[~have])
         for name in ("q", "lw", "n", "version", *(("succ", "fail") if st.has_outcomes else ())):
@@ -718,8 +713,8 @@ class QTable:
         slot = st.slot[e]
         n = st.fields["n"][e]
         floor = np.where(slot == OWN, 1, max(self.min_visits, 1))
-        t = np.where((hold >= 0) & (n >= floor), self._eff_trusts()[np.minimum(slot, len(self._trust) - 1)],
-                     0.0)
+        eff = self._eff_trusts()  # every live slot is < len(eff); a padding -1 reads entry 0
+        t = np.where((hold >= 0) & (n >= floor), eff[np.minimum(slot, eff.shape[0] - 1)], 0.0)
         return hold, t, st.fields["q"][e].astype(np.float64), st.fields["lw"][e]
 
     def _recompute_exact(self, cells: np.ndarray) -> None:
@@ -740,11 +735,8 @@ class QTable:
         assert view.robust is not None
         for lo in range(0, cells.shape[0], _RECOMPUTE_CHUNK):
             c = cells[lo : lo + _RECOMPUTE_CHUNK]
-            hold, t, q, lw = self._holders(c)
-            valid = t > 0
-            trust = self._trust[np.minimum(self._store.slot[np.maximum(hold, 0)], len(self._trust) - 1)]
-            trust = np.where(self._store.slot[np.maximum(hold, 0)] == OWN, 1.0, trust)
-            view.robust[c] = self.strategy.combine(q, lw, valid, trust, self.q_init)
+            _, t, q, lw = self._holders(c)  # t: each holder's trust, 0 where it does not count
+            view.robust[c] = self.strategy.combine(q, lw, t > 0, t, self.q_init)
 
     def _refresh(self, cells: np.ndarray, bad: np.ndarray) -> None:
         """After terms changed: exact sums where they cancelled; robust values of the cells."""

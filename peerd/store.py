@@ -32,6 +32,7 @@ unsigned ``(key, action)`` order).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
@@ -412,14 +413,17 @@ class Store:
                     await conn.execute(sql, args)
                 await conn.execute("COMMIT")
             except BaseException as exc:
-                await self._rollback_quietly()
-                log.error("store_commit_failed", path=str(self.path), writes=len(live),
-                          error=repr(exc))
+                # The waiters first: nothing below (rollback, logging) may leave them waiting.
                 for w in live:  # one exception object per waiter: each gets its own traceback
                     err = StoreError(f"commit of a batch of {len(live)} writes to "
                                      f"{self.path} failed: {exc!r}")
                     err.__cause__ = exc
                     _resolve(w.future, err)
+                with contextlib.suppress(Exception):
+                    await self._rollback_quietly()
+                with contextlib.suppress(Exception):  # e.g. a log stream closed under us
+                    log.error("store_commit_failed", path=str(self.path), writes=len(live),
+                              error=repr(exc))
                 if not isinstance(exc, Exception):
                     raise
                 return

@@ -42,7 +42,7 @@ def relative_weights_t(lw_t: np.ndarray, valid_t: np.ndarray | None = None, *,
     weight below 2^-1021 is taken as 2^-1021 ≈ 4e-308: empty slots and evidence
     over 1021 half-lives older than its cell's newest, next to which (weight 1)
     it is invisible. That path skips three passes and stays on exp2's fast
-    path (see ``EXP2_FLOOR``); ``QTable`` uses it, empty slots have ``q = 0``.
+    path (see ``EXP2_FLOOR``); empty slots must then have ``q = 0``.
     ``overwrite`` computes the weights in ``lw_t`` itself (``valid_t=None`` only).
     """
     if valid_t is None:
@@ -73,7 +73,7 @@ def weighted_average_t(q_t: np.ndarray, lw_t: np.ndarray, valid_t: np.ndarray | 
     Returns ``(values, top, evidence)``: the merged values (``default`` where no
     origin is valid), each cell's largest valid log-weight (``-inf`` where
     none) and ``evidence = Σ 2^(lw − top)``, the untrusted evidence weight
-    relative to ``top`` (``QTable`` turns it into its confidence). Arguments as
+    relative to ``top`` (from which a confidence follows). Arguments as
     in ``relative_weights_t``.
     """
     out = np.full(lw_t.shape[1], default, dtype=np.float64)

@@ -11,8 +11,9 @@ succ, fail  uint64   likewise (allocated once some origin reports an outcome)
 robust      float64  the value of a robust strategy (allocated only for those)
 ==========  =======  ====================================================
 
-so 44 B per cell (60 with outcomes, +8 with a robust strategy), whatever the
-number of origins. The weighted-average value is ``num / den`` (``default``
+so 36 B per cell (52 with outcomes, +8 with a robust strategy), whatever the
+number of origins; with the holder-chain head and the key index, about 48 B
+per merged cell at 6 actions (``QTable.memory``). The weighted-average value is ``num / den`` (``default``
 where ``den = 0``).
 
 Replacing an origin's stored cell subtracts its old term and adds its new one
@@ -36,6 +37,7 @@ import numpy as np
 REBASE = 64.0  # an incoming lw this far above ref moves ref (2^64 keeps far from overflow)
 CANCEL_BITS = 8  # den below mass · 2^-8: recompute exactly
 _CANCEL = 2.0 ** -CANCEL_BITS
+_EXP_MIN, _EXP_MAX = -1021.0, 1000.0  # exp2 stays on its fast path (peerd.strategies.EXP2_FLOOR)
 #: what a cell holds before any origin does (``robust``: the default value)
 _FILL = {"num": 0.0, "den": 0.0, "ref": -np.inf, "mass": 0.0, "n": 0, "succ": 0, "fail": 0}
 
@@ -126,14 +128,22 @@ class MergedView:
             self.mass[cu] *= scale.astype(np.float32)
             self.ref[cu] = new_ref
             ref = self.ref[cells]
-        finite = np.isfinite(ref)
-        base = np.where(finite, ref, 0.0)
-        with np.errstate(over="ignore", invalid="ignore"):
-            w_old = np.where((t_old > 0) & finite, t_old * np.exp2(np.minimum(lw_old - base, 1000.0)), 0.0)
-            w_new = np.where((t_new > 0) & finite, t_new * np.exp2(np.minimum(lw_new - base, 1000.0)), 0.0)
-        den0 = self.den[cells]
-        den = den0 - w_old + w_new
-        num = self.num[cells] - w_old * q_old + w_new * q_new
+        # Exponents are clipped to exp2's fast range: a term over 1021 half-lives below
+        # the reference weighs 2^-1021 (it is invisible next to the reference term, and
+        # added and removed alike); t = 0 (not counted) zeroes it, whatever ref is.
+        with np.errstate(invalid="ignore"):  # -inf − -inf: an absent term (weight 0 anyway)
+            d_old = np.subtract(lw_old, ref)
+            d_new = np.subtract(lw_new, ref)
+        w_old = np.exp2(np.fmin(np.fmax(d_old, _EXP_MIN), _EXP_MAX))  # fmax: NaN → _EXP_MIN
+        w_old *= t_old
+        w_new = np.exp2(np.fmin(np.fmax(d_new, _EXP_MIN), _EXP_MAX))
+        w_new *= t_new
+        den = self.den[cells] - w_old
+        den += w_new
+        w_old *= q_old
+        w_new *= q_new
+        num = self.num[cells] - w_old
+        num += w_new
         mass = np.maximum(self.mass[cells], den.astype(np.float32))
         self.den[cells] = den
         self.num[cells] = num
@@ -150,9 +160,9 @@ class MergedView:
             self.den[cell] *= scale
             self.mass[cell] *= scale
             self.ref[cell] = ref = lw_new
-        finite = math.isfinite(ref)
-        w_old = t_old * math.exp2(min(lw_old - ref, 1000.0)) if t_old > 0 and finite else 0.0
-        w_new = t_new * math.exp2(min(lw_new - ref, 1000.0)) if t_new > 0 and finite else 0.0
+        finite = math.isfinite(ref)  # clipped as in ``replace``: the same term in and out
+        w_old = t_old * math.exp2(min(max(lw_old - ref, _EXP_MIN), _EXP_MAX)) if t_old > 0 and finite else 0.0
+        w_new = t_new * math.exp2(min(max(lw_new - ref, _EXP_MIN), _EXP_MAX)) if t_new > 0 and finite else 0.0
         den = float(self.den[cell]) - w_old + w_new
         self.num[cell] = float(self.num[cell]) - w_old * q_old + w_new * q_new
         self.den[cell] = den

@@ -1,31 +1,30 @@
 #!/usr/bin/env python3
-"""Benchmark the merge: peerd's ``QTable.apply`` against the seed designs' dict merge, same run.
+"""Benchmark the merge as the fleet grows: ``QTable.apply`` against the seed's dict loop, same run.
 
-Scenario (DESIGN §9: speed is a ratio against a baseline measured in the same
-run, never a wall-clock assertion):
+Baseline: the seed designs' merge, a Python dict ``(key, action) → (q, n)`` updated per cell
+with ``(q_l·n_l + q_p·n_p) / (n_l + n_p)`` after ``.tolist()`` of the delta's arrays.
 
-- a federation of ``--origins`` nodes (default 16: this node and 15 peers);
-- this node's table holds ``--cells`` cells (default 1 M = 166 667 states × 6
-  actions), restored from its own store before the clock starts;
-- every peer first sends one warm-up delta (untimed: it creates the peer's
-  origin slot), then ``--rounds`` deltas of ``--delta-cells`` cells each
-  (default 100 k), sorted by (key, action) as peerd emits them, each a random
-  mix of cells the peer already sent (newer versions) and cells it did not;
-- the table's rows are laid out in no particular key order, as in a daemon
-  that met its states one by one;
-- cells are plain Q-learning cells (``succ = fail = 0``), or with ``--outcomes``
-  cells that also count successes (bandit use: more arrays to update);
-- peerd applies them with ``QTable.apply`` (validation and the evidence guard
-  included); the baseline applies the same deltas with the seed formula
-  ``(q_l·n_l + q_p·n_p) / (n_l + n_p)`` over a Python dict keyed by
-  ``(key, action)``, after converting the delta's arrays with ``.tolist()``
-  (how a Python implementation would receive them; the conversion is timed).
+Scenario, per origin count N (DESIGN §9: speed is a ratio against a baseline
+measured in the same run, never a wall-clock assertion):
 
-Both are timed round by round, alternately, in process CPU time (one core;
-wall-clock rates are reported too). Prints one JSON object (``--json``) or a
-short human summary. Target: ``ratio`` ≥ 30 and ≥ 5 M cells/s on one core.
+- a table of ``--cells`` cells (default 1 M = 166 667 states × 6 actions);
+- N origins (this node and N − 1 peers), each holding a random 10 % of the
+  cells, restored before the clock starts (untimed; the baseline dict holds
+  every cell that any origin holds);
+- the same total work at every N: ``--work`` delta cells (default 2 M) in
+  deltas of ``--delta-cells`` (default 10 k) from the peers in turn, each half
+  cells the peer holds (newer versions) and half cells it does not (new);
+- both sides are timed delta by delta, alternately, in process CPU time.
 
-    python scripts/bench_merge.py --json
+Each N runs in a fresh subprocess, so that its peak RSS is its own. Reported
+per N: peerd and baseline cells/s and their ratio, peak RSS, and bytes per
+stored (origin, cell) pair and per merged cell, from the arrays' ``nbytes``
+(indexes and capacity slack included). Targets: the rate at the largest N is
+≥ 0.7× the rate at the smallest; peerd ≥ 10× the dict loop at every N;
+≤ 64 B per stored pair and per merged cell.
+
+    python scripts/bench_merge.py --origins 8,64,256 --json
+    python scripts/bench_merge.py --quick          # a small run (100 k cells)
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ import gc
 import json
 import platform
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -49,6 +49,9 @@ from peerd.task import Task
 
 NOW = 1.7e9  # a wall-clock "now": absolute log-weights are ≈ 2.8e6, as in the daemon
 HALF_LIFE = 600.0
+HOLD = 0.10  # share of the table each origin holds
+TARGETS = {"rate_largest_over_smallest_min": 0.7, "ratio_min": 10.0, "bytes_per_pair_max": 64.0,
+           "bytes_per_cell_max": 64.0}
 
 
 def rss_peak_mb() -> float:
@@ -56,61 +59,8 @@ def rss_peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def make_scenario(args: argparse.Namespace) -> tuple[Task, dict[str, np.ndarray], list[Delta],
-                                                       list[Delta]]:
-    """Own cells of the node, the peers' warm-up deltas and the timed deltas."""
-    rng = np.random.default_rng(args.seed)
-    task = Task(args.actions, gamma=0.99, name="bench")
-    n_states = -(-args.cells // args.actions)
-    state_keys = np.unique(rng.integers(0, 2**64 - 1, size=n_states, dtype=np.uint64))
-    assert state_keys.shape[0] == n_states  # 64-bit keys: a collision has probability ~1e-9
-    n_cells = n_states * args.actions
-    all_keys = np.repeat(state_keys, args.actions)  # every (key, action), sorted
-    all_acts = np.tile(np.arange(args.actions, dtype=np.uint16), n_states)
-
-    def cells(idx: np.ndarray, version: np.ndarray, t_last: float) -> dict[str, np.ndarray]:
-        m = idx.shape[0]
-        n = rng.integers(1, 50, m).astype(np.uint32)
-        succ = (n // 3 if args.outcomes else np.zeros(m)).astype(np.uint32)
-        # recency-weighted evidence of about n updates, the last around t_last
-        lw = np.log2(n.astype(np.float64)) + (t_last - rng.random(m) * 3 * HALF_LIFE) / HALF_LIFE
-        return {"keys": all_keys[idx], "actions": all_acts[idx],
-                "q": rng.normal(0.0, 5.0, m).astype(np.float32), "lw": lw, "n": n,
-                "succ": succ, "fail": np.zeros(m, np.uint32), "version": version}
-
-    own = cells(np.arange(n_cells), np.arange(1, n_cells + 1, dtype=np.uint64), NOW)
-    warm: list[Delta] = []
-    timed: list[Delta] = []
-    for p in range(1, args.origins):
-        origin = f"peer-{p:02d}"
-        fp = task.fingerprint
-        version = 0
-        sent = np.empty(0, np.int64)
-        for r in range(args.rounds + 1):
-            # half new cells, half cells this peer sent before (they get a newer version)
-            k_old = min(sent.shape[0], args.delta_cells // 2)
-            old = rng.choice(sent, k_old, replace=False) if k_old else sent[:0]
-            new = rng.choice(n_cells, args.delta_cells - k_old, replace=False)
-            idx = np.unique(np.concatenate([old, new]))
-            while idx.shape[0] < args.delta_cells:  # collisions: top up
-                more = rng.choice(n_cells, args.delta_cells - idx.shape[0], replace=False)
-                idx = np.unique(np.concatenate([idx, more]))
-            sent = np.union1d(sent, idx)
-            ver = version + 1 + rng.permutation(idx.shape[0]).astype(np.uint64)
-            d = Delta.build(origin, fp, version, version + idx.shape[0],
-                            **cells(idx, ver, NOW - (args.rounds - r)))
-            version += idx.shape[0]
-            (warm if r == 0 else timed).append(d)
-    # interleave peers the way deltas arrive: round by round
-    per_peer = args.rounds
-    timed = [timed[p * per_peer + r] for r in range(per_peer) for p in range(args.origins - 1)]
-    return task, own, warm, timed
-
-
 class Timer:
-    """Accumulated CPU time of this process (one core: numpy runs these loops single-threaded)
-    and wall-clock time. CPU time is the headline: other processes on the machine do not
-    inflate it (much)."""
+    """Accumulated process CPU time (numpy runs these loops on one core) and wall time."""
 
     def __init__(self) -> None:
         self.cpu = self.wall = 0.0
@@ -124,26 +74,42 @@ class Timer:
         self.wall += time.perf_counter() - self._w
 
 
-def peerd_table(task: Task, own: dict[str, np.ndarray], warm: list[Delta]) -> QTable:
-    """This node's table: its own cells restored, every peer's warm-up delta applied."""
-    table = QTable(task, "bench-node", secret="bench", half_life=HALF_LIFE, clock=lambda: NOW)
-    # A daemon meets states in no particular key order, so table rows are not sorted by
-    # key; restoring the own cells in random batches lays them out the same way.
-    rng = np.random.default_rng(0)
-    for batch in np.array_split(rng.permutation(own["keys"].shape[0]), 256):
-        table.load("bench-node", {f: a[np.sort(batch)] for f, a in own.items()})
-    for d in warm:
-        table.apply(d)
-    return table
+class Scenario:
+    """The table's keys and a random generator of cells of the peers."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.rng = np.random.default_rng(args.seed)
+        self.a = args.actions
+        self.task = Task(self.a, gamma=0.99, name="bench")
+        n_states = -(-args.cells // self.a)
+        keys = np.unique(self.rng.integers(0, 2**64 - 1, size=n_states, dtype=np.uint64))
+        assert keys.shape[0] == n_states  # 64-bit keys: a collision has probability ~1e-9
+        self.n_cells = n_states * self.a
+        self.keys = np.repeat(keys, self.a)  # every (key, action), sorted
+        self.acts = np.tile(np.arange(self.a, dtype=np.uint16), n_states)
+
+    def held(self) -> np.ndarray:
+        """A random 10 % of the cells, sorted."""
+        return np.flatnonzero(self.rng.random(self.n_cells) < HOLD)
+
+    def cells(self, idx: np.ndarray, v0: int) -> dict[str, np.ndarray]:
+        """Cells ``idx`` (sorted) with versions after ``v0``, as a peer sends them."""
+        m = idx.shape[0]
+        n = self.rng.integers(1, 50, m).astype(np.uint32)
+        # recency-weighted evidence of about n updates, the last within 3 half-lives
+        lw = np.log2(n.astype(np.float64)) + (NOW - self.rng.random(m) * 3 * HALF_LIFE) / HALF_LIFE
+        return {"keys": self.keys[idx], "actions": self.acts[idx],
+                "q": self.rng.normal(0.0, 5.0, m).astype(np.float32), "lw": lw, "n": n,
+                "succ": np.zeros(m, np.uint32), "fail": np.zeros(m, np.uint32),
+                "version": v0 + 1 + self.rng.permutation(m).astype(np.uint64)}
 
 
 class Baseline:
     """The seed designs' merge: one dict ``(key, action) → (q, n)``, visits summed."""
 
-    def __init__(self, own: dict[str, np.ndarray]) -> None:
-        self.table: dict[tuple[int, int], tuple[float, int]] = dict(
-            zip(zip(own["keys"].tolist(), own["actions"].tolist(), strict=True),
-                zip(own["q"].tolist(), own["n"].tolist(), strict=True), strict=True))
+    def __init__(self, keys: np.ndarray, acts: np.ndarray) -> None:
+        self.table: dict[tuple[int, int], tuple[float, int]] = dict.fromkeys(
+            zip(keys.tolist(), acts.tolist(), strict=True), (0.0, 1))
 
     def apply(self, d: Delta) -> None:
         table = self.table
@@ -160,68 +126,120 @@ class Baseline:
                 table[cell] = ((q_l * n_l + q_p * n_p) / n, n)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("--origins", type=int, default=16, help="nodes in the federation (incl. this one)")
-    ap.add_argument("--cells", type=int, default=1_000_000, help="cells in this node's table")
-    ap.add_argument("--actions", type=int, default=6)
-    ap.add_argument("--delta-cells", type=int, default=100_000)
-    ap.add_argument("--rounds", type=int, default=3, help="timed deltas per peer")
-    ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--outcomes", action="store_true",
-                    help="cells carry success counts (bandit use); default: plain Q-learning cells")
-    args = ap.parse_args(argv)
-    if args.origins < 2:
-        ap.error("--origins must be >= 2")
-
-    task, own, warm, timed = make_scenario(args)
-    table = peerd_table(task, own, warm)
+def run_one(args: argparse.Namespace, origins: int) -> dict[str, object]:
+    """One origin count, in this process."""
+    sc = Scenario(args)
+    table = QTable(sc.task, "bench-node", secret="bench", half_life=HALF_LIFE, clock=lambda: NOW)
+    table.load("bench-node", sc.cells(sc.held(), 0))
+    peers = [f"peer-{p:04d}" for p in range(1, origins)]
+    held: dict[str, np.ndarray] = {}
+    anyone = np.zeros(sc.n_cells, bool)
+    t_setup = time.process_time()
+    for p in peers:
+        idx = held[p] = sc.held()
+        anyone[idx] = True
+        d = sc.cells(idx, 0)
+        table.apply(Delta.build(p, sc.task.fingerprint, 0, idx.shape[0], **d), guard=False)
+    t_setup = time.process_time() - t_setup
+    version = {p: held[p].shape[0] for p in peers}
+    gc.collect()
     rss_peerd = rss_peak_mb()
-    baseline = Baseline(own)
-    for d in warm:
-        baseline.apply(d)
+    mem = table.memory()
+
+    # the timed deltas: half cells the peer holds (newer versions), half cells it does not
+    n_deltas = max(1, args.work // args.delta_cells)
+    deltas: list[Delta] = []
+    for i in range(n_deltas):
+        p = peers[i % len(peers)]
+        half = args.delta_cells // 2
+        old = sc.rng.choice(held[p], half, replace=False)
+        new = sc.rng.choice(sc.n_cells, args.delta_cells - half, replace=False)
+        idx = np.union1d(old, new)
+        v0 = version[p]
+        version[p] = v0 + idx.shape[0]
+        deltas.append(Delta.build(p, sc.task.fingerprint, v0, version[p], **sc.cells(idx, v0)))
+    base = Baseline(sc.keys[anyone], sc.acts[anyone])
+    del anyone
     gc.collect()
     t_peerd, t_base = Timer(), Timer()
-    peers = args.origins - 1
-    for r in range(args.rounds):  # alternate, so that both see the same machine
-        batch = timed[r * peers : (r + 1) * peers]
+    for d in deltas:  # alternate, so that both see the same machine
         with t_peerd:
-            for d in batch:
-                table.apply(d)
+            table.apply(d)
         with t_base:
-            for d in batch:
-                baseline.apply(d)
-    cells = sum(len(d) for d in timed)
-    storage = table.memory()["store_bytes"] + table.memory()["view_bytes"]
-    out = {
+            base.apply(d)
+    cells = sum(len(d) for d in deltas)
+    return {
+        "origins": len(table.origins),
         "peerd_cells_per_s": round(cells / t_peerd.cpu),
         "baseline_cells_per_s": round(cells / t_base.cpu),
         "ratio": round(t_base.cpu / t_peerd.cpu, 2),
         "peak_rss_mb": round(rss_peak_mb(), 1),
         "peak_rss_mb_peerd_only": round(rss_peerd, 1),
-        "peerd_cell_storage_mb": round(storage / 2**20, 1),
-        "timer": "process CPU time",
+        "bytes_per_stored_pair": round(mem["bytes_per_pair"], 1),
+        "bytes_per_merged_cell": round(mem["bytes_per_cell"], 1),
+        "stored_pairs": int(mem["pairs"]),
+        "merged_cells": int(mem["cells"]),
+        "setup_cells_per_s": round(int(mem["pairs"]) / max(t_setup, 1e-9)),
         "peerd_wall_cells_per_s": round(cells / t_peerd.wall),
         "baseline_wall_cells_per_s": round(cells / t_base.wall),
         "cells_applied": cells,
-        "deltas": len(timed),
-        "delta_cells": args.delta_cells,
-        "table_cells": table.size,
-        "origins": len(table.origins),
-        "actions": args.actions,
-        "outcomes": args.outcomes,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
+        "deltas": len(deltas),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--origins", default="8,64,256", help="origin counts, comma-separated")
+    ap.add_argument("--cells", type=int, default=1_000_000, help="cells in the table")
+    ap.add_argument("--actions", type=int, default=6)
+    ap.add_argument("--work", type=int, default=2_000_000, help="delta cells applied per origin count")
+    ap.add_argument("--delta-cells", type=int, default=10_000)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--quick", action="store_true", help="a small run: 100 k cells, 200 k delta cells")
+    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child: one origin count
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.cells, args.work, args.delta_cells = 100_000, 200_000, 5_000
+    if args.one is not None:
+        print(json.dumps(run_one(args, args.one)))
+        return 0
+    counts = sorted({int(x) for x in args.origins.split(",")})
+    if counts[0] < 2:
+        ap.error("--origins must all be >= 2")
+    runs = []
+    for n in counts:  # a fresh process per count: its peak RSS is its own
+        cmd = [sys.executable, __file__, "--one", str(n), "--cells", str(args.cells),
+               "--actions", str(args.actions), "--work", str(args.work),
+               "--delta-cells", str(args.delta_cells), "--seed", str(args.seed)]
+        res = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        runs.append(json.loads(res.stdout))
+    small, large = runs[0], runs[-1]
+    scaling = large["peerd_cells_per_s"] / small["peerd_cells_per_s"]
+    out = {
+        "runs": runs,
+        "rate_largest_over_smallest": round(scaling, 3),
+        "targets": TARGETS,
+        "meets_targets": bool(
+            scaling >= TARGETS["rate_largest_over_smallest_min"]
+            and all(r["ratio"] >= TARGETS["ratio_min"] for r in runs)
+            and all(r["bytes_per_stored_pair"] <= TARGETS["bytes_per_pair_max"] for r in runs)
+            and all(r["bytes_per_merged_cell"] <= TARGETS["bytes_per_cell_max"] for r in runs)),
+        "timer": "process CPU time",
+        "table_cells": args.cells, "actions": args.actions, "work_cells": args.work,
+        "delta_cells": args.delta_cells, "hold": HOLD,
+        "python": platform.python_version(), "numpy": np.__version__,
     }
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"peerd    {out['peerd_cells_per_s'] / 1e6:8.2f} M cells/s  ({t_peerd.cpu:.3f} s CPU)")
-        print(f"baseline {out['baseline_cells_per_s'] / 1e6:8.2f} M cells/s  ({t_base.cpu:.3f} s CPU)")
-        print(f"ratio    {out['ratio']:8.1f}x   peak RSS {out['peak_rss_mb']:.0f} MiB "
-              f"({cells} cells in {len(timed)} deltas of {args.delta_cells}, "
-              f"table {out['table_cells']} cells × {out['origins']} origins)")
+        for r in runs:
+            print(f"{r['origins']:5d} origins: peerd {r['peerd_cells_per_s'] / 1e6:6.2f} M cells/s, "
+                  f"dict {r['baseline_cells_per_s'] / 1e6:5.2f} M cells/s ({r['ratio']:.1f}x), "
+                  f"peak RSS {r['peak_rss_mb']:.0f} MiB, {r['bytes_per_stored_pair']:.1f} B/pair, "
+                  f"{r['bytes_per_merged_cell']:.1f} B/cell")
+        print(f"rate at {large['origins']} ÷ rate at {small['origins']}: {scaling:.2f}; "
+              f"targets met: {out['meets_targets']}")
     return 0
 
 

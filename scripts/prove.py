@@ -18,6 +18,11 @@ claims of DESIGN §4–7 instead of asserting them in a unit test:
   mutants, forgeries, replays, impersonations and a "mallory" node's invalid
   deltas; honest nodes must stay up, change no cell and count every message.
 - ``poisoners``: the lead's ``scripts/prove_poisoners.py`` (validly signed lies).
+- ``cluster``: nodes spread over a 3-server NATS cluster (MQTT listener on
+  each) learn while the member some of them use is SIGKILLed and later
+  restarted: each of those must be back on another member within 10 s, and
+  no interaction may be lost, before or after the member's return (skipped
+  without nats-server).
 - ``soak`` (only with ``--soak MINUTES``): 50 nodes for MINUTES; memory, file
   descriptors and tasks must not grow.
 
@@ -73,7 +78,7 @@ from peerd.node import Node  # noqa: E402
 from peerd.testing.broker import LOOPBACK, Broker, find_mosquitto, free_port  # noqa: E402
 from peerd.transport import MqttTransport, OnConnect, OnMessage  # noqa: E402
 
-SCENARIOS = ("crash", "outage", "partition", "hostile", "poisoners")
+SCENARIOS = ("crash", "outage", "partition", "hostile", "poisoners", "cluster")
 ACTIONS = ["a", "b", "c"]
 SECRET = "prove"
 SEED = 20240611
@@ -1194,6 +1199,97 @@ def poisoners(quick: bool, fig: Figures) -> bool | None:
 # ============================================================ 6. soak
 
 
+# ============================================================ 6. cluster
+
+#: Correctness bound on failover (issue 13): back on another member within this, after the kill.
+FAILOVER_BOUND_S = 10.0
+
+
+async def cluster(quick: bool, fig: Figures) -> bool | None:
+    """Kill the NATS member some nodes use, under load: they fail over, nothing is lost."""
+    from peerd.testing.natscluster import NatsCluster, find_nats_server
+
+    if find_nats_server() is None:
+        fig["skipped"] = "needs nats-server: not installed"
+        return None
+    n, rate, after = (3, 10.0, 10) if quick else (9, 20.0, 40)
+    fed = federation("cluster")
+    fig.update(broker="nats-server 3-member cluster (MQTT, JetStream)", nodes=n,
+               learn_rate_per_node=rate)
+    nc = NatsCluster(3)
+    nodes: list[Node] = []
+    try:
+        await asyncio.to_thread(nc.start)
+        urls = nc.urls
+        # node i starts on member i mod 3 (each lists the members from its own): spread evenly
+        nodes = [Node(node_config(fed, f"k{i}", "", broker_urls=urls[i % 3:] + urls[:i % 3],
+                                  subscribe_qos=0)) for i in range(n)]
+        await start_nodes(nodes)
+        victim = urls[1]
+        affected = [nd for nd in nodes if nd.status()["broker"] == victim]
+        fig["killed_member"] = victim
+        fig["affected_nodes"] = [nd.id for nd in affected]
+        learners = Learners(nodes, rate)
+        learners.start()
+        loop = asyncio.get_running_loop()
+        try:
+            if await eventually(lambda: min(learners.counts.values()) >= 20, 30) is None:
+                raise RuntimeError("learners did not get going")
+            at_kill = learners.total
+            t_kill = loop.time()
+            nc.kill(1)
+            times = await asyncio.gather(*(_failover_time(nd, victim, t_kill, 60.0)
+                                           for nd in affected))
+            fig["interactions_during_failover"] = learners.total - at_kill
+            done = [t for t in times if t is not None]
+            fig["reconnect_s"] = {"max": r3(max(done, default=None)),
+                                  "median": r3(statistics.median(done)) if done else None,
+                                  "not_reconnected": len(times) - len(done),
+                                  "per_node": {nd.id: r3(t) for nd, t in zip(affected, times,
+                                                                             strict=True)}}
+            reconnects = {nd.id: nd.transport.reconnects for nd in nodes}
+            await asyncio.to_thread(nc.restart, 1)  # the member comes back...
+            mark = dict(learners.counts)
+            await eventually(lambda: all(learners.counts[k] >= mark[k] + after for k in mark), 60)
+        finally:
+            await learners.stop()
+        for nd in nodes:
+            await nd.flush()
+        took = await eventually(lambda: converged(nodes, learners.total), 60)
+        held = {nd.id: nd.table.total_visits() for nd in nodes}
+        fig.update(interactions=learners.total, converge_s=r3(took),
+                   interactions_lost=max(learners.total - v for v in held.values()),
+                   interactions_double_counted=max(v - learners.total for v in held.values()),
+                   # informational: NATS 2.9 may drop a client whose QoS 1 publish times
+                   # out while the returning member makes JetStream re-elect leaders
+                   reconnected_after_return=sorted(nd.id for nd in nodes
+                                                   if nd.transport.reconnects != reconnects[nd.id]),
+                   connected_at_end=sum(bool(nd.transport.connected) for nd in nodes))
+        if took is None:
+            fig["diagnostic"] = convergence_state(nodes, learners.total)
+    finally:  # whatever failed, no node and no server outlives its scenario
+        await stop_nodes(nodes)
+        await asyncio.to_thread(nc.close)
+    rec = fig["reconnect_s"]
+    fig["targets"] = {
+        "the killed member had nodes on it": bool(fig["affected_nodes"]),
+        f"every affected node on another member within {FAILOVER_BOUND_S:g} s":
+            rec["not_reconnected"] == 0 and (rec["max"] or 0.0) <= FAILOVER_BOUND_S,
+        "no interaction lost (exact counts, identical views)":
+            took is not None and fig["interactions_lost"] == 0,
+        "nothing counted twice": fig["interactions_double_counted"] <= 0,
+        "after the member's return: all connected, converged, nothing lost":
+            fig["connected_at_end"] == n and took is not None,
+        "learning went on during the failover": fig["interactions_during_failover"] > 0}
+    return all(fig["targets"].values())
+
+
+async def _failover_time(node: Node, lost: str, t0: float, timeout: float) -> float | None:
+    """Seconds from ``t0`` until ``node`` is connected to a member other than ``lost``."""
+    took = await eventually(lambda: node.status()["broker"] not in (None, lost), timeout)
+    return None if took is None else asyncio.get_running_loop().time() - t0
+
+
 def _sample(nodes: list[Node], t0: float) -> Figures:
     sizes = [nd.table.size for nd in nodes]
     return {"t_s": round(time.monotonic() - t0, 1), "rss_mb": round(rss_mb(), 1), "fds": open_fds(),
@@ -1249,7 +1345,7 @@ async def soak(minutes: float, fig: Figures) -> bool:
 
 ScenarioFn = Callable[[bool, Figures], "bool | Coroutine[Any, Any, bool | None] | None"]
 RUNNERS: dict[str, ScenarioFn] = {"crash": crash, "outage": outage, "partition": partition,
-                                  "hostile": hostile, "poisoners": poisoners}
+                                  "hostile": hostile, "poisoners": poisoners, "cluster": cluster}
 
 
 def run_scenario(name: str, quick: bool = False, *, soak_minutes: float | None = None,

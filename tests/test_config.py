@@ -215,6 +215,11 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ({"strategy": "mode"}, "[learning] strategy"),
     ({"synchronous": "OFF"}, "[store] synchronous"),
     ({"log_json": "yes"}, "[log] json"),
+    ({"broker_urls": ["mqtt://a:1883", "http://b:1883"]}, "[broker] urls"),
+    ({"broker_urls": ["mqtt://a:1883", "mqtt://a:1883"]}, "[broker] urls"),
+    ({"broker_urls": ["mqtt://a", "mqtts://b"]}, "[broker] urls"),
+    ({"broker_url": "mqtt://a", "broker_urls": ["mqtt://b", "mqtt://c"]}, "[broker] urls"),
+    ({"subscribe_qos": 2}, "[broker] subscribe_qos"),
 ]
 
 
@@ -303,3 +308,37 @@ def test_unknown_peerd_environment_variable_is_an_error() -> None:
     """A misspelt PEERD_* variable (PEERD_BROKER_URLL) stops the start with a message naming it."""
     with pytest.raises(ConfigError, match="PEERD_BROKER_URLL"):
         load_config(env={"PEERD_BROKER_URLL": "mqtt://x:1"}, actions=["a"])
+
+
+# -- the members of a clustered broker ------------------------------------------------------
+
+
+def test_broker_urls_from_file_and_environment(tmp_path: Path) -> None:
+    """``[broker] urls`` lists cluster members in order; ``PEERD_BROKER_URLS`` is comma-separated."""
+    p = write(tmp_path, '[task]\nactions = ["a"]\n[broker]\n'
+                        'urls = ["mqtt://n1:1883", "mqtt://n2:1884"]\n')
+    assert load_config(p, env={}).broker_members == ["mqtt://n1:1883", "mqtt://n2:1884"]
+    env = {"PEERD_BROKER_URLS": "mqtt://x:1, mqtt://y:2,mqtt://z:3"}
+    assert load_config(p, env=env).broker_members == ["mqtt://x:1", "mqtt://y:2", "mqtt://z:3"]
+
+
+def test_broker_url_is_the_one_member_case() -> None:
+    """``url`` alone is a one-member list; ``url`` equal to a one-member ``urls`` is accepted."""
+    assert NodeConfig(actions=["a"], broker_url="mqtt://b").broker_members == ["mqtt://b"]
+    same = NodeConfig(actions=["a"], broker_url="mqtt://b", broker_urls=["mqtt://b"])
+    assert same.broker_members == ["mqtt://b"]
+    assert NodeConfig(actions=["a"]).broker_members == []
+
+
+def test_url_and_urls_together_is_a_clear_error(tmp_path: Path) -> None:
+    """Both set (and different) is refused with a message that says to pick one."""
+    p = write(tmp_path, '[task]\nactions = ["a"]\n[broker]\nurl = "mqtt://a"\n')
+    with pytest.raises(ConfigError, match=r"^\[broker\] urls: set either \[broker\] url"):
+        load_config(p, env={"PEERD_BROKER_URLS": "mqtt://b,mqtt://c"})
+
+
+def test_bad_member_is_named(tmp_path: Path) -> None:
+    """A malformed member in ``PEERD_BROKER_URLS`` is named in the error."""
+    p = write(tmp_path, '[task]\nactions = ["a"]\n')
+    with pytest.raises(ConfigError, match=r"'mqtt:/oops' is not mqtt://host"):
+        load_config(p, env={"PEERD_BROKER_URLS": "mqtt://a,mqtt:/oops"})

@@ -32,8 +32,17 @@ class Origins:
     def on_delta(self, origin: str, lo: int, hi: int, now: float) -> int | None:
         return gossip.on_delta(self._cur(origin), lo, hi, now, self.sync_interval)
 
-    def on_advert(self, origin: str, version: int, now: float) -> int | None:
-        return gossip.on_advert(self._cur(origin), version, now, self.sync_interval)
+    def on_advert(self, origin: str, version: int, now: float, wait: float = 0.0) -> int | None:
+        return gossip.on_advert(self._cur(origin), version, now, self.sync_interval, wait=wait)
+
+    def due_asks(self, now: float) -> list[tuple[str, int]]:
+        """``gossip.due_ask`` over every cursor, as the node's publisher does."""
+        out = []
+        for origin, cur in self.cursors.items():
+            since = gossip.due_ask(cur, now, self.sync_interval)
+            if since is not None:
+                out.append((origin, since))
+        return out
 
     def known(self, origin: str) -> int:
         cur = self.cursors.get(origin)
@@ -115,6 +124,21 @@ def test_advert_asks_when_behind() -> None:
     assert g.on_advert("o", 11, now=1.0) == 10
     assert g.on_advert("new", 3, now=1.0) == 0
     assert g.on_advert("empty", 0, now=1.0) is None
+
+
+def test_patient_advert_waits_for_the_delta_in_flight() -> None:
+    """A heartbeat ahead of a held origin asks only if its delta has not landed ``wait`` s later."""
+    g = Origins(sync_interval=2.0)
+    g.on_delta("o", 0, 10, now=0.0)
+    assert g.on_advert("o", 11, now=1.0, wait=15.0) is None
+    assert g.due_asks(now=15.9) == []
+    assert g.on_delta("o", 10, 11, now=3.0) is None  # it landed: nothing to ask, ever
+    assert g.due_asks(now=100.0) == []
+    assert g.on_advert("o", 12, now=20.0, wait=15.0) is None
+    assert g.on_advert("o", 13, now=30.0, wait=15.0) is None  # does not push the deadline back
+    assert g.due_asks(now=34.9) == []
+    assert g.due_asks(now=35.0) == [("o", 11)]  # still behind: ask from what we hold
+    assert g.on_advert("new", 3, now=35.0, wait=15.0) == 0  # nothing held of it: ask at once
 
 
 def test_ask_is_rate_limited_per_origin() -> None:

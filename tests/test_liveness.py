@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from peerd.liveness import OFFLINE, ONLINE, SUSPECT, UNKNOWN, Liveness
+from peerd import liveness
+from peerd.liveness import OFFLINE, ONLINE, SUSPECT, UNKNOWN, Liveness, LivenessPolicy, PeerLife
 
 HB = 15.0
 MISSED = 3
@@ -154,3 +155,27 @@ def test_counts(live: Liveness) -> None:
     live.tick(MISSED * HB)  # a, b suspect; c still online
     live.on_heard("b", 1, MISSED * HB)
     assert live.counts() == {ONLINE: 2, SUSPECT: 1, OFFLINE: 1, UNKNOWN: 0}
+
+
+# ------------------------------------------------------------------ the functions over one PeerLife
+
+def test_functions_work_on_the_life_they_are_handed() -> None:
+    """The node's registry entry holds a ``PeerLife``; the functions age it in place."""
+    policy = LivenessPolicy(heartbeat_interval=HB, missed=MISSED, peer_timeout=TIMEOUT)
+    life = PeerLife()
+    assert liveness.on_silence(life, 1e9, policy) is None  # never heard: not aged
+    assert liveness.on_birth(life, 2, 0.0) == (UNKNOWN, ONLINE)
+    assert liveness.on_silence(life, MISSED * HB, policy) == (ONLINE, SUSPECT)
+    assert liveness.on_silence(life, TIMEOUT, policy) == (SUSPECT, OFFLINE)
+    assert life.offline_since == TIMEOUT
+    assert not liveness.is_expired(life, TIMEOUT + 99.0, ttl=100.0)
+    assert liveness.is_expired(life, TIMEOUT + 100.0, ttl=100.0)
+    assert liveness.on_heard(life, 2, TIMEOUT + 1) is None  # offline in this epoch: a birth revives
+    assert liveness.on_birth(life, 3, TIMEOUT + 2) == (OFFLINE, ONLINE)
+    assert not liveness.is_expired(life, 1e9, ttl=100.0)  # online again: nothing to expire
+
+
+def test_restored_offline_life_counts_its_offline_time_from_last_seen() -> None:
+    life = liveness.restored(status=OFFLINE, epoch=4, last_seen=50.0)
+    assert life.offline_since == 50.0 and liveness.is_expired(life, 150.0, ttl=100.0)
+    assert liveness.count([life, PeerLife()]) == {ONLINE: 0, SUSPECT: 0, OFFLINE: 1, UNKNOWN: 1}

@@ -374,16 +374,27 @@ INCREMENTAL_SETTINGS = [{}, {"min_visits": 2}, {"quarantine_below": 0.3},
                         {"strategy": "trimmed_mean:0.25"}, {"strategy": "max", "min_visits": 2}]
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # a NaN or overflow in the sums is a bug
 @PROPS
-@given(ops=st.lists(_op, min_size=1, max_size=30), kwargs=st.sampled_from(INCREMENTAL_SETTINGS))
+@given(ops=st.lists(_op, min_size=1, max_size=30), kwargs=st.sampled_from(INCREMENTAL_SETTINGS),
+       probe=st.booleans())
 def test_the_incremental_view_equals_an_exact_recompute(ops: list[tuple],
-                                                        kwargs: dict[str, object]) -> None:
+                                                        kwargs: dict[str, object], probe: bool) -> None:
     """After any sequence of deltas, own updates, trust changes and forgets, the view that was
     maintained term by term equals one recomputed from the stored cells: values within 1e-9
-    relative, visits, successes and failures exactly."""
+    relative, visits, successes and failures exactly. ``probe``: a last peer then adds a cell
+    everywhere, so that no cell's sums can hide a broken state behind the default value."""
     clock = VirtualClock(T0)
     t = QTable(TASK, "me", secret=SECRET, half_life=1.0, clock=clock, seed=0, **kwargs)
     _run_ops(t, clock, ops)
+    if probe:
+        keys = sorted(t.key(s) for s in range(N_STATES))
+        m = len(keys) * TASK.n_actions
+        t.apply(Delta.build("probe", TASK.fingerprint, 0, m,
+                            keys=np.repeat(np.array(keys, np.uint64), TASK.n_actions),
+                            actions=np.tile(np.arange(TASK.n_actions), len(keys)),
+                            q=np.full(m, 0.5), lw=np.full(m, clock.t - 3.0), n=np.full(m, 2),
+                            succ=np.zeros(m), fail=np.zeros(m), version=np.arange(1, m + 1)))
     keys, q, n, succ, fail = _snapshot(t)
     t.recompute_all()
     ek, eq, en, esucc, efail = _snapshot(t)

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from peerd.delta import CELL_DTYPES, Delta
+from peerd.delta import CELL_DTYPES, Delta, MergeStats
 from peerd.errors import (
     BadActionIndex,
     ExcessiveEvidence,
@@ -450,3 +450,92 @@ def test_confidence_grows_with_fresh_evidence_and_decays_with_time() -> None:
     clk[0] += 100.0
     assert 0.0 < t.confidence() < fresh < 1.0
     assert all(np.array_equal(a, b) for a, b in zip(view, t.view(), strict=True))
+
+
+# ----------------------------------------------------------------------------- a fleet's core
+
+
+def test_set_trusts_is_one_batch_of_set_trust_and_clamps_each_value() -> None:
+    """set_trusts({...}) gives the same view as the same set_trust calls; values are clamped."""
+    a, b = table(), table()
+    for t in (a, b):
+        t.learn("s", 0, 1.0)
+        t.apply(cells("p", [(t.key("s"), 0, 3.0, 0.0, 1, 1)]))
+        t.apply(cells("r", [(t.key("s"), 0, -2.0, 0.5, 2, 1), (5, 1, 4.0, 0.0, 1, 2)]))
+    a.set_trusts({"p": 1.7, "r": 9.0, "me": 0.2})
+    b.set_trust("p", 1.7)
+    b.set_trust("r", 9.0)
+    assert (a.trust("p"), a.trust("r"), a.trust("me")) == (1.7, 2.0, 1.0)
+    np.testing.assert_allclose(a.values("s"), b.values("s"), rtol=1e-12)
+    expected = (1 * 1 + 1.7 * 3 + 2.0 * 2 ** 0.5 * -2.0) / (1 + 1.7 + 2.0 * 2 ** 0.5)
+    assert a.values("s")[0] == pytest.approx(expected, rel=1e-12)
+    assert a.values_key(5)[1] == pytest.approx(4.0)
+
+
+def test_quarantine_is_weight_zero_and_lifting_it_restores_the_view() -> None:
+    """A peer below quarantine_below leaves the values (not the visits); trust back restores them."""
+    t = table(quarantine_below=0.3)
+    t.learn("s", 0, 1.0)
+    t.apply(cells("liar", [(t.key("s"), 0, 100.0, 0.0, 1, 1), (9, 0, 50.0, 0.0, 1, 2)]))
+    before = t.values("s")[0]
+    t.set_trusts({"liar": 0.2})
+    assert t.values("s")[0] == pytest.approx(1.0, rel=1e-12)
+    assert t.values_key(9)[0] == 0.0  # only the liar held it: q_init
+    assert t.visits("s")[0] == 2
+    t.set_trusts({"liar": 1.0})
+    assert t.values("s")[0] == pytest.approx(before, rel=1e-12)
+
+
+def test_forget_frees_the_origin_and_a_later_delta_recreates_it_cleanly() -> None:
+    """forget removes the origin from origins, its cells from the view, and reuses its slot."""
+    t = table()
+    t.learn("s", 0, 2.0)
+    t.apply(cells("p", [(t.key("s"), 0, 8.0, 0.0, 3, 7), (42, 1, 1.0, 0.0, 1, 8)]))
+    t.set_trust("p", 2.0)
+    assert t.origin_cells("p") == 2 and "p" in t.origins
+    pairs = t.memory()["pairs"]
+    assert t.forget("p") == 2
+    assert "p" not in t.origins and t.origin_cells("p") == 0
+    assert t.memory()["pairs"] == pairs - 2
+    assert t.values("s")[0] == pytest.approx(2.0) and t.visits("s")[0] == 1
+    assert t.trust("p") == 1.0 and t.max_version("p") == 0
+    assert t.forget("p") == 0  # once only
+    # back from scratch: versions restart, trust is fresh, the freed entries are reused
+    t.apply(cells("p", [(42, 1, 5.0, 0.0, 2, 1)]))
+    assert t.origin_cells("p") == 1 and t.max_version("p") == 1
+    assert t.values_key(42)[1] == pytest.approx(5.0) and t.visits_key(42)[1] == 2
+    assert len(t.delta_of("p", 0)) == 1
+
+
+def test_a_dominant_origin_leaving_does_not_leave_rounding_behind() -> None:
+    """When the term that made almost all of a cell's weight goes, the rest is exact again."""
+    t = table(clock=VirtualClock(60.0))  # H = 1: lw 60 is one fresh visit
+    k = 1234
+    t.apply(cells("small", [(k, 0, 0.25, 0.0, 1, 1)]))
+    t.apply(cells("huge", [(k, 0, 1e5, 60.0, 1, 1)]))  # 2^60 times the weight
+    t.forget("huge")
+    assert t.values_key(k)[0] == pytest.approx(0.25, rel=1e-12)
+
+
+def test_memory_is_per_pair_and_per_cell_not_per_origin() -> None:
+    """Bytes per stored pair and per merged cell stay under 64 with many origins."""
+    t = table()
+    rng = np.random.default_rng(0)
+    for p in range(40):
+        keys = np.sort(rng.choice(2000, 200, replace=False)).astype(np.uint64)
+        m = keys.shape[0]
+        t.apply(Delta.build(f"p{p}", FP, 0, m, keys=keys, actions=np.zeros(m, np.uint16),
+                            q=np.ones(m, np.float32), lw=np.zeros(m), n=np.ones(m, np.uint32),
+                            succ=np.zeros(m, np.uint32), fail=np.zeros(m, np.uint32),
+                            version=np.arange(1, m + 1, dtype=np.uint64)))
+    mem = t.memory()
+    assert mem["pairs"] == 40 * 200
+    assert mem["bytes_per_pair"] <= 64.0
+    assert mem["bytes_per_cell_allocated"] <= 64.0
+
+
+def test_rejection_stats_count_every_cell() -> None:
+    """A rejected delta's stats reject all its cells (apply never rejects part of a delta)."""
+    d = cells("p", [(1, 0, 1.0, 0.0, 1, 1), (2, 0, 1.0, 0.0, 1, 2)])
+    s = MergeStats.rejection(d)
+    assert (s.origin, s.cells, s.rejected, s.changed) == ("p", 2, 2, 0)

@@ -2,27 +2,33 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import pytest
-
-from peerd import cli
 from peerd.sim.runner import federation_problem
 from peerd.testing.broker import free_port
 
+REPO = Path(__file__).resolve().parents[1]
 
-def test_unreachable_broker_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+
+def test_unreachable_broker_is_one_line_and_exit_1() -> None:
     """--broker at a port nothing listens on: `peerd sim` exits 1 after --peer-timeout with one
-    line saying the broker is unreachable at that address."""
+    line saying the broker is unreachable at that address. (A subprocess: `peerd sim` sets up
+    the process's logging, which must not leak into the other tests.)"""
     port = free_port()
-    code = cli.main(["sim", "--nodes", "2", "--modes", "federated", "--env", "frozenlake",
-                     "--broker", f"mqtt://127.0.0.1:{port}", "--peer-timeout", "1", "--json"])
-    assert code == 1
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    proc = subprocess.run(
+        [sys.executable, "-m", "peerd.cli", "sim", "--nodes", "2", "--modes", "federated",
+         "--env", "frozenlake", "--broker", f"mqtt://127.0.0.1:{port}", "--peer-timeout", "1",
+         "--json"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 1, proc.stderr
+    err = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(err) == 1, err
     assert err[0].startswith("peerd sim: ") and "Traceback" not in err[0]
     assert "unreachable" in err[0] and f"127.0.0.1:{port}" in err[0]
+    assert proc.stdout == ""
 
 
 @dataclass
@@ -38,6 +44,9 @@ class _Node:
     @property
     def transport(self) -> _Transport:
         return _Transport(self.connected)
+
+    def peer_count(self) -> int:
+        return len(self.peers)
 
 
 def test_connected_nodes_that_never_see_births_blame_retained_delivery() -> None:

@@ -193,3 +193,21 @@ def test_values_ignore_a_common_time_shift_and_the_order_of_origins(
         some = valid.any(axis=1)
         slack = 1e-12 * np.maximum(1.0, np.abs(q64).max(axis=1, initial=0.0))
         assert (base[some] >= lo[some] - slack[some]).all() and (base[some] <= hi[some] + slack[some]).all()
+
+
+@pytest.mark.parametrize("strategy", ALL, ids=_label)
+def test_trust_per_cell_and_origin_equals_trust_per_origin_broadcast(strategy: MergeStrategy) -> None:
+    """combine accepts trust as [k] or [m, k]: the same trust repeated per cell gives the same values."""
+    trust = np.array([0.5, 2.0, 1.0])
+    per_origin = strategy.combine(Q, LW, VALID, trust, default=-1.5)
+    per_cell = strategy.combine(Q, LW, VALID, np.tile(trust, (Q.shape[0], 1)), default=-1.5)
+    np.testing.assert_allclose(per_cell, per_origin, rtol=1e-15)
+
+
+def test_weighted_average_uses_each_cells_own_trust_row() -> None:
+    """With [m, k] trust, every cell is weighted by its own row."""
+    q = np.array([[1.0, 3.0], [1.0, 3.0]])
+    lw = np.zeros((2, 2))
+    valid = np.ones((2, 2), bool)
+    got = WeightedAverage().combine(q, lw, valid, np.array([[1.0, 1.0], [1.0, 3.0]]))
+    np.testing.assert_allclose(got, [2.0, (1 + 9) / 4], rtol=1e-15)
