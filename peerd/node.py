@@ -643,6 +643,8 @@ class Node:
             return
         now = self.clock()
         if isinstance(msg, wire.Birth):
+            # A relay starts with the origin's birth: someone else is relaying it, ours is moot.
+            self.relay_plan.covered(origin, 0)
             if self._registry.verifier.pin_first(origin, msg.public_key):
                 self._log.info("peer_key_pinned_from_relay", peer=origin, relayer=relayer)
         else:
@@ -670,7 +672,12 @@ class Node:
         return self.liveness_status(origin) != ONLINE
 
     def _offer_relays(self, newcomer: str) -> None:
-        """A node new to us appeared: it may lack silent origins' knowledge, relay it."""
+        """A new node, or a new life of one, appeared: it may lack silent origins' knowledge.
+
+        Nobody advertises a silent origin's version any more, so the newcomer
+        would never ask for it: relay it (each origin at most once per
+        ``RelayPlanner.min_interval``, usually by one holder).
+        """
         now = self.monotonic()
         for origin in self.relays.origins():
             if origin != newcomer and self._silent(origin):
@@ -709,7 +716,6 @@ class Node:
             # not replicated our retained birth yet, the newcomer would never see it.
             if not retain and self.presence.on_live_birth(pid, h.epoch):
                 self._wake.set()
-            if newcomer:
                 self._offer_relays(pid)
             # A node asks every origin it hears of and holds nothing of: the retained
             # birth may advertise an old version, and waiting for a heartbeat costs

@@ -141,7 +141,11 @@ class RelayPlanner:
         self._due[origin] = (since, due)
 
     def covered(self, origin: str, from_version: int) -> None:
-        """Someone sent ``origin``'s cells from ``from_version`` on: a plan from there is moot."""
+        """Someone sent ``origin``'s cells from ``from_version`` on: a plan from there is moot.
+
+        ``from_version=0``: another node relays the origin (its birth came first); our
+        plan goes even if it was for a later ``since`` (whoever still lacks cells asks again).
+        """
         old = self._due.get(origin)
         if old is not None and from_version <= old[0]:
             del self._due[origin]

@@ -176,3 +176,35 @@ async def test_a_relayed_forgery_is_rejected_and_counted(broker: Broker) -> None
         runner.cancel()
         await a.stop()
         await c.stop()
+
+
+async def test_restarted_node_gets_what_an_offline_origin_published_while_it_was_away(
+        broker: Broker, tmp_path: Any) -> None:
+    """C knew A; while C was down A learned more and left; C's new life gets the rest, relayed."""
+    fed = f"rr{next(_FEDS)}-{os.getpid()}"
+    a = await _start(Node(_config("A", broker, fed)))
+    b = await _start(Node(_config("B", broker, fed)))
+    c: Node | None = await _start(Node(_config("C", broker, fed, state_dir=str(tmp_path / "c"))))
+    again: Node | None = None
+    try:
+        for i in range(10):
+            await a.learn(f"a-{i % 4}", i % 3, 1.0, done=True)
+        await a.flush()
+        await eventually(lambda: c.table.max_version("A") == 10, what="C got A's first cells")
+        await c.stop()
+        c = None
+        for i in range(10, 30):
+            await a.learn(f"a-{i % 6}", i % 3, 1.0, done=True)
+        await a.flush()
+        own = _cells(a, "A")
+        await eventually(lambda: _cells(b, "A") == own, what="B holds all of A")
+        await a.stop()
+        await eventually(lambda: b.liveness_status("A") == "offline", what="B sees A offline")
+        again = await _start(Node(_config("C", broker, fed, state_dir=str(tmp_path / "c"))))
+        assert again.pinned_key("A") == a.identity.public_key  # not a newcomer: A was pinned
+        await eventually(lambda: _cells(again, "A") == own, what="C's new life holds all of A")
+        assert again.counters.relayed_deltas_applied >= 1
+    finally:
+        for nd in (a, b, c, again):
+            if nd is not None:
+                await nd.stop()
