@@ -189,6 +189,7 @@ class Node:
         snap = await self.store.get_meta("verifier", None)
         self._registry.load(await self.store.load_peers(), json.loads(snap) if snap else None)
         self.table.set_trusts(self._registry.trusts())  # one recompute, not one per peer
+        await self._load_relay_payloads()
         published = int(await self.store.get_meta("published_version", 0))
         self._gossip.published_version = min(published, self.table.version)
         self._log.info("state_loaded", cells=self.table.size, origins=len(cells),
@@ -604,16 +605,48 @@ class Node:
         verifier.commit(msg)  # only an accepted message moves the replay window
         self._keep_for_relay(msg, payload)
 
-    def _keep_for_relay(self, msg: Any, payload: bytes) -> None:
-        """Keep an origin's own signed birth and deltas, to re-send for it when it is silent."""
+    def _keep_for_relay(self, msg: Any, payload: bytes, *, persist: bool = True) -> None:
+        """Keep an origin's own signed birth and deltas, to re-send for it when it is silent.
+
+        Also in the store, so that a restarted node can still relay; written
+        without waiting (it joins the next group commit): losing the last few
+        on a crash only makes a relay smaller, never wrong.
+        """
         h: wire.Header = msg.header
+        stamp = (h.epoch, h.seq)
+        dropped: list[tuple[int, int]] = []
         if isinstance(msg, wire.Birth):
-            self.relays.add_birth(h.node, (h.epoch, h.seq), payload)
+            kind, kept = "birth", self.relays.add_birth(h.node, stamp, payload)
         elif isinstance(msg, wire.DeltaMsg) and msg.delta.origin == h.node and len(msg.delta):
             d = msg.delta
-            self.relays.add_delta(h.node, (h.epoch, h.seq), payload, d.to_version,
-                                  zip(d.keys.tolist(), d.actions.tolist(), d.version.tolist(),
-                                      strict=True))
+            kind = "delta"
+            kept, dropped = self.relays.add_delta(
+                h.node, stamp, payload, d.to_version,
+                zip(d.keys.tolist(), d.actions.tolist(), d.version.tolist(), strict=True))
+        else:
+            return
+        if persist and self.store is not None and (kept or dropped):
+            write = (self.store.keep_relay_payload(h.node, kind, stamp, payload, drop=dropped)
+                     if kept else self.store.drop_relay_payloads(h.node, kind, dropped))
+            task = asyncio.ensure_future(write)
+            task.add_done_callback(_ignore_result)
+
+    async def _load_relay_payloads(self) -> None:
+        """Rebuild the relay store from the payloads kept on disk (verified when received)."""
+        assert self.store is not None
+        rows = await self.store.load_relay_payloads()
+        self.decoder.verifier = None
+        try:
+            for origin, _kind, _stamp, payload in rows:
+                try:
+                    msg = self.decoder.decode(payload, commit=False)
+                except WireError as exc:  # another task, a damaged row: not relayable
+                    self._log.warning("relay_payload_unreadable", peer=origin, error=str(exc))
+                    continue
+                if msg.header.node == origin:
+                    self._keep_for_relay(msg, payload, persist=False)
+        finally:
+            self.decoder.verifier = self._registry.verifier
 
     async def _on_relayed(self, relayer: str, payload: bytes) -> None:
         """A payload another node signed, relayed: verify it as the origin's own, apply it.

@@ -63,44 +63,57 @@ class RelayStore:
         s = self._origins.get(origin)
         return s.size if s else 0
 
-    def add_birth(self, origin: str, stamp: Stamp, payload: bytes) -> None:
-        """Keep the origin's newest signed birth (a newcomer pins the origin's key from it)."""
+    def add_birth(self, origin: str, stamp: Stamp, payload: bytes) -> bool:
+        """Keep the origin's newest signed birth (a newcomer pins the origin's key from it).
+
+        True if it is kept (it replaces any earlier one).
+        """
         s = self._origins.setdefault(origin, _Origin())
         if s.birth is None or stamp > s.birth[0]:
             s.birth = (stamp, bytes(payload))
+            return True
+        return False
 
     def add_delta(self, origin: str, stamp: Stamp, payload: bytes, to_version: int,
-                  cells: Iterable[tuple[int, int, int]]) -> None:
-        """Keep a delta payload of ``origin`` whose cells are ``(key, action, version)``."""
+                  cells: Iterable[tuple[int, int, int]]) -> tuple[bool, list[Stamp]]:
+        """Keep a delta payload of ``origin`` whose cells are ``(key, action, version)``.
+
+        Returns whether it is kept, and the stamps of the payloads it made
+        unnecessary (superseded or evicted): what a persistent copy may delete.
+        """
         s = self._origins.setdefault(origin, _Origin())
         if stamp in s.frames:
-            return  # a duplicate (QoS 1 redelivery, another relay)
+            return False, []  # a duplicate (QoS 1 redelivery, another relay)
         frame = _Frame(stamp, bytes(payload), int(to_version), 0)
+        dropped: list[Stamp] = []
         for key, action, version in cells:
             cell = (key, action)
             old = s.latest.get(cell)
             if old is not None and old[0] >= version:
                 continue
             if old is not None:
-                self._release(s, old[1])
+                self._release(s, old[1], dropped)
             s.latest[cell] = (version, stamp)
             frame.live += 1
         if frame.live == 0:
-            return  # everything in it is already known in newer payloads
+            return False, dropped  # everything in it is already known in newer payloads
         s.frames[stamp] = frame
         s.size += len(frame.payload)
         while s.size > self.max_bytes_per_origin and len(s.frames) > 1:
             oldest = min(s.frames)
             self.evicted += 1
             self._drop(s, oldest)
+            dropped.append(oldest)
+        return True, dropped
 
-    def _release(self, s: _Origin, stamp: Stamp) -> None:
+    def _release(self, s: _Origin, stamp: Stamp, dropped: list[Stamp]) -> None:
         frame = s.frames.get(stamp)
         if frame is None:
             return  # already evicted
         frame.live -= 1
         if frame.live <= 0:
             self._drop(s, stamp)
+            dropped.append(stamp)
 
     @staticmethod
     def _drop(s: _Origin, stamp: Stamp) -> None:

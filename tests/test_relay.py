@@ -208,3 +208,48 @@ async def test_restarted_node_gets_what_an_offline_origin_published_while_it_was
         for nd in (a, b, c, again):
             if nd is not None:
                 await nd.stop()
+
+
+async def test_a_restarted_holder_still_relays_from_its_store(broker: Broker, tmp_path: Any) -> None:
+    """B keeps A's signed payloads in SQLite: after B restarts, a newcomer still gets A's cells."""
+    fed = f"rs{next(_FEDS)}-{os.getpid()}"
+    a = await _start(Node(_config("A", broker, fed)))
+    b: Node | None = await _start(Node(_config("B", broker, fed, state_dir=str(tmp_path / "b"))))
+    again: Node | None = None
+    c: Node | None = None
+    try:
+        for i in range(25):
+            await a.learn(f"a-{i % 5}", i % 3, float(i % 2), done=True)
+        await a.flush()
+        own = _cells(a, "A")
+        await eventually(lambda: _cells(b, "A") == own, what="B holds A's cells")
+        await a.stop()
+        await eventually(lambda: b.liveness_status("A") == "offline", what="B sees A offline")
+        await b.stop()
+        b = None
+        again = await _start(Node(_config("B", broker, fed, state_dir=str(tmp_path / "b"))))
+        assert again.relays.payloads("A"), "A's payloads reloaded from the store"
+        c = await _start(Node(_config("C", broker, fed)))
+        await eventually(lambda: _cells(c, "A") == own, what="C holds A's cells, relayed by B")
+        assert c.pinned_key("A") == a.identity.public_key
+    finally:
+        for nd in (a, b, again, c):
+            if nd is not None:
+                await nd.stop()
+
+
+async def test_kept_payloads_are_compacted_in_the_store_too(tmp_path: Any) -> None:
+    """A payload superseded in memory is deleted on disk: the store holds what a relay needs."""
+    from peerd.store import Store
+
+    async with await Store.open(tmp_path / "s.db", federation="f", node_id="n",
+                                fingerprint="fp") as store:
+        await store.keep_relay_payload("x", "birth", (1, 1), b"b1")
+        await store.keep_relay_payload("x", "delta", (1, 2), b"d2")
+        await store.keep_relay_payload("x", "delta", (1, 3), b"d3", drop=[(1, 2)])
+        await store.keep_relay_payload("x", "birth", (2, 1), b"b2")
+        rows = await store.load_relay_payloads()
+        assert [(k, st, p) for _o, k, st, p in rows] == [("delta", (1, 3), b"d3"),
+                                                         ("birth", (2, 1), b"b2")]
+        await store.forget_peer("x")
+        assert await store.load_relay_payloads() == []
