@@ -612,6 +612,8 @@ class Node:
         without waiting (it joins the next group commit): losing the last few
         on a crash only makes a relay smaller, never wrong.
         """
+        if not self.config.relay:
+            return
         h: wire.Header = msg.header
         stamp = (h.epoch, h.seq)
         dropped: list[tuple[int, int]] = []

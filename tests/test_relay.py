@@ -253,3 +253,18 @@ async def test_kept_payloads_are_compacted_in_the_store_too(tmp_path: Any) -> No
                                                          ("birth", (2, 1), b"b2")]
         await store.forget_peer("x")
         assert await store.load_relay_payloads() == []
+
+
+async def test_relay_off_keeps_no_payloads(broker: Broker) -> None:
+    """``[gossip] relay = false``: the node merges peers' deltas but keeps none of their payloads."""
+    fed = f"ro{next(_FEDS)}-{os.getpid()}"
+    a = await _start(Node(_config("A", broker, fed)))
+    b = await _start(Node(_config("B", broker, fed, relay=False)))
+    try:
+        await a.learn("s", 0, 1.0, done=True)
+        await a.flush()
+        await eventually(lambda: b.table.max_version("A") == 1, what="B merged A's delta")
+        assert b.relays.origins() == [] and b.relays.payloads("A") == []
+    finally:
+        await a.stop()
+        await b.stop()
