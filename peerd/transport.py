@@ -39,9 +39,12 @@ to say why). With ``retain=False`` nothing is ever retained; otherwise the
 transport notices by itself and switches retain off for good, logging once
 (``transport_retain_unavailable``):
 
-- a CONNECT with a retained Will that times out is retried once with the Will
-  not retained (a probe); if that one connects, retain was the cause;
-- a connection lost while a retained publish awaits its PUBACK: the same.
+- a connection lost while a retained publish awaits its PUBACK: retain is off;
+- a CONNECT with a retained Will that times out is retried with the Will not
+  retained (a probe). A timeout alone proves nothing (a slow or recovering
+  broker, a cluster member electing leaders), so the probe only lets the
+  connection happen: the retained birth that follows decides (dropped: retain
+  off; acknowledged: the next Will is retained again).
 
 Without retain, presence rests on rebirth requests (``peerd.presence``).
 """
@@ -346,10 +349,10 @@ class MqttTransport(BaseTransport):
         lost_retained, self._retained_lost = self._retained_lost, False
         if not self.retain_available:
             return
-        if self._retain_probe:  # the probe failed as well: retain was not the cause
-            self._retain_probe = False
-        elif connected and lost_retained:
+        if connected and lost_retained:
             self._retain_off("the broker dropped the connection on a retained publish")
+        elif self._retain_probe:  # the probe failed as well: retain was not the cause
+            self._retain_probe = False
         elif (not connected and exc is not None and self.will is not None and self.will[3]
               and "timed out" in str(exc).lower()):
             self._retain_probe = True  # no CONNACK for a retained Will: try once without
@@ -371,8 +374,6 @@ class MqttTransport(BaseTransport):
         try:
             async with client:
                 entered = True
-                if self._retain_probe:
-                    self._retain_off("the broker refused a retained Will")
                 watch: asyncio.Task[None] | None = None
                 try:
                     await self._until_disconnected(client, self._subscribe(client))
@@ -600,6 +601,8 @@ class MqttTransport(BaseTransport):
             if retain:
                 self._retained_lost = True
             return False
+        if retain:
+            self._retain_probe = False  # the broker keeps retained messages: Wills may retain too
         return True
 
     async def _flush(self) -> None:
