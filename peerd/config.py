@@ -58,6 +58,9 @@ class NodeConfig:
     certfile: str = _opt("broker", "certfile", "", "client certificate for mqtts://")
     keyfile: str = _opt("broker", "keyfile", "", "client key for mqtts://")
     keepalive: int = _opt("broker", "keepalive", 30, "MQTT keepalive, seconds")
+    retain: bool = _opt("broker", "retain", True,
+                        "retained presence (births, the Will); false for a broker without "
+                        "retained messages (mosquitto retain_available false)")
     strategy: str = _opt("learning", "strategy", "weighted_average",
                          "weighted_average | max | min | median | trimmed_mean[:beta] | "
                          "weighted_median | clipped_mean[:k]")
@@ -98,6 +101,8 @@ class NodeConfig:
     max_entries: int = _opt("gossip", "max_entries", 1_000_000, "most cells in one delta")
     max_origins: int = _opt("gossip", "max_origins", 1024,
                             "most peers held; past it a new one is refused (allowlisted: always in)")
+    relay: bool = _opt("gossip", "relay", True,
+                       "keep peers' signed payloads and relay them for silent origins")
     strict: bool = _opt("security", "strict", False, "accept only nodes in the allowlist")
     allowlist: dict[str, str] = _opt("security", "allowlist", {}, "node id = hex Ed25519 public key")
     api_listen: str = _opt("api", "listen", "127.0.0.1:8765",

@@ -28,6 +28,7 @@ from peerd.wire import (
     Frame,
     Heartbeat,
     Message,
+    Rebirth,
     SyncRequest,
     decode,
     is_safe_id,
@@ -179,6 +180,8 @@ def describe_control(msg: Message) -> dict[str, Any]:
         return {"version": msg.version, "size": msg.size}
     if isinstance(msg, SyncRequest):
         return {"origin": msg.origin, "since": msg.since}
+    if isinstance(msg, Rebirth):
+        return {"to": msg.to, "public_key": msg.public_key.hex(), "version": msg.version}
     return {}
 
 

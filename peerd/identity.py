@@ -25,10 +25,10 @@ import nacl.signing
 
 from peerd.errors import StoreError
 from peerd.wire import (
+    KEYED_TYPES,
     PUBLIC_KEY_LEN,
     SIGNATURE_LEN,
     BadSignature,
-    Birth,
     Header,
     KeyMismatch,
     Message,
@@ -36,7 +36,7 @@ from peerd.wire import (
     UnknownSender,
 )
 
-__all__ = ["Identity", "Verifier", "verify_signature"]
+__all__ = ["Identity", "RelayedView", "Verifier", "verify_signature"]
 
 _SEED_LEN = 32
 _SNAPSHOT_FORMAT = 1
@@ -202,14 +202,17 @@ class Verifier:
     # -- the two steps
 
     def check(self, header: Header, msg_type: str, body: bytes, signature: bytes, *,
-              public_key: bytes | None = None) -> None:
+              public_key: bytes | None = None, replay: bool = True) -> None:
         """Raise unless the message is from a known key, correctly signed and newer.
 
-        ``public_key`` is the key a birth announces (required for births). Changes nothing.
+        ``public_key`` is the key a birth announces (required for births).
+        ``replay=False`` skips the freshness check (relayed payloads). Changes nothing.
         """
         key = self._key_for(header.node, msg_type, public_key)
         if not self._verify(key, body, signature):
             raise BadSignature(f"{msg_type} from {header.node!r} has a bad signature")
+        if not replay:
+            return
         last = self._window(header.node, msg_type)
         stamp = (header.epoch, header.seq)
         if last is not None and stamp <= last:
@@ -222,12 +225,23 @@ class Verifier:
         Counters only move forward, so committing out of order is harmless.
         """
         h = msg.header
-        if isinstance(msg, Birth) and self.pinned(h.node) is None:
-            self._pin(h.node, msg.public_key)
+        if msg.type in KEYED_TYPES and self.pinned(h.node) is None:
+            self._pin(h.node, msg.public_key)  # type: ignore[union-attr]
         stamp = (h.epoch, h.seq)
         last = self._window(h.node, msg.type)
         if last is None or stamp > last:
             self._advance(h.node, msg.type, stamp)
+
+    def pin_first(self, node: str, key: bytes) -> bool:
+        """Pin ``key`` for ``node`` unless a key is already held (trust on first use); True if pinned."""
+        if self.pinned(node) is not None or len(key) != PUBLIC_KEY_LEN:
+            return False
+        self._pin(node, bytes(key))
+        return True
+
+    def relayed(self) -> RelayedView:
+        """A view for payloads an origin signed and another node relays (``peerd.relay``)."""
+        return RelayedView(self)
 
     def unpin(self, node: str) -> None:
         """Forget a learned key and counters (an operator re-keyed that node)."""
@@ -237,14 +251,14 @@ class Verifier:
         pinned = self.pinned(node)
         if self.strict and node not in self._allow:
             raise UnknownSender(f"node {node!r} is not on the allowlist")
-        if msg_type != "birth":
+        if msg_type not in KEYED_TYPES:
             if pinned is None:
                 raise UnknownSender(f"no key pinned for {node!r}: {msg_type} before its birth")
             return pinned
         if announced is None:
-            raise UnknownSender(f"birth of {node!r} announces no key")
+            raise UnknownSender(f"{msg_type} of {node!r} announces no key")
         if pinned is not None and pinned != announced:
-            raise KeyMismatch(f"birth of {node!r} announces key {announced.hex()[:16]}…, "
+            raise KeyMismatch(f"{msg_type} of {node!r} announces key {announced.hex()[:16]}…, "
                               f"pinned is {pinned.hex()[:16]}…")
         return announced
 
@@ -305,3 +319,24 @@ class Verifier:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StoreError(f"verifier snapshot is damaged: {exc}") from None
         return v
+
+
+class RelayedView:
+    """Checks a relayed payload as its origin's own: pinned key and signature, not freshness.
+
+    Relayed payloads are old by nature, and the CRDT makes duplicates and
+    reordering harmless, so the replay window is neither checked nor moved
+    (``commit`` does nothing): the origin's own live messages stay unaffected.
+    A relayed birth's key is pinned by the node (``Verifier.pin_first``), not here.
+    """
+
+    def __init__(self, verifier: Verifier) -> None:
+        self._verifier = verifier
+
+    def check(self, header: Header, msg_type: str, body: bytes, signature: bytes, *,
+              public_key: bytes | None = None) -> None:
+        self._verifier.check(header, msg_type, body, signature, public_key=public_key,
+                             replay=False)
+
+    def commit(self, msg: Message) -> None:
+        return None

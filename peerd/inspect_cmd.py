@@ -52,6 +52,7 @@ from peerd.delta import DEFAULT_Q_BOUND
 from peerd.errors import ConfigError, PeerdError, WireError
 from peerd.identity import Verifier
 from peerd.wire import (
+    KEYED_TYPES,
     KINDS,
     MAX_PAYLOAD,
     TYPES,
@@ -345,12 +346,15 @@ class Inspector:
         expected_fp = self.fingerprint or (fp if isinstance(fp, str) else "")
         # A message of a node whose key is not pinned yet can still be checked for
         # structure; only a birth carries (and proves) its own key.
-        keyless = (msg_type in TYPES and msg_type != "birth" and is_safe_id(node)
+        keyless = (msg_type in TYPES and msg_type not in KEYED_TYPES and is_safe_id(node)
                    and self.verifier.pinned(node) is None)
+        # A relay carries another node's signed payload: the topic names the relayer.
+        relayed = topic.split("/")[3:4] == ["relay"]
+        verifier = self.verifier.relayed() if relayed else self.verifier
         msg = decode(payload, fed=self.fed, fingerprint=expected_fp,
                      n_actions=self.n_actions or _ANY_ACTION, q_bound=self.q_bound,
-                     max_payload=self.max_payload, verifier=None if keyless else self.verifier,
-                     topic=topic)
+                     max_payload=self.max_payload, verifier=None if keyless else verifier,
+                     topic=None if relayed else topic, commit=not relayed)
         rec.update(_summary_fields(msg))
         rec["detail"] = describe(msg, frame)
         if isinstance(msg, DeltaMsg):

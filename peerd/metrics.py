@@ -15,13 +15,16 @@ Families (counters carry the ``_total`` suffix in the exposition):
   ``peerd_cells_applied_total``, ``peerd_bytes_sent_total``,
   ``peerd_bytes_received_total``, ``peerd_messages_received_total``,
   ``peerd_sync_requests_sent_total``, ``peerd_sync_answers_sent_total``,
-  ``peerd_trust_rounds_total``;
+  ``peerd_trust_rounds_total``, ``peerd_rebirths_requested_total``,
+  ``peerd_births_answered_total``, ``peerd_relays_sent_total``,
+  ``peerd_relayed_payloads_sent_total``, ``peerd_relayed_deltas_applied_total``;
 - ``peerd_rejected_messages_total{reason}`` — ``reason`` is a ``WireError.reason``;
 - ``peerd_peers{state}`` for online | suspect | offline | unknown;
 - ``peerd_peer_trust{peer}``, ``peerd_peer_alignment{peer}``;
 - ``peerd_merge_confidence``, ``peerd_convergence_score`` (absent until the
   first trust round), ``peerd_broker_connected``, ``peerd_table_cells``,
-  ``peerd_own_version``, ``peerd_info{node,federation,fingerprint}``;
+  ``peerd_own_version``, ``peerd_durable_version`` (the watermark: nothing
+  newer is published), ``peerd_info{node,federation,fingerprint}``;
 - the broker connection: ``peerd_broker_member_info{url}`` (1, for the member
   in use, absent while disconnected; credentials never appear),
   ``peerd_broker_members`` (configured members), ``peerd_broker_reconnects_total``
@@ -57,6 +60,15 @@ _COUNTERS: dict[str, tuple[str, str]] = {
     "sync_requests_sent": ("peerd_sync_requests_sent", "Catch-up requests sent to peers."),
     "sync_answers_sent": ("peerd_sync_answers_sent", "Catch-up requests answered."),
     "trust_rounds": ("peerd_trust_rounds", "Consensus trust rounds run."),
+    "rebirths_requested": ("peerd_rebirths_requested",
+                           "Rebirth requests sent to senders whose key was not pinned."),
+    "births_answered": ("peerd_births_answered",
+                        "Non-retained births sent for a rebirth request or a new peer's birth."),
+    "relays_sent": ("peerd_relays_sent", "Relays of a silent origin's signed payloads."),
+    "relayed_payloads_sent": ("peerd_relayed_payloads_sent",
+                              "Payloads of other origins re-sent verbatim."),
+    "relayed_deltas_applied": ("peerd_relayed_deltas_applied",
+                               "Relayed deltas verified with their origin's key and merged."),
 }
 
 _PEER_STATES = ("online", "suspect", "offline", "unknown")
@@ -133,6 +145,11 @@ class NodeCollector(Collector):
                                 value=float(node.table.size))
         yield GaugeMetricFamily("peerd_own_version", "Version of this node's own contribution.",
                                 value=float(node.table.version))
+        watermark = getattr(node, "watermark", None)
+        if watermark is not None:
+            yield GaugeMetricFamily("peerd_durable_version",
+                                    "Own version up to which every commit returned (published "
+                                    "up to here at most).", value=float(watermark))
         info = GaugeMetricFamily("peerd_info", "Constant 1, labelled with the node's identity.",
                                  labels=["node", "federation", "fingerprint"])
         info.add_metric([node.id, node.fed, node.task.fingerprint], 1.0)

@@ -42,16 +42,19 @@ import numpy as np
 from peerd import gossip, liveness, wire
 from peerd.config import NodeConfig
 from peerd.delta import Delta, MergeStats, PatternSignature
+from peerd.durable import DurableWatermark
 from peerd.errors import ContradictingSignatures, OriginLimit, OriginMismatch, WireError
 from peerd.evidence import VersionRate, check_budget
 from peerd.gossip import GossipState
 from peerd.identity import Identity, Verifier
-from peerd.liveness import UNKNOWN, LivenessPolicy
+from peerd.liveness import ONLINE, UNKNOWN, LivenessPolicy
 from peerd.logs import get_logger
 from peerd.peers import TrustEvent
+from peerd.presence import PresenceState
 from peerd.qtable import QTable
 from peerd.quarantine import Quarantine, Verdict, gather_origins, judge_round, signature_mismatches
 from peerd.registry import Peer, PeerRegistry
+from peerd.relay import RelayPlanner, RelayStore
 from peerd.store import Store
 from peerd.transport_api import Transport
 from peerd.trust import (
@@ -90,6 +93,11 @@ class NodeCounters:
     messages_received: int = 0
     sync_requests_sent: int = 0
     sync_answers_sent: int = 0
+    rebirths_requested: int = 0
+    births_answered: int = 0
+    relays_sent: int = 0
+    relayed_payloads_sent: int = 0
+    relayed_deltas_applied: int = 0
     trust_rounds: int = 0
     quarantined: int = 0  # peers sent into quarantine by the deviation check
     restored: int = 0
@@ -135,6 +143,13 @@ class Node:
                                     n_actions=self.task.n_actions, q_bound=config.q_bound,
                                     max_payload=config.max_payload, max_entries=config.max_entries)
         self.store: Store | None = None
+        #: own versions whose commit has not returned: nothing beyond goes out (DESIGN §4)
+        self.durable = DurableWatermark()
+        #: rebirth requests out and births in answer (presence without retained messages)
+        self.presence = PresenceState(ask_interval=max(1.0, 4 * config.sync_interval))
+        #: origins' own signed payloads, re-sent verbatim for them when they are silent
+        self.relays = RelayStore()
+        self.relay_plan = RelayPlanner(delay=max(0.5, config.sync_interval))
         self.transport: Transport | None = None
         self._transport_factory = transport_factory
         self.epoch = 0
@@ -198,6 +213,7 @@ class Node:
         snap = await self.store.get_meta("verifier", None)
         self._registry.load(await self.store.load_peers(), json.loads(snap) if snap else None)
         self.table.set_trusts(self._registry.trusts())  # one recompute, not one per peer
+        await self._load_relay_payloads()
         published = int(await self.store.get_meta("published_version", 0))
         self._gossip.published_version = min(published, self.table.version)
         self._log.info("state_loaded", cells=self.table.size, origins=len(cells),
@@ -269,7 +285,7 @@ class Node:
                 if self.transport is not None and self.transport.connected:
                     await self._publish_delta(force=True)
                     await self._publish(wire.Death(self._header()), "presence", qos=1,
-                                        retain=True)
+                                        retain=self.config.retain)
                     await self.transport.disconnect()
         self._log.info("node_stopped", version=self.table.version)
 
@@ -285,12 +301,13 @@ class Node:
             self.store = None
 
     def _will(self, epoch: int | None = None) -> tuple[str, bytes, int, bool]:
-        """The retained death the broker publishes if this connection drops (of ``epoch``)."""
+        """The death the broker publishes if this connection drops (of ``epoch``); retained
+        unless ``[broker] retain = false``."""
         header = self._header()
         if epoch is not None:
             header = dataclasses.replace(header, epoch=epoch)
         death = wire.encode(wire.Death(header), self.identity)
-        return (wire.topic(self.fed, "presence", self.id), death, 1, True)
+        return (wire.topic(self.fed, "presence", self.id), death, 1, self.config.retain)
 
     def _make_transport(self) -> Transport:
         will = self._will()
@@ -309,7 +326,7 @@ class Node:
         return MqttTransport(members, client_id=f"peerd-{self.fed}-{self.id}",
                              subscriptions=subs, will=will, username=cfg.username or None,
                              password=cfg.broker_password() or None, tls=tls,
-                             keepalive=cfg.keepalive,
+                             keepalive=cfg.keepalive, retain=cfg.retain,
                              # a restarted broker is found within ~10 s, not the 30 s default cap
                              backoff=(0.2, 10.0),
                              # a member that accepts TCP but cannot admit us yet must not hold
@@ -328,10 +345,46 @@ class Node:
         delta = self.table.learn(state, action, reward, next_state, done, success)
         self.counters.interactions += 1
         if self.store is not None:
-            await self.store.write_cells(self.id, delta.arrays())
-        if self._gossip.should_publish(self.table.version, self.monotonic()):
+            version = delta.to_version
+            self.durable.begin(version)  # before any await: the publisher must not pass it
+            try:
+                await self.store.write_cells(self.id, delta.arrays())
+            except BaseException:  # failed or abandoned: not durable until a repair rewrites it
+                self.durable.failed(version)
+                self._wake.set()
+                raise
+            self.durable.committed(version)
+        if self._gossip.should_publish(self.watermark, self.monotonic()):
             self._wake.set()
         return delta.to_version
+
+    @property
+    def watermark(self) -> int:
+        """Highest own version such that every version up to it is durable (DESIGN §4).
+
+        A node without a store has nothing to wait for: its table version.
+        """
+        return self.durable.value(self.table.version)
+
+    async def _repair_durability(self) -> None:
+        """Rewrite own cells changed after the watermark, so that failed commits stop holding it.
+
+        The rewrite takes each cell at its current state, which includes the
+        update whose commit failed; if the disk is still broken, the next
+        publisher tick tries again and nothing newer is published meanwhile.
+        """
+        if self.store is None or not self.durable.needs_repair:
+            return
+        upto = self.table.version
+        cells = self.table.delta(since=self.watermark)
+        try:
+            await self.store.write_cells(self.id, cells.arrays())
+        except Exception as exc:
+            self._log.warning("own_cells_not_durable", watermark=self.watermark,
+                              version=upto, error=str(exc))
+            return
+        self.durable.repaired(upto)
+        self._log.info("own_cells_repaired", cells=len(cells), watermark=self.watermark)
 
     # ------------------------------------------------------------ outgoing
     def _header(self) -> wire.Header:
@@ -381,14 +434,14 @@ class Node:
     async def _publish_delta_locked(self, *, force: bool, since: int | None) -> bool:
         answering = since is not None
         start = self._gossip.published_version if since is None else since
-        version = self.table.version
+        version = self.watermark  # never a version whose commit has not returned
         if not force and not answering and not self._gossip.should_publish(version, self.monotonic()):
             return False
         if version <= start:
             # Nothing after ``start``: an empty answer would only cost every peer a verification
             # (a fleet starting together asks every origin at version 0). Asked and done.
             return answering
-        delta = self.table.delta(since=start)
+        delta = self.table.delta(since=start, upto=version)
         # Signatures feed the trust round, which runs once per heartbeat: sending
         # them with every delta would only cost bytes and verification time.
         now = self.monotonic()
@@ -445,6 +498,7 @@ class Node:
                 async with asyncio.timeout(tick):
                     await self._wake.wait()
             self._wake.clear()
+            await self._repair_durability()
             if self.transport is None or not self.transport.connected:
                 continue
             now = self.clock()
@@ -452,10 +506,26 @@ class Node:
                 if peer.cursor.deferred:  # most have nothing deferred: skip the call
                     self._ask(peer.node_id,
                               gossip.due_ask(peer.cursor, now, self._gossip.sync_interval))
+            if self.presence.take_answer(self.monotonic()):
+                await self._answer_birth()
+            for origin, relay_since in self.relay_plan.due(self.monotonic()):
+                await self._relay(origin, relay_since)
             since = self._gossip.take_answer()
             if since is not None and not await self._publish_delta(since=since):
                 self._gossip.on_sync_request(since)  # not sent: try again next time
             await self._publish_delta()
+
+    def _birth(self) -> wire.Birth:
+        return wire.Birth(self._header(), public_key=self.identity.public_key,
+                          version=self._gossip.published_version)
+
+    async def _answer_birth(self) -> None:
+        """A fresh, non-retained birth: for a peer that asked, or a new peer that was born."""
+        if await self._publish(self._birth(), "presence", qos=1, retain=False):
+            self.counters.births_answered += 1
+            self._log.debug("birth_answered")
+        else:
+            self.presence.retry_answer()
 
     async def _on_connect(self) -> None:
         """(Re)connected: birth, then everything unpublished (computed from versions).
@@ -470,30 +540,14 @@ class Node:
             if self.store is not None:
                 await self.store.set_meta("epoch", self.epoch)
         self._connections += 1
-        birth = wire.Birth(self._header(), public_key=self.identity.public_key,
-                           version=self._gossip.published_version)
-        await self._publish(birth, "presence", qos=1, retain=True)
+        await self._publish(self._birth(), "presence", qos=1, retain=self.config.retain)
+        self.presence.answered(self.monotonic())
         # The Will of the *next* connection, in the epoch that connection will have.
         if self.transport is not None:
             self.transport.will = self._will(self.epoch + 1)
         self._log.info("broker_connected", member=getattr(self.transport, "member", None),
                        version=self.table.version, published_version=self._gossip.published_version)
         self._wake.set()
-
-    def _answer_birth(self) -> None:
-        """DESIGN §4: a node that sees a new peer's birth answers once with its own.
-
-        Retained births are not enough on a cluster: a member replicates retained
-        messages asynchronously, so a peer that subscribed on another member just
-        before our birth was stored there never receives it, and rejects all we
-        send as coming from an unknown sender. A live birth reaches it.
-        """
-        if self.transport is None or not self.transport.connected:
-            return
-        birth = wire.Birth(self._header(), public_key=self.identity.public_key,
-                           version=self._gossip.published_version)
-        task = asyncio.ensure_future(self._publish(birth, "presence", qos=1, retain=True))
-        task.add_done_callback(_ignore_result)
 
     async def _heartbeat(self) -> None:
         interval = self.config.heartbeat_interval
@@ -529,6 +583,8 @@ class Node:
         next birth admits it as a new peer (key pinned anew, everything re-synced).
         """
         entry = self._registry.remove(pid)
+        self.relays.forget(pid)
+        self.relay_plan.forget(pid)
         if entry is not None and entry.trust != 1.0:
             self.table.set_trusts({pid: 1.0})  # a returning peer starts afresh, in the table too
         dropped = self.table.forget(pid)
@@ -547,11 +603,14 @@ class Node:
         parsed = wire.parse_topic(topic)
         if parsed is None:
             return
-        fed, _kind, sender = parsed
+        fed, kind, sender = parsed
         if sender == self.id or fed != self.fed:
             return
         self.counters.messages_received += 1
         self.counters.bytes_received += len(payload)
+        if kind == "relay":
+            await self._on_relayed(sender, payload)
+            return
         if not self._registry.admits(sender):  # before decoding: a full node spends nothing
             await self._reject(sender, OriginLimit(
                 f"{sender!r} would be peer {len(self._registry) + 1}, past max_origins = "
@@ -563,6 +622,8 @@ class Node:
             msg = self.decoder.decode(payload, topic=topic, commit=False)
         except WireError as exc:
             await self._reject(sender, exc, retain)
+            if exc.reason == "unknown_sender" and not retain:
+                self._ask_rebirth(sender)
             return
         try:
             await self._handle(msg, retain)
@@ -571,17 +632,155 @@ class Node:
             await self._reject(sender, exc, retain)
             return
         verifier.commit(msg)  # only an accepted message moves the replay window
+        self._keep_for_relay(msg, payload)
+
+    def _keep_for_relay(self, msg: Any, payload: bytes, *, persist: bool = True) -> None:
+        """Keep an origin's own signed birth and deltas, to re-send for it when it is silent.
+
+        Also in the store, so that a restarted node can still relay; written
+        without waiting (it joins the next group commit): losing the last few
+        on a crash only makes a relay smaller, never wrong.
+        """
+        if not self.config.relay:
+            return
+        h: wire.Header = msg.header
+        stamp = (h.epoch, h.seq)
+        dropped: list[tuple[int, int]] = []
+        if isinstance(msg, wire.Birth):
+            kind, kept = "birth", self.relays.add_birth(h.node, stamp, payload)
+        elif isinstance(msg, wire.DeltaMsg) and msg.delta.origin == h.node and len(msg.delta):
+            d = msg.delta
+            kind = "delta"
+            kept, dropped = self.relays.add_delta(
+                h.node, stamp, payload, d.to_version,
+                zip(d.keys.tolist(), d.actions.tolist(), d.version.tolist(), strict=True))
+        else:
+            return
+        if persist and self.store is not None and (kept or dropped):
+            write = (self.store.keep_relay_payload(h.node, kind, stamp, payload, drop=dropped)
+                     if kept else self.store.drop_relay_payloads(h.node, kind, dropped))
+            task = asyncio.ensure_future(write)
+            task.add_done_callback(_ignore_result)
+
+    async def _load_relay_payloads(self) -> None:
+        """Rebuild the relay store from the payloads kept on disk (verified when received)."""
+        assert self.store is not None
+        rows = await self.store.load_relay_payloads()
+        self.decoder.verifier = None
+        try:
+            for origin, _kind, _stamp, payload in rows:
+                try:
+                    msg = self.decoder.decode(payload, commit=False)
+                except WireError as exc:  # another task, a damaged row: not relayable
+                    self._log.warning("relay_payload_unreadable", peer=origin, error=str(exc))
+                    continue
+                if msg.header.node == origin:
+                    self._keep_for_relay(msg, payload, persist=False)
+        finally:
+            self.decoder.verifier = self._registry.verifier
+
+    async def _on_relayed(self, relayer: str, payload: bytes) -> None:
+        """A payload another node signed, relayed: verify it as the origin's own, apply it.
+
+        The relayer cannot forge it (the origin's signature covers every byte)
+        and is not who speaks, so a bad relay costs nobody trust: it is counted.
+        """
+        try:
+            self.decoder.verifier = self._registry.verifier.relayed()
+            msg = self.decoder.decode(payload, commit=False)
+            origin = msg.header.node
+            if msg.type not in wire.RELAYABLE_TYPES:
+                raise wire.MalformedMessage(f"{msg.type} of {origin!r} cannot be relayed")
+            if isinstance(msg, wire.DeltaMsg) and msg.delta.origin != origin:
+                raise OriginMismatch(f"relayed delta of {origin!r} holds cells of "
+                                     f"{msg.delta.origin!r}")
+            if origin != self.id and not self._registry.admits(origin):
+                raise OriginLimit(f"relayed origin {origin!r} would be past max_origins = "
+                                  f"{self._registry.max_origins}")
+        except WireError as exc:
+            exc.authenticated = False  # the relayer is not the author: nobody loses trust
+            await self._reject(relayer, exc, False)
+            return
+        finally:
+            self.decoder.verifier = self._registry.verifier
+        if origin == self.id:
+            return
+        now = self.clock()
+        if isinstance(msg, wire.Birth):
+            # A relay starts with the origin's birth: someone else is relaying it, ours is moot.
+            self.relay_plan.covered(origin, 0)
+            if self._registry.verifier.pin_first(origin, msg.public_key):
+                self._log.info("peer_key_pinned_from_relay", peer=origin, relayer=relayer)
+        else:
+            delta: Delta = msg.delta
+            try:
+                stats = await self._merge(origin, delta, now)
+            except WireError as exc:
+                exc.authenticated = False
+                await self._reject(relayer, exc, False)
+                return
+            self.counters.relayed_deltas_applied += 1
+            self.relay_plan.covered(origin, delta.from_version)
+            cursor = self._registry.admit(origin).cursor
+            if delta.from_version <= cursor.known:  # contiguous: the cursor moves; a gap asks nobody
+                cursor.known = max(cursor.known, delta.to_version)
+            self._log.debug("relayed_delta_applied", peer=origin, relayer=relayer,
+                            cells=stats.cells, new=stats.new)
+            if self.on_merge:
+                self.on_merge(msg.header, stats)
+            self.applied_event.set()
+        self._keep_for_relay(msg, payload)
+
+    def _silent(self, origin: str) -> bool:
+        """Not heard from lately (suspect, offline, or never seen live by this node)."""
+        return self.liveness_status(origin) != ONLINE
+
+    def _offer_relays(self, newcomer: str) -> None:
+        """A new node, or a new life of one, appeared: it may lack silent origins' knowledge.
+
+        Nobody advertises a silent origin's version any more, so the newcomer
+        would never ask for it: relay it (each origin at most once per
+        ``RelayPlanner.min_interval``, usually by one holder).
+        """
+        now = self.monotonic()
+        for origin in self.relays.origins():
+            if origin != newcomer and self._silent(origin):
+                self.relay_plan.want(origin, 0, now)
+
+    async def _relay(self, origin: str, since: int) -> None:
+        """Re-send ``origin``'s kept payloads after ``since``, verbatim, on our relay topic."""
+        if self.transport is None or origin == self.id:
+            return
+        topic = wire.topic(self.fed, "relay", self.id)
+        sent = 0
+        for payload in self.relays.payloads(origin, since):
+            if not await self.transport.publish(topic, payload, qos=1):
+                break
+            sent += 1
+            self.counters.bytes_sent += len(payload)
+        if sent:
+            self.counters.relays_sent += 1
+            self.counters.relayed_payloads_sent += sent
+            self._log.info("origin_relayed", peer=origin, since=since, payloads=sent)
 
     async def _handle(self, msg: Any, retain: bool = False) -> None:
         now = self.clock()
         h: wire.Header = msg.header
         pid = h.node
+        # (before admit: a first birth or rebirth request of a peer pins its key on commit)
+        newcomer = not retain and self._registry.verifier.pinned(pid) is None
         peer = self._registry.admit(pid)  # admission was checked before decoding
         sync = self._gossip.sync_interval
         if isinstance(msg, wire.Birth):
             if liveness.on_birth(peer.life, h.epoch, now):
                 self._log.info("peer_online", peer=pid, epoch=h.epoch)
-                self._answer_birth()
+            self.presence.known(pid)
+            # A live birth of a new peer (life) is answered with ours, once (DESIGN §4):
+            # on a broker that keeps no retained messages, or a cluster member that has
+            # not replicated our retained birth yet, the newcomer would never see it.
+            if not retain and self.presence.on_live_birth(pid, h.epoch):
+                self._wake.set()
+                self._offer_relays(pid)
             # A node asks every origin it hears of and holds nothing of: the retained
             # birth may advertise an old version, and waiting for a heartbeat costs
             # a heartbeat interval. A live birth's version is current: 0 means nothing
@@ -598,31 +797,54 @@ class Node:
             # QoS 0: it overtakes the QoS 1 delta it advertises; give that one a heartbeat to land
             self._ask(pid, gossip.on_advert(peer.cursor, msg.version, now, sync,
                                             wait=self.config.heartbeat_interval))
+        elif isinstance(msg, wire.Rebirth):
+            if newcomer:
+                self._offer_relays(pid)
+            self._heard(peer, h.epoch, now)
+            self.presence.known(pid)
+            if msg.to == self.id:
+                self.presence.on_rebirth_request()
+                self._wake.set()
+            self._ask(pid, gossip.on_advert(peer.cursor, msg.version, now, sync))
         elif isinstance(msg, wire.SyncRequest):
             self._heard(peer, h.epoch, now)
             if msg.origin == self.id:
                 self._gossip.on_sync_request(msg.since)
                 self._wake.set()
+            elif self.relays.payloads(msg.origin, msg.since):
+                # Relayed catch-up: answer for a silent origin now (after a jitter), for a
+                # live one only if it has not answered within a few sync intervals.
+                wait = 0.0 if self._silent(msg.origin) else 3 * sync
+                self.relay_plan.want(msg.origin, msg.since, self.monotonic(), wait=wait)
         elif isinstance(msg, wire.DeltaMsg):
             self._heard(peer, h.epoch, now)
             await self._apply(peer, msg, now)
         else:  # pragma: no cover - decode returns only the types above
             raise AssertionError(type(msg))
 
+    async def _merge(self, origin: str, delta: Delta, now: float) -> MergeStats:
+        """Apply an origin's cells (its own or relayed for it) and persist what changed.
+
+        The evidence budget is checked first, whoever carried the cells.
+        """
+        if self.config.evidence_budget:
+            self.check_evidence(delta)
+        stats = self.table.apply(delta)  # validates everything first; raises InvalidDelta
+        self.version_rate.observe(origin, delta.to_version, self.clock())
+        if stats.changed and self.store is not None:
+            await asyncio.gather(self.store.write_cells(origin, delta.arrays()),
+                                 self.store.log_merge(now, stats))  # one group commit
+        self.counters.deltas_applied += 1
+        self.counters.cells_applied += stats.changed
+        return stats
+
     async def _apply(self, entry: Peer, msg: Any, now: float) -> None:
         delta: Delta = msg.delta
         peer = entry.node_id
         if delta.origin != peer:
             raise OriginMismatch(f"{peer!r} sent cells of origin {delta.origin!r}")
-        if self.config.evidence_budget:
-            self.check_evidence(delta)
-        stats = self.table.apply(delta)  # validates everything first; raises InvalidDelta
-        self.version_rate.observe(peer, delta.to_version, self.clock())
-        if stats.changed and self.store is not None:
-            await asyncio.gather(self.store.write_cells(peer, delta.arrays()),
-                                 self.store.log_merge(now, stats))  # one group commit
-        self.counters.deltas_applied += 1
-        self.counters.cells_applied += stats.changed
+        stats = await self._merge(peer, delta, now)
+        self.relay_plan.covered(peer, delta.from_version)  # the origin answered itself
         if msg.signatures and (not self.config.deviation_ratio
                                or await self._check_signatures(peer, tuple(msg.signatures))):
             entry.signatures = tuple(msg.signatures)
@@ -669,6 +891,23 @@ class Node:
         self.counters.sync_requests_sent += 1
         self._log.debug("sync_requested", peer=origin, since=since)
         task = asyncio.ensure_future(self._publish(req, "sync", qos=1))
+        task.add_done_callback(_ignore_result)
+
+    def _ask_rebirth(self, sender: str) -> None:
+        """An unknown sender spoke live: ask it for a fresh birth (rate-limited per sender).
+
+        Not under a strict allowlist (an unlisted sender is refused anyway), and
+        not for a sender whose key is pinned (its birth is not what is missing).
+        """
+        if self.transport is None or self.config.strict or self.pinned_key(sender):
+            return
+        if not self.presence.may_ask(sender, self.monotonic()):
+            return
+        req = wire.Rebirth(self._header(), to=sender, public_key=self.identity.public_key,
+                           version=self._gossip.published_version)
+        self.counters.rebirths_requested += 1
+        self._log.debug("rebirth_requested", peer=sender)
+        task = asyncio.ensure_future(self._publish(req, "rebirth", qos=1))
         task.add_done_callback(_ignore_result)
 
     async def _reject(self, sender: str, exc: WireError, retain: bool) -> None:
@@ -888,7 +1127,7 @@ class Node:
         t = self.transport
         return {
             "node": self.id, "federation": self.fed, "fingerprint": self.task.fingerprint,
-            "epoch": self.epoch, "version": self.table.version,
+            "epoch": self.epoch, "version": self.table.version, "durable_version": self.watermark,
             "published_version": self._gossip.published_version,
             "cells": self.table.size, "origins": len(self.table.origins),
             "connected": bool(t and t.connected),

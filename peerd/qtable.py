@@ -354,22 +354,31 @@ class QTable:
                            actions=np.array([a], np.uint16), **out)
 
     # ------------------------------------------------------------ deltas out
-    def delta(self, since: int = 0) -> Delta:
-        """Own cells changed after version ``since``, sorted by (key, action)."""
-        return self.delta_of(self.node_id, since)
+    def delta(self, since: int = 0, upto: int | None = None) -> Delta:
+        """Own cells changed after version ``since`` (and at most ``upto``), sorted by (key, action)."""
+        return self.delta_of(self.node_id, since, upto)
 
-    def delta_of(self, origin: str, since: int = 0) -> Delta:
-        """Stored cells of any origin changed after ``since``: for catch-up and relaying.
+    def delta_of(self, origin: str, since: int = 0, upto: int | None = None) -> Delta:
+        """Stored cells of any origin with ``since < version <= upto``: catch-up and relaying.
+
+        ``upto`` (default: the highest version held) is the node's durable
+        watermark for its own cells: a cell whose latest change is newer is left
+        out, not sent at an older state, and goes out once that change is durable.
 
         Reads only that origin's entries: O(its cells).
         """
         s = self._slots.get(origin)
-        top = self.max_version(origin)
+        held = self.max_version(origin)
+        top = held if upto is None else min(held, upto)
         if s is None or since >= top:
             return Delta.empty(origin, self.task.fingerprint, since, max(since, top))
         st = self._store
         ids = st.entries(s)
-        ids = ids[st.fields["version"][ids] > np.uint64(since)]
+        ver = st.fields["version"][ids]
+        keep = ver > np.uint64(since)
+        if top < held:
+            keep &= ver <= np.uint64(top)
+        ids = ids[keep]
         cells = st.cell[ids].astype(np.int64)
         rows, acts = np.divmod(cells, self._a)
         keys = self._index.row_keys[rows]

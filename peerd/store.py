@@ -119,6 +119,13 @@ MIGRATIONS: list[Migration] = [
             conflicts INTEGER NOT NULL, rejected INTEGER NOT NULL,
             total_visits INTEGER NOT NULL, confidence REAL NOT NULL)""",
     ),
+    # 2: origins' own signed payloads, kept to relay them verbatim (peerd.relay)
+    _sql(
+        """CREATE TABLE relay_payloads (
+            origin TEXT NOT NULL, kind TEXT NOT NULL, epoch INTEGER NOT NULL,
+            seq INTEGER NOT NULL, payload BLOB NOT NULL,
+            PRIMARY KEY (origin, kind, epoch, seq)) WITHOUT ROWID""",
+    ),
 ]
 
 # Typeless ``value``: SQLite keeps str, int, float and bytes as given.
@@ -533,12 +540,50 @@ class Store:
 
     async def forget_peer(self, node_id: str) -> int:
         """Delete everything stored about a peer (``origin_ttl`` expiry): cells, record, trust
-        history, in one transaction; returns the rows deleted."""
+        history, kept payloads, in one transaction; returns the rows deleted."""
         one = ((node_id,),)
         return await self._submit((("DELETE FROM cells WHERE origin = ?", one),
                                    ("DELETE FROM peers WHERE node_id = ?", one),
-                                   ("DELETE FROM trust_events WHERE peer = ?", one)),
+                                   ("DELETE FROM trust_events WHERE peer = ?", one),
+                                   ("DELETE FROM relay_payloads WHERE origin = ?", one)),
                                   counted=True)
+
+    # ------------------------------------------------------------------ relayable payloads
+
+    async def keep_relay_payload(self, origin: str, kind: str, stamp: tuple[int, int],
+                                 payload: bytes, *,
+                                 drop: Sequence[tuple[int, int]] = ()) -> None:
+        """Keep an origin's signed payload (``kind`` birth or delta), and forget ``drop``
+        (payloads of that kind superseded by it); one transaction. A birth replaces the
+        origin's earlier ones."""
+        origin, kind = str(origin), str(kind)
+        steps: list[tuple[str, Params]] = []
+        if kind == "birth":
+            steps.append(("DELETE FROM relay_payloads WHERE origin = ? AND kind = 'birth'",
+                          ((origin,),)))
+        if drop:
+            steps.append(("DELETE FROM relay_payloads WHERE origin = ? AND kind = ? "
+                          "AND epoch = ? AND seq = ?",
+                          tuple((origin, kind, int(e), int(s)) for e, s in drop)))
+        steps.append(("INSERT OR IGNORE INTO relay_payloads (origin, kind, epoch, seq, payload) "
+                      "VALUES (?, ?, ?, ?, ?)",
+                      ((origin, kind, int(stamp[0]), int(stamp[1]), bytes(payload)),)))
+        await self._submit(tuple(steps))
+
+    async def drop_relay_payloads(self, origin: str, kind: str,
+                                  stamps: Sequence[tuple[int, int]]) -> None:
+        """Forget kept payloads that newer ones made unnecessary."""
+        if stamps:
+            await self._submit((("DELETE FROM relay_payloads WHERE origin = ? AND kind = ? "
+                                 "AND epoch = ? AND seq = ?",
+                                 tuple((str(origin), str(kind), int(e), int(s))
+                                       for e, s in stamps)),))
+
+    async def load_relay_payloads(self) -> list[tuple[str, str, tuple[int, int], bytes]]:
+        """Every kept payload as ``(origin, kind, (epoch, seq), payload)``, oldest first per origin."""
+        rows = await self._read("SELECT origin, kind, epoch, seq, payload FROM relay_payloads "
+                                "ORDER BY origin, epoch, seq")
+        return [(r[0], r[1], (int(r[2]), int(r[3])), bytes(r[4])) for r in rows]
 
     async def load_peers(self) -> dict[str, PeerRecord]:
         """Every stored peer by node id."""

@@ -32,6 +32,21 @@ confirmed in the background) and ``False`` when disconnected. With
 outcome, so the node can go back over a delta a lost connection swallowed. aiomqtt errors never escape as
 such: they are retried (connection) or turned into ``False`` (publish); an
 unusable setup surfaces as ``peerd.errors.ConfigError``/``TransportError``.
+
+Brokers without retained messages: mosquitto with ``retain_available false``
+drops a client whose Will or PUBLISH has the retain bit (MQTT 3.1.1 has no way
+to say why). With ``retain=False`` nothing is ever retained; otherwise the
+transport notices by itself and switches retain off for good, logging once
+(``transport_retain_unavailable``):
+
+- a connection lost while a retained publish awaits its PUBACK: retain is off;
+- a CONNECT with a retained Will that times out is retried with the Will not
+  retained (a probe). A timeout alone proves nothing (a slow or recovering
+  broker, a cluster member electing leaders), so the probe only lets the
+  connection happen: the retained birth that follows decides (dropped: retain
+  off; acknowledged: the next Will is retained again).
+
+Without retain, presence rests on rebirth requests (``peerd.presence``).
 """
 
 from __future__ import annotations
@@ -192,6 +207,7 @@ class MqttTransport(BaseTransport):
         timeout: float = 10.0,
         connect_timeout: float | None = None,
         confirm: bool = False,
+        retain: bool = True,
     ) -> None:
         super().__init__(client_id=client_id, subscriptions=subscriptions, will=will)
         self.urls: list[str] = [urls] if isinstance(urls, str) else list(urls)
@@ -229,6 +245,11 @@ class MqttTransport(BaseTransport):
         #: Connection attempts that failed before we were subscribed (``broker_connect_failed``).
         self.connect_failures = 0
         self._index = 0  # the member in use, or the next one to try
+        #: False: retained publishes and the Will go out without the retain bit.
+        self.retain_available = retain
+        self._retain_probe = False  # this attempt connects with a non-retained Will, as a test
+        self._retained_pending: set[asyncio.Task[bool]] = set()
+        self._retained_lost = False  # the connection died with a retained publish unconfirmed
         self._rng = rng if rng is not None else random.Random()
         self._client: aiomqtt.Client | None = None
         self._pending: set[asyncio.Task[bool]] = set()
@@ -293,14 +314,16 @@ class MqttTransport(BaseTransport):
                 connections_before = self._connections
                 member = self.address.display
                 error: str | None = None
+                failure: aiomqtt.MqttError | None = None
                 try:
                     await self._session(on_message, on_connect)
                 except aiomqtt.MqttError as exc:
-                    error = _describe(exc)
+                    error, failure = _describe(exc), exc
                 if self._closing.is_set():
                     break
                 self.last_error = error
                 lost = self._connections > connections_before
+                self._suspect_retain(failure, connected=lost)
                 self._failures = failures = 0 if lost else self._failures + 1
                 # The member we were on (or tried) just failed: the next one goes first.
                 self._index = (self._index + 1) % len(self.members)
@@ -320,6 +343,25 @@ class MqttTransport(BaseTransport):
             self._mark_disconnected()
             self._running = False
             self._stopped.set()
+
+    def _suspect_retain(self, exc: aiomqtt.MqttError | None, *, connected: bool) -> None:
+        """After a failed attempt or a lost connection: was the retain bit the cause?"""
+        lost_retained, self._retained_lost = self._retained_lost, False
+        if not self.retain_available:
+            return
+        if connected and lost_retained:
+            self._retain_off("the broker dropped the connection on a retained publish")
+        elif self._retain_probe:  # the probe failed as well: retain was not the cause
+            self._retain_probe = False
+        elif (not connected and exc is not None and self.will is not None and self.will[3]
+              and "timed out" in str(exc).lower()):
+            self._retain_probe = True  # no CONNACK for a retained Will: try once without
+
+    def _retain_off(self, why: str) -> None:
+        self.retain_available = False
+        self._retain_probe = False
+        self._log.warning("transport_retain_unavailable", reason=why, member=self.address.display,
+                          hint="set [broker] retain = false to skip the detection")
 
     async def _session(self, on_message: OnMessage, on_connect: OnConnect) -> None:
         """One connection to the current member, from CONNECT to its end.
@@ -428,6 +470,7 @@ class MqttTransport(BaseTransport):
         will = None
         if self.will is not None:
             topic, payload, qos, retain = self.will
+            retain = retain and self.retain_available and not self._retain_probe
             will = aiomqtt.Will(topic, payload, qos, retain)
         tls_params = None
         tls = self.tls
@@ -533,9 +576,13 @@ class MqttTransport(BaseTransport):
         client = self._client
         if client is None or not self.connected:
             return None
+        retain = retain and self.retain_available
         task = asyncio.create_task(self._send(client, topic, payload, qos, retain))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+        if retain:
+            self._retained_pending.add(task)
+            task.add_done_callback(self._retained_pending.discard)
         # aiomqtt hands the message to paho synchronously, in the task's first step,
         # which runs before we resume: after this the message is queued (or refused).
         await asyncio.sleep(0)
@@ -551,7 +598,11 @@ class MqttTransport(BaseTransport):
             await client.publish(topic, payload, qos=qos, retain=retain, timeout=self.timeout)
         except aiomqtt.MqttError as exc:
             self._log.debug("transport_publish_unconfirmed", topic=topic, error=_describe(exc))
+            if retain:
+                self._retained_lost = True
             return False
+        if retain:
+            self._retain_probe = False  # the broker keeps retained messages: Wills may retain too
         return True
 
     async def _flush(self) -> None:
@@ -559,6 +610,8 @@ class MqttTransport(BaseTransport):
             await asyncio.wait(set(self._pending), timeout=self.timeout)
 
     def _abandon_pending(self) -> None:
+        if any(not t.done() for t in self._retained_pending):
+            self._retained_lost = True  # see _suspect_retain
         for task in list(self._pending):
             task.cancel()
 

@@ -75,6 +75,7 @@ async def test_exposition_carries_every_family_with_the_node_values() -> None:
     assert value(fams, "peerd_peer_alignment", peer="p1") == 0.8
     assert value(fams, "peerd_table_cells") == node.table.size == 2
     assert value(fams, "peerd_own_version") == 5
+    assert value(fams, "peerd_durable_version") == 5  # no commit pending
     assert value(fams, "peerd_broker_connected") == 0
     assert 0.0 < value(fams, "peerd_merge_confidence") < 1.0
     assert fams["peerd_convergence_score"] == {}  # no trust round yet: absent, not 0

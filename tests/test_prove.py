@@ -72,6 +72,14 @@ def test_broker_outage_reconnects_and_converges_exactly() -> None:
     assert r["converge_s"] is not None
 
 
+def test_outage_converges_on_a_broker_that_never_delivers_retained_messages() -> None:
+    """The outage scenario passes on a broker whose retained presence never reaches anyone."""
+    r = prove.run_scenario("outage", quick=True, deliver_retained=False)
+    _passed(r)
+    assert r["retained_delivered"] is False
+    assert r["reconnect_s"]["not_reconnected"] == 0 and r["converge_s"] is not None
+
+
 @pytest.mark.skipif(find_mosquitto() is None, reason="the partition needs mosquitto bridges")
 def test_bridge_partition_heals_and_late_joiner_catches_up() -> None:
     """Two bridged sites cut apart while learning converge after the restore; a late joiner catches up."""

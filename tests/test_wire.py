@@ -392,7 +392,8 @@ def test_topics_follow_design() -> None:
     """Topic names, subscriptions, QoS and retain flags are those of DESIGN §4."""
     assert topic("f", "delta", "n1") == "peerd/v1/f/delta/n1"
     assert subscriptions("f") == ["peerd/v1/f/delta/+", "peerd/v1/f/presence/+",
-                                  "peerd/v1/f/heartbeat/+", "peerd/v1/f/sync/+"]
+                                  "peerd/v1/f/heartbeat/+", "peerd/v1/f/sync/+",
+                                  "peerd/v1/f/rebirth/+", "peerd/v1/f/relay/+"]
     assert parse_topic("peerd/v1/f/presence/n1") == ("f", "presence", "n1")
     h = header()
     assert route(Birth(h, ME.public_key)) == ("peerd/v1/fed/presence/n1", 1, True)

@@ -65,10 +65,10 @@ class LyingTable:
                           q_bound=t.q_bound)
 
     # ---------------------------------------------------------- what it says
-    def delta(self, since: int = 0) -> Delta:
+    def delta(self, since: int = 0, upto: int | None = None) -> Delta:
         if self.kind == "focus":
-            return self._focus_delta(since)
-        d = self._table.delta(since)
+            return self._focus_delta(since, upto)
+        d = self._table.delta(since, upto)
         if not len(d):
             return d
         a = d.arrays()
@@ -80,10 +80,10 @@ class LyingTable:
             a["fail"] = np.minimum(a["fail"], a["n"] - a["succ"])
         return Delta.build(d.origin, d.fingerprint, d.from_version, d.to_version, **a)
 
-    def _focus_delta(self, since: int) -> Delta:
+    def _focus_delta(self, since: int, upto: int | None = None) -> Delta:
         """Spend one visit per own version on the busiest cells, inverted, and remember it."""
         t = self._table
-        version = t.version
+        version = t.version if upto is None else min(int(upto), t.version)
         budget = version - self._ledger_version
         if budget > 0:
             vk, _, vn = t.view()
@@ -108,7 +108,7 @@ class LyingTable:
                         cell[2] += 1
                         cell[3] = v
             self._ledger_version = version
-        items = sorted((kk, c) for kk, c in self._ledger.items() if c[3] > since)
+        items = sorted((kk, c) for kk, c in self._ledger.items() if since < c[3] <= version)
         m = len(items)
         if not m:
             return Delta.empty(t.node_id, t.task.fingerprint, since, max(since, version))

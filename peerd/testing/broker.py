@@ -22,6 +22,12 @@ The amqtt subprocess patches two amqtt 0.12.1 bugs (``_patch_amqtt``):
 - on every CONNECT it sends the client the retained messages matching *any*
   client's subscriptions. Patched: only the client's own.
 
+Test mode ``Broker("amqtt", deliver_retained=False)``: the broker accepts
+retained publishes but never delivers them to a later subscriber, like the
+brokers DESIGN §4 warns about (no retained store, or none for wildcard
+subscriptions). For a mosquitto that refuses retained messages outright, pass
+``config_lines=["retain_available false"]``.
+
 This module does not import aiomqtt; amqtt is imported only inside the broker
 subprocess.
 """
@@ -146,10 +152,14 @@ class Broker:
         config_file: str | Path | None = None,
         ready_timeout: float = 10.0,
         stop_timeout: float = 5.0,
+        deliver_retained: bool = True,
     ) -> None:
         self.kind: BrokerKind = _resolve_kind(kind)
         if self.kind == "amqtt" and (config_lines or config_file):
             raise ConfigError("config_lines/config_file apply to mosquitto only")
+        if self.kind != "amqtt" and not deliver_retained:
+            raise ConfigError("deliver_retained=False is an amqtt test mode")
+        self.deliver_retained = deliver_retained
         self.host = host
         self.port = port if port is not None else free_port(host)
         self.ready_timeout = ready_timeout
@@ -330,8 +340,9 @@ class Broker:
 
     def _command(self) -> list[str]:
         if self.kind == "amqtt":
-            return [sys.executable, "-m", "peerd.testing.broker", "--serve-amqtt",
-                    "--host", self.host, "--port", str(self.port)]
+            cmd = [sys.executable, "-m", "peerd.testing.broker", "--serve-amqtt",
+                   "--host", self.host, "--port", str(self.port)]
+            return cmd if self.deliver_retained else [*cmd, "--no-retained"]
         binary = find_mosquitto()
         if binary is None:  # pragma: no cover - resolved in __init__
             raise ConfigError("mosquitto binary disappeared")
@@ -395,10 +406,23 @@ def _amqtt_config(host: str, port: int) -> dict[str, Any]:
     }
 
 
-def _patch_amqtt() -> None:
+def _patch_amqtt(*, deliver_retained: bool = True) -> None:
     """Work around two amqtt 0.12.1 bugs that break peerd's assumptions (see each function)."""
     _enforce_amqtt_keepalive()
-    _retained_only_for_own_subscriptions()
+    if deliver_retained:
+        _retained_only_for_own_subscriptions()
+    else:
+        _never_deliver_retained()
+
+
+def _never_deliver_retained() -> None:
+    """Test mode: keep accepting retained publishes, never send them to a new subscriber."""
+    from amqtt.broker import Broker as AmqttBroker
+
+    async def publish_retained(self: Any, subscription: tuple[str, int], session: Any) -> None:
+        return None
+
+    AmqttBroker._publish_retained_messages_for_subscription = publish_retained  # type: ignore[method-assign]
 
 
 def _retained_only_for_own_subscriptions() -> None:
@@ -467,11 +491,11 @@ def _enforce_amqtt_keepalive() -> None:
     BrokerProtocolHandler.handle_read_timeout = on_read_timeout  # type: ignore[method-assign]
 
 
-async def _serve_amqtt(host: str, port: int) -> None:
+async def _serve_amqtt(host: str, port: int, *, deliver_retained: bool = True) -> None:
     """Run amqtt in this process until SIGTERM/SIGINT, then shut it down."""
     from amqtt.broker import Broker as AmqttBroker
 
-    _patch_amqtt()
+    _patch_amqtt(deliver_retained=deliver_retained)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -491,6 +515,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default=LOOPBACK)
     parser.add_argument("--kind", default="auto", choices=["auto", "mosquitto", "amqtt"])
     parser.add_argument("--serve-amqtt", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-retained", action="store_true",
+                        help="amqtt test mode: accept retained messages, never deliver them")
     args = parser.parse_args(argv)
 
     if args.serve_amqtt:  # the subprocess Broker(kind="amqtt") starts
@@ -501,13 +527,14 @@ def _main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s %(name)s %(levelname)s %(message)s",
         )
         logging.getLogger("transitions").setLevel(logging.WARNING)
-        asyncio.run(_serve_amqtt(args.host, args.port))
+        asyncio.run(_serve_amqtt(args.host, args.port, deliver_retained=not args.no_retained))
         return 0
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    with Broker(args.kind, host=args.host, port=args.port) as broker:
+    with Broker(args.kind, host=args.host, port=args.port,
+                deliver_retained=not args.no_retained) as broker:
         print(f"{broker.kind} broker ready on {broker.url} (log: {broker.log_path})", flush=True)
         while not stop.is_set() and broker.is_running():
             stop.wait(0.5)

@@ -2,7 +2,7 @@
 
 - ``topics``   — ids, topic names, subscriptions, routes (topic, QoS, retain);
 - ``messages`` — ``Header`` and the messages: ``DeltaMsg``, ``Birth``, ``Death``,
-  ``Heartbeat``, ``SyncRequest``;
+  ``Heartbeat``, ``SyncRequest``, ``Rebirth``;
 - ``codec``    — msgpack body fields ↔ messages, array packing (raw, byte-shuffled zlib);
 - ``framing``  — the signed envelope and size limits: ``encode``, ``peek``,
   ``Decoder`` (one per node) and ``decode`` (the same as a function).
@@ -51,7 +51,9 @@ from peerd.wire.framing import (
     peek,
 )
 from peerd.wire.messages import (
+    KEYED_TYPES,
     PUBLIC_KEY_LEN,
+    RELAYABLE_TYPES,
     TYPES,
     Birth,
     Death,
@@ -59,6 +61,7 @@ from peerd.wire.messages import (
     Header,
     Heartbeat,
     Message,
+    Rebirth,
     SyncRequest,
 )
 from peerd.wire.topics import (
@@ -79,11 +82,12 @@ from peerd.wire.topics import (
 
 __all__ = [
     "CODECS", "CODEC_DELTA_SHUFFLE", "CODEC_RAW", "CODEC_SHUFFLE", "COMPRESS_MIN_CELLS",
-    "KINDS", "KIND_OF_TYPE", "MAX_ENTRIES", "MAX_ID_LEN", "MAX_PAYLOAD", "MAX_SIGNATURES",
-    "PUBLIC_KEY_LEN", "QOS", "REASONS", "RETAIN", "SIGNATURE_DTYPES", "SIGNATURE_LEN", "TYPES",
+    "KEYED_TYPES", "KINDS", "KIND_OF_TYPE", "MAX_ENTRIES", "MAX_ID_LEN", "MAX_PAYLOAD",
+    "MAX_SIGNATURES", "PUBLIC_KEY_LEN", "QOS", "REASONS", "RELAYABLE_TYPES", "RETAIN",
+    "SIGNATURE_DTYPES", "SIGNATURE_LEN", "TYPES",
     "WIRE_VERSION", "ZLIB_LEVEL", "BadSignature", "Birth", "Death", "Decoder", "DeltaMsg",
     "FederationMismatch", "Frame", "Header", "Heartbeat", "InternalDecodeError", "KeyMismatch",
-    "MalformedMessage", "Message", "PayloadTooLarge", "Replay", "Route", "Signer",
+    "MalformedMessage", "Message", "PayloadTooLarge", "Rebirth", "Replay", "Route", "Signer",
     "SyncRequest", "TopicMismatch", "UnknownMessageType", "UnknownSender",
     "UnsupportedVersion", "check_id", "decode", "encode", "is_safe_id", "parse_topic", "peek",
     "route", "subscriptions", "topic",

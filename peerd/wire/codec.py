@@ -8,6 +8,8 @@ Body fields by type (besides the header ``v type fed node fp epoch seq ts``):
     death      -
     heartbeat  version (own published version: the anti-entropy digest), size (cells)
     sync       origin (whose cells are asked for), since (version)
+    rebirth    to (the node asked for a fresh birth), pk (the asker's own public key),
+               version (the asker's published version)
 
 An array map is ``{"dt": "<u8", "n": m, "c": codec, "d": data}``: explicit
 little-endian dtype and length, ``d`` the raw bytes (codec ``raw``) or one
@@ -37,6 +39,7 @@ from peerd.errors import (
     ValueOutOfBounds,
 )
 from peerd.wire.messages import (
+    KEYED_TYPES,
     PUBLIC_KEY_LEN,
     Birth,
     Death,
@@ -44,6 +47,7 @@ from peerd.wire.messages import (
     Header,
     Heartbeat,
     Message,
+    Rebirth,
     SyncRequest,
     _as_uint,
 )
@@ -261,6 +265,8 @@ def body_fields(msg: Message) -> dict[str, Any]:
         fields.update(version=msg.version, size=msg.size)
     elif isinstance(msg, SyncRequest):
         fields.update(origin=msg.origin, since=msg.since)
+    elif isinstance(msg, Rebirth):
+        fields.update(to=msg.to, pk=msg.public_key, version=msg.version)
     elif not isinstance(msg, Death):
         raise UnknownMessageType(f"cannot encode {type(msg).__name__}")
     return fields
@@ -337,15 +343,20 @@ def _parse_sync(h: Header, f: Mapping[str, Any], lim: Limits) -> SyncRequest:
     return SyncRequest(h, required_field(f, "origin", str), required_field(f, "since", int))
 
 
+def _parse_rebirth(h: Header, f: Mapping[str, Any], lim: Limits) -> Rebirth:
+    return Rebirth(h, required_field(f, "to", str), required_field(f, "pk", bytes),
+                   required_field(f, "version", int))
+
+
 PARSERS: dict[str, Callable[[Header, Mapping[str, Any], Limits], Message]] = {
     "delta": _parse_delta, "birth": _parse_birth, "death": _parse_death,
-    "heartbeat": _parse_heartbeat, "sync": _parse_sync,
+    "heartbeat": _parse_heartbeat, "sync": _parse_sync, "rebirth": _parse_rebirth,
 }
 
 
 def claimed_key(msg_type: str, fields: Mapping[str, Any]) -> bytes | None:
-    """The public key a birth announces (checked before the signature it must verify)."""
-    if msg_type != "birth":
+    """The public key a birth or rebirth request announces (before the signature it must verify)."""
+    if msg_type not in KEYED_TYPES:
         return None
     pk = required_field(fields, "pk", bytes)
     if len(pk) != PUBLIC_KEY_LEN:

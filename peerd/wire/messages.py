@@ -18,8 +18,8 @@ from peerd.errors import FingerprintMismatch, MalformedMessage, NonFiniteValue, 
 from peerd.wire.topics import MAX_ID_LEN, _show, check_id
 
 __all__ = [
-    "PUBLIC_KEY_LEN", "TYPES", "Birth", "Death", "DeltaMsg", "Header", "Heartbeat", "Message",
-    "SyncRequest",
+    "KEYED_TYPES", "PUBLIC_KEY_LEN", "RELAYABLE_TYPES", "TYPES", "Birth", "Death", "DeltaMsg",
+    "Header", "Heartbeat", "Message", "Rebirth", "SyncRequest",
 ]
 
 PUBLIC_KEY_LEN = 32
@@ -137,5 +137,37 @@ class SyncRequest:
         object.__setattr__(self, "since", _as_uint(self.since, "since"))
 
 
-Message = DeltaMsg | Birth | Death | Heartbeat | SyncRequest
-TYPES: tuple[str, ...] = ("delta", "birth", "death", "heartbeat", "sync")
+@dataclass(frozen=True)
+class Rebirth:
+    """The sender asks node ``to`` for a fresh, non-retained birth (Sparkplug B's rebirth).
+
+    Sent to a sender whose key this node has not pinned: its retained birth
+    never arrived (a broker that keeps no retained messages, or does not
+    deliver them to wildcard subscriptions). It carries the asker's own key and
+    published version, self-signed like a birth, so that the asked node (which
+    may not know the asker either) can verify it and pin the key.
+    """
+
+    type: ClassVar[str] = "rebirth"
+    header: Header
+    to: str
+    public_key: bytes
+    version: int = 0
+
+    def __post_init__(self) -> None:
+        check_id(self.to, "to")
+        if not isinstance(self.public_key, (bytes, bytearray, memoryview)):
+            raise MalformedMessage("public_key must be bytes")
+        pk = bytes(self.public_key)
+        if len(pk) != PUBLIC_KEY_LEN:
+            raise MalformedMessage(f"public_key has {len(pk)} bytes, expected {PUBLIC_KEY_LEN}")
+        object.__setattr__(self, "public_key", pk)
+        object.__setattr__(self, "version", _as_uint(self.version, "version"))
+
+
+Message = DeltaMsg | Birth | Death | Heartbeat | SyncRequest | Rebirth
+TYPES: tuple[str, ...] = ("delta", "birth", "death", "heartbeat", "sync", "rebirth")
+#: Message types that carry the sender's own public key (self-signed: they can pin it).
+KEYED_TYPES: frozenset[str] = frozenset({"birth", "rebirth"})
+#: Message types a relay may carry: an origin's deltas, and its birth (to pin its key).
+RELAYABLE_TYPES: frozenset[str] = frozenset({"delta", "birth"})

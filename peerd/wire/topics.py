@@ -1,7 +1,8 @@
 """Topic names of the wire protocol (DESIGN §4): ids, topics, subscriptions, routes. Pure.
 
 ``peerd/v1/{fed}/{kind}/{node}``: ``kind`` is one of ``KINDS``; births and
-deaths share the retained ``presence`` topic. Ids are single MQTT topic levels
+deaths share the retained ``presence`` topic. On ``relay/{relayer}`` travel
+payloads another node signed, byte for byte: their header names the origin. Ids are single MQTT topic levels
 (``check_id``), so no peer can smuggle a wildcard or a level separator into a
 topic through its node id.
 """
@@ -51,11 +52,15 @@ def check_id(value: object, what: str = "id") -> str:
 #: Topic kind of each message type (births and deaths share the retained presence topic).
 KIND_OF_TYPE: dict[str, str] = {
     "delta": "delta", "birth": "presence", "death": "presence",
-    "heartbeat": "heartbeat", "sync": "sync",
+    "heartbeat": "heartbeat", "sync": "sync", "rebirth": "rebirth",
 }
-KINDS: tuple[str, ...] = ("delta", "presence", "heartbeat", "sync")
-QOS: dict[str, int] = {"delta": 1, "presence": 1, "heartbeat": 0, "sync": 1}
-RETAIN: dict[str, bool] = {"delta": False, "presence": True, "heartbeat": False, "sync": False}
+#: ``relay`` carries no message type of its own: an origin's signed payloads, verbatim,
+#: re-sent by another node (``peerd.relay``); the topic names the relayer.
+KINDS: tuple[str, ...] = ("delta", "presence", "heartbeat", "sync", "rebirth", "relay")
+QOS: dict[str, int] = {"delta": 1, "presence": 1, "heartbeat": 0, "sync": 1, "rebirth": 1,
+                       "relay": 1}
+RETAIN: dict[str, bool] = {"delta": False, "presence": True, "heartbeat": False, "sync": False,
+                           "rebirth": False, "relay": False}
 _TOPIC_ROOT = f"peerd/v{WIRE_VERSION}"
 
 

@@ -1,0 +1,178 @@
+"""Relayed catch-up: keep origins' own signed messages, re-send them verbatim. Pure: no I/O.
+
+DESIGN §4: any node that holds origin X's cells may answer a sync for X when X
+is silent, without being able to forge X's cells. So a relayer never
+re-encodes X's cells: it keeps the *payloads X signed* (its deltas, and its
+latest birth so that a newcomer can pin X's key, trust on first use as for
+any birth) and re-sends them unchanged on ``peerd/v1/{f}/relay/{relayer}``.
+A receiver verifies each one with X's key exactly as if X had sent it, and
+applies it through the CRDT, where duplicates and reordering are harmless.
+
+``RelayStore`` keeps, per origin, the delta payloads that still carry the
+latest known version of at least one cell: a newer payload's cells supersede
+older ones, and a payload left with no live cell is dropped. Storage is also
+bounded in bytes per origin (oldest payloads go first).
+
+``RelayPlanner`` decides *when*: a relay is due after a random delay (so that
+of many holders usually one speaks), and is cancelled when another node relays
+the same origin first or the origin itself answers. An origin is relayed at
+most once per ``min_interval``: births of new ids cost an attacker nothing, and
+must not make every holder re-send megabytes each time.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+__all__ = ["RelayPlanner", "RelayStore"]
+
+Stamp = tuple[int, int]  # (epoch, seq) of the origin's signed header
+
+
+@dataclass
+class _Frame:
+    stamp: Stamp
+    payload: bytes
+    to_version: int
+    live: int  # cells whose latest known version this payload carries
+
+
+@dataclass
+class _Origin:
+    birth: tuple[Stamp, bytes] | None = None
+    frames: dict[Stamp, _Frame] = field(default_factory=dict)
+    latest: dict[tuple[int, int], tuple[int, Stamp]] = field(default_factory=dict)
+    size: int = 0
+
+
+class RelayStore:
+    """Origins' signed payloads, compacted: what a relayer can re-send on their behalf."""
+
+    def __init__(self, *, max_bytes_per_origin: int = 8 * 1024 * 1024) -> None:
+        self.max_bytes_per_origin = max_bytes_per_origin
+        self._origins: dict[str, _Origin] = {}
+        #: payloads dropped by the byte bound while still live (their cells are not relayable)
+        self.evicted = 0
+
+    def origins(self) -> list[str]:
+        return [o for o, s in self._origins.items() if s.frames]
+
+    def size(self, origin: str) -> int:
+        s = self._origins.get(origin)
+        return s.size if s else 0
+
+    def add_birth(self, origin: str, stamp: Stamp, payload: bytes) -> bool:
+        """Keep the origin's newest signed birth (a newcomer pins the origin's key from it).
+
+        True if it is kept (it replaces any earlier one).
+        """
+        s = self._origins.setdefault(origin, _Origin())
+        if s.birth is None or stamp > s.birth[0]:
+            s.birth = (stamp, bytes(payload))
+            return True
+        return False
+
+    def add_delta(self, origin: str, stamp: Stamp, payload: bytes, to_version: int,
+                  cells: Iterable[tuple[int, int, int]]) -> tuple[bool, list[Stamp]]:
+        """Keep a delta payload of ``origin`` whose cells are ``(key, action, version)``.
+
+        Returns whether it is kept, and the stamps of the payloads it made
+        unnecessary (superseded or evicted): what a persistent copy may delete.
+        """
+        s = self._origins.setdefault(origin, _Origin())
+        if stamp in s.frames:
+            return False, []  # a duplicate (QoS 1 redelivery, another relay)
+        frame = _Frame(stamp, bytes(payload), int(to_version), 0)
+        dropped: list[Stamp] = []
+        for key, action, version in cells:
+            cell = (key, action)
+            old = s.latest.get(cell)
+            if old is not None and old[0] >= version:
+                continue
+            if old is not None:
+                self._release(s, old[1], dropped)
+            s.latest[cell] = (version, stamp)
+            frame.live += 1
+        if frame.live == 0:
+            return False, dropped  # everything in it is already known in newer payloads
+        s.frames[stamp] = frame
+        s.size += len(frame.payload)
+        while s.size > self.max_bytes_per_origin and len(s.frames) > 1:
+            oldest = min(s.frames)
+            self.evicted += 1
+            self._drop(s, oldest)
+            dropped.append(oldest)
+        return True, dropped
+
+    def _release(self, s: _Origin, stamp: Stamp, dropped: list[Stamp]) -> None:
+        frame = s.frames.get(stamp)
+        if frame is None:
+            return  # already evicted
+        frame.live -= 1
+        if frame.live <= 0:
+            self._drop(s, stamp)
+            dropped.append(stamp)
+
+    @staticmethod
+    def _drop(s: _Origin, stamp: Stamp) -> None:
+        frame = s.frames.pop(stamp)
+        s.size -= len(frame.payload)
+
+    def payloads(self, origin: str, since: int = 0) -> list[bytes]:
+        """The origin's birth (if kept), then its delta payloads reaching past ``since``, oldest first."""
+        s = self._origins.get(origin)
+        if s is None:
+            return []
+        out = [s.birth[1]] if s.birth is not None else []
+        out += [f.payload for _, f in sorted(s.frames.items()) if f.to_version > since]
+        return out
+
+    def forget(self, origin: str) -> None:
+        self._origins.pop(origin, None)
+
+
+class RelayPlanner:
+    """When to relay an origin: after a random delay, unless someone else did it first."""
+
+    def __init__(self, *, delay: float = 1.0, min_interval: float = 10.0,
+                 rng: random.Random | None = None) -> None:
+        self.delay = delay
+        self.min_interval = min_interval
+        self._rng = rng or random.Random()
+        self._due: dict[str, tuple[int, float]] = {}  # origin -> (since, due time)
+        self._last: dict[str, float] = {}  # origin -> when it was last relayed
+
+    def want(self, origin: str, since: int, now: float, *, wait: float = 0.0) -> None:
+        """Plan a relay of ``origin`` after ``since``, at least ``wait`` from now (plus jitter)."""
+        due = now + wait + self._rng.uniform(0.0, self.delay)
+        due = max(due, self._last.get(origin, -1e18) + self.min_interval)
+        old = self._due.get(origin)
+        if old is not None:
+            since, due = min(since, old[0]), min(due, old[1])
+        self._due[origin] = (since, due)
+
+    def covered(self, origin: str, from_version: int) -> None:
+        """Someone sent ``origin``'s cells from ``from_version`` on: a plan from there is moot.
+
+        ``from_version=0``: another node relays the origin (its birth came first); our
+        plan goes even if it was for a later ``since`` (whoever still lacks cells asks again).
+        """
+        old = self._due.get(origin)
+        if old is not None and from_version <= old[0]:
+            del self._due[origin]
+
+    def due(self, now: float) -> list[tuple[str, int]]:
+        out = [(o, since) for o, (since, t) in self._due.items() if t <= now]
+        for o, _ in out:
+            del self._due[o]
+            self._last[o] = now
+        return out
+
+    def forget(self, origin: str) -> None:
+        self._due.pop(origin, None)
+        self._last.pop(origin, None)
+
+    def pending(self) -> int:
+        return len(self._due)

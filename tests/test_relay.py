@@ -1,0 +1,270 @@
+"""Relayed catch-up: a late joiner gets a silent origin's cells, verifiably signed by that origin."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from peerd import wire
+from peerd.config import NodeConfig
+from peerd.node import Node
+from peerd.relay import RelayPlanner, RelayStore
+from peerd.testing.broker import Broker
+from peerd.transport import MqttTransport
+
+_FEDS = itertools.count()
+
+# -- the store and the planner alone -----------------------------------------------------------
+
+
+def test_newer_payloads_supersede_older_ones_and_dead_payloads_are_dropped() -> None:
+    """A payload is kept while it carries the latest version of at least one cell."""
+    store = RelayStore()
+    store.add_birth("x", (1, 1), b"birth")
+    store.add_delta("x", (1, 2), b"d2", 2, [(1, 0, 1), (2, 0, 2)])
+    store.add_delta("x", (1, 3), b"d3", 3, [(1, 0, 3)])  # supersedes cell (1, 0) only
+    assert store.payloads("x") == [b"birth", b"d2", b"d3"]
+    store.add_delta("x", (1, 4), b"d4", 4, [(2, 0, 4)])  # d2 has no live cell left
+    assert store.payloads("x") == [b"birth", b"d3", b"d4"]
+    assert store.payloads("x", since=3) == [b"birth", b"d4"]
+    store.add_delta("x", (1, 1), b"old", 1, [(1, 0, 1)])  # late and stale: not kept
+    assert b"old" not in store.payloads("x")
+
+
+def test_storage_is_bounded_per_origin() -> None:
+    """Past the byte bound the oldest payloads go, and the eviction is counted."""
+    store = RelayStore(max_bytes_per_origin=100)
+    for i in range(10):
+        store.add_delta("x", (1, i + 1), bytes(30), i + 1, [(i, 0, i + 1)])
+    assert store.size("x") <= 100
+    assert store.evicted == 7
+
+
+def test_a_relay_seen_from_someone_else_cancels_ours() -> None:
+    """Plans come due after their delay; a relay by another node covering them cancels them."""
+    plan = RelayPlanner(delay=1.0)
+    plan.want("x", 5, now=0.0)
+    plan.want("y", 0, now=0.0, wait=10.0)
+    plan.covered("x", 3)  # someone sent x's cells from version 3 on: covers "after 5"
+    assert plan.due(20.0) == [("y", 0)]
+    assert plan.pending() == 0
+
+
+def test_an_origin_is_relayed_at_most_once_per_min_interval() -> None:
+    """However many newcomers are born, one origin's payloads go out once per min_interval."""
+    plan = RelayPlanner(delay=0.0, min_interval=10.0)
+    plan.want("x", 0, now=0.0)
+    assert plan.due(0.0) == [("x", 0)]
+    plan.want("x", 0, now=1.0)  # another newcomer, right after
+    assert plan.due(5.0) == []
+    assert plan.due(10.0) == [("x", 0)]
+
+
+# -- over a real broker ---------------------------------------------------------------------------
+
+
+def _config(node_id: str, broker: Broker, fed: str, **kw: Any) -> NodeConfig:
+    base: dict[str, Any] = dict(federation=fed, node_id=node_id, actions=["a", "b", "c"],
+                                secret="s", broker_url=broker.url, api_listen="",
+                                heartbeat_interval=0.3, sync_interval=0.2, publish_every=5)
+    base.update(kw)
+    return NodeConfig(**base)
+
+
+async def eventually(pred: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
+    """Wait until ``pred()`` holds, between event-loop turns; fail after ``timeout``."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not pred():
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"condition not reached within {timeout}s: {what}") from None
+
+
+def _cells(node: Node, origin: str) -> dict[tuple[int, int], tuple[int, int]]:
+    d = node.table.delta_of(origin)
+    return {(int(k), int(a)): (int(n), int(v))
+            for k, a, n, v in zip(d.keys, d.actions, d.n, d.version, strict=True)}
+
+
+async def _start(node: Node) -> Node:
+    await node.start()
+    assert node.transport is not None and await node.transport.wait_connected(30)
+    return node
+
+
+async def test_late_joiner_gets_an_offline_origins_cells_relayed(broker: Broker) -> None:
+    """A learns and goes offline; C joins later and holds A's cells with A's exact visit counts."""
+    fed = f"rl{next(_FEDS)}-{os.getpid()}"
+    a = await _start(Node(_config("A", broker, fed)))
+    b = await _start(Node(_config("B", broker, fed)))
+    c: Node | None = None
+    try:
+        for i in range(40):
+            s = f"a-{i % 7}"
+            await a.learn(s, a.act(s), float(i % 3), next_state=f"a-{(i + 1) % 7}")
+        await a.flush()
+        own = _cells(a, "A")
+        await eventually(lambda: _cells(b, "A") == own, what="B holds A's cells")
+        await a.stop()
+        await eventually(lambda: any(p["node"] == "A" and p["status"] == "offline"
+                                     for p in b.peer_table()), what="B sees A offline")
+        c = await _start(Node(_config("C", broker, fed)))
+        await eventually(lambda: _cells(c, "A") == own, what="C holds A's cells, relayed")
+        assert sum(n for n, _ in _cells(c, "A").values()) == 40  # A's exact visits
+        assert b.counters.relays_sent >= 1 and c.counters.relayed_deltas_applied >= 1
+        assert c.verifier.pinned("A") == a.identity.public_key  # from A's own relayed birth
+        assert c.counters.rejected.get("bad_signature", 0) == 0
+    finally:
+        for nd in (a, b, c):
+            if nd is not None:
+                await nd.stop()
+
+
+def _tamper(payload: bytes) -> bytes:
+    """The same signed frame with one cell's q changed: what a lying relayer would send."""
+    frame = wire.peek(payload)
+    fields = dict(frame.fields)
+    cells = dict(fields["cells"])
+    q = dict(cells["q"])
+    assert q["c"] == wire.CODEC_RAW
+    values = np.frombuffer(q["d"], "<f4").copy()
+    values[0] += 1.0
+    q["d"] = values.tobytes()
+    cells["q"] = q
+    fields["cells"] = cells
+    body = msgpack.packb(fields, use_bin_type=True)
+    return msgpack.packb({"v": 1, "b": body, "s": frame.signature}, use_bin_type=True)
+
+
+async def test_a_relayed_forgery_is_rejected_and_counted(broker: Broker) -> None:
+    """A relay of A's delta with one altered cell fails A's signature: counted, nothing applied."""
+    fed = f"rf{next(_FEDS)}-{os.getpid()}"
+    a = await _start(Node(_config("A", broker, fed)))
+    c = await _start(Node(_config("C", broker, fed)))
+    liar = MqttTransport(broker.url, client_id=f"liar-{fed}", subscriptions=[])
+
+    async def _noop_message(topic: str, payload: bytes, retain: bool) -> None:
+        return None
+
+    async def _noop_connect() -> None:
+        return None
+
+    runner = asyncio.create_task(liar.run(_noop_message, _noop_connect))
+    try:
+        await a.learn("s", 0, 1.0, done=True)
+        await a.flush()
+        await eventually(lambda: c.table.max_version("A") == 1, what="C got A's delta")
+        delta_payload = c.relays.payloads("A")[-1]  # A's signed delta, kept by C for relaying
+        before = c.table.view()
+        assert await liar.wait_connected(20)
+        forged = _tamper(delta_payload)
+        assert await liar.publish(wire.topic(fed, "relay", "liar"), forged, qos=1)
+        await eventually(lambda: c.counters.rejected.get("bad_signature", 0) >= 1,
+                         what="forged relay rejected")
+        after = c.table.view()
+        assert all(np.array_equal(x, y) for x, y in zip(before, after, strict=True))
+        assert c.trust_of("A") == 1.0  # the origin did not sign this: it loses nothing
+    finally:
+        await liar.disconnect()
+        runner.cancel()
+        await a.stop()
+        await c.stop()
+
+
+async def test_restarted_node_gets_what_an_offline_origin_published_while_it_was_away(
+        broker: Broker, tmp_path: Any) -> None:
+    """C knew A; while C was down A learned more and left; C's new life gets the rest, relayed."""
+    fed = f"rr{next(_FEDS)}-{os.getpid()}"
+    a = await _start(Node(_config("A", broker, fed)))
+    b = await _start(Node(_config("B", broker, fed)))
+    c: Node | None = await _start(Node(_config("C", broker, fed, state_dir=str(tmp_path / "c"))))
+    again: Node | None = None
+    try:
+        for i in range(10):
+            await a.learn(f"a-{i % 4}", i % 3, 1.0, done=True)
+        await a.flush()
+        await eventually(lambda: c.table.max_version("A") == 10, what="C got A's first cells")
+        await c.stop()
+        c = None
+        for i in range(10, 30):
+            await a.learn(f"a-{i % 6}", i % 3, 1.0, done=True)
+        await a.flush()
+        own = _cells(a, "A")
+        await eventually(lambda: _cells(b, "A") == own, what="B holds all of A")
+        await a.stop()
+        await eventually(lambda: b.liveness_status("A") == "offline", what="B sees A offline")
+        again = await _start(Node(_config("C", broker, fed, state_dir=str(tmp_path / "c"))))
+        assert again.pinned_key("A") == a.identity.public_key  # not a newcomer: A was pinned
+        await eventually(lambda: _cells(again, "A") == own, what="C's new life holds all of A")
+        assert again.counters.relayed_deltas_applied >= 1
+    finally:
+        for nd in (a, b, c, again):
+            if nd is not None:
+                await nd.stop()
+
+
+async def test_a_restarted_holder_still_relays_from_its_store(broker: Broker, tmp_path: Any) -> None:
+    """B keeps A's signed payloads in SQLite: after B restarts, a newcomer still gets A's cells."""
+    fed = f"rs{next(_FEDS)}-{os.getpid()}"
+    a = await _start(Node(_config("A", broker, fed)))
+    b: Node | None = await _start(Node(_config("B", broker, fed, state_dir=str(tmp_path / "b"))))
+    again: Node | None = None
+    c: Node | None = None
+    try:
+        for i in range(25):
+            await a.learn(f"a-{i % 5}", i % 3, float(i % 2), done=True)
+        await a.flush()
+        own = _cells(a, "A")
+        await eventually(lambda: _cells(b, "A") == own, what="B holds A's cells")
+        await a.stop()
+        await eventually(lambda: b.liveness_status("A") == "offline", what="B sees A offline")
+        await b.stop()
+        b = None
+        again = await _start(Node(_config("B", broker, fed, state_dir=str(tmp_path / "b"))))
+        assert again.relays.payloads("A"), "A's payloads reloaded from the store"
+        c = await _start(Node(_config("C", broker, fed)))
+        await eventually(lambda: _cells(c, "A") == own, what="C holds A's cells, relayed by B")
+        assert c.pinned_key("A") == a.identity.public_key
+    finally:
+        for nd in (a, b, again, c):
+            if nd is not None:
+                await nd.stop()
+
+
+async def test_kept_payloads_are_compacted_in_the_store_too(tmp_path: Any) -> None:
+    """A payload superseded in memory is deleted on disk: the store holds what a relay needs."""
+    from peerd.store import Store
+
+    async with await Store.open(tmp_path / "s.db", federation="f", node_id="n",
+                                fingerprint="fp") as store:
+        await store.keep_relay_payload("x", "birth", (1, 1), b"b1")
+        await store.keep_relay_payload("x", "delta", (1, 2), b"d2")
+        await store.keep_relay_payload("x", "delta", (1, 3), b"d3", drop=[(1, 2)])
+        await store.keep_relay_payload("x", "birth", (2, 1), b"b2")
+        rows = await store.load_relay_payloads()
+        assert [(k, st, p) for _o, k, st, p in rows] == [("delta", (1, 3), b"d3"),
+                                                         ("birth", (2, 1), b"b2")]
+        await store.forget_peer("x")
+        assert await store.load_relay_payloads() == []
+
+
+async def test_relay_off_keeps_no_payloads(broker: Broker) -> None:
+    """``[gossip] relay = false``: the node merges peers' deltas but keeps none of their payloads."""
+    fed = f"ro{next(_FEDS)}-{os.getpid()}"
+    a = await _start(Node(_config("A", broker, fed)))
+    b = await _start(Node(_config("B", broker, fed, relay=False)))
+    try:
+        await a.learn("s", 0, 1.0, done=True)
+        await a.flush()
+        await eventually(lambda: b.table.max_version("A") == 1, what="B merged A's delta")
+        assert b.relays.origins() == [] and b.relays.payloads("A") == []
+    finally:
+        await a.stop()
+        await b.stop()
