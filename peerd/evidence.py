@@ -4,11 +4,13 @@ An origin's version rises by one per interaction, and an interaction adds one
 visit, of weight at most ``2^((now + skew)/H)``, to one cell. So, whatever a
 liar claims, a receiver can hold it to:
 
-- **visits**: a delta over versions ``(v0, v1]`` adds at most
-  ``v1 − min(v0, held)`` visits over the cells it replaces (``held`` = the
-  receiver's contiguous cursor of that origin: with a gap, the visits in the
-  gap are in this delta too), and every replaced cell gains at least one
-  (a cell's version changes only with a visit);
+- **visits**: every visit has its own version, so the visits held of an
+  origin plus those a delta adds never exceed its newest version; a replaced
+  cell gains at least one visit (its version changes only with a visit) and
+  at most as many as versions passed since the one held. (``visit_budget``,
+  ``v1 − min(v0, held)``, is the simpler per-delta form; it assumes a delta
+  over ``(v0, v1]`` carries every visit of that range, which a publisher that
+  defers cells past its durable watermark does not guarantee.)
 - **evidence**: per replaced cell, ``2^lw_new ≤ 2^lw_held + gain·2^((now + skew)/H)``:
   the new weight is the old one plus at most ``gain`` visits made no later
   than now (generalising the ``visit_cap`` guard, which bounds each cell by
@@ -42,7 +44,9 @@ def visit_budget(from_version: int, to_version: int, held_through: int) -> int:
 
 def check_budget(origin: str, from_version: int, to_version: int, held_through: int, *,
                  n_new: np.ndarray, lw_new: np.ndarray, n_held: np.ndarray, lw_held: np.ndarray,
-                 replaces: np.ndarray, now_over_h: float) -> int:
+                 replaces: np.ndarray, now_over_h: float,
+                 v_new: np.ndarray | None = None, v_held: np.ndarray | None = None,
+                 held_total: int | None = None, top_version: int | None = None) -> int:
     """Raise ``EvidenceBudgetExceeded`` unless the replaced cells fit the budget; return the visits gained.
 
     Arrays are per cell of the delta: the claimed ``n``/``lw``, what the
@@ -58,6 +62,19 @@ def check_budget(origin: str, from_version: int, to_version: int, held_through: 
         raise EvidenceBudgetExceeded(
             f"{int((gain < 1).sum())} cell(s) of {origin!r} changed version without a new visit")
     total = int(gain.sum())
+    if v_new is not None and v_held is not None:
+        # a cell's new visits carry distinct versions in (held version, new version]
+        span = (np.asarray(v_new, np.int64)[rep] - np.asarray(v_held, np.int64)[rep])
+        if (gain > span).any():
+            raise EvidenceBudgetExceeded(
+                f"a cell of {origin!r} gains more visits than versions since the one held")
+    if held_total is not None:
+        # every visit held or added has its own version, at most the newest one
+        top = max(int(to_version), int(top_version or 0))
+        if held_total + total > top:
+            raise EvidenceBudgetExceeded(
+                f"{origin!r} would hold {held_total + total} visits at version {top}")
+        return total
     budget = visit_budget(from_version, to_version, held_through)
     if total > budget:
         raise EvidenceBudgetExceeded(

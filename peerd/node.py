@@ -164,6 +164,9 @@ class Node:
         self.version_rate = VersionRate(cap=config.version_rate_cap,
                                         multiple=config.version_rate_multiple,
                                         burst=config.version_burst)
+        #: Σ n over the held cells of each origin (the evidence budget's running total)
+        self._visits_held: dict[str, int] = {}
+        self._pending_gain = 0
         #: the heartbeat runs trust rounds; a simulation on a virtual clock runs its own
         self.auto_trust_rounds = True
         self._log = get_logger(node=self.id, fed=self.fed)
@@ -590,6 +593,7 @@ class Node:
         dropped = self.table.forget(pid)
         self.quarantine.forget(pid)
         self.version_rate.forget(pid)
+        self._visits_held.pop(pid, None)
         if self.store:
             await self.store.forget_peer(pid)
         self._log.info("origin_expired", peer=pid, cells=dropped)
@@ -827,9 +831,12 @@ class Node:
 
         The evidence budget is checked first, whoever carried the cells.
         """
+        self._pending_gain = 0
         if self.config.evidence_budget:
             self.check_evidence(delta)
         stats = self.table.apply(delta)  # validates everything first; raises InvalidDelta
+        if origin in self._visits_held:
+            self._visits_held[origin] += self._pending_gain
         self.version_rate.observe(origin, delta.to_version, self.clock())
         if stats.changed and self.store is not None:
             await asyncio.gather(self.store.write_cells(origin, delta.arrays()),
@@ -874,10 +881,15 @@ class Node:
             return
         t.check(delta)  # shape, bounds and the visit_cap guard first: their reasons are more precise
         n_held, lw_held, v_held, _ = t.held_cells(origin, delta.keys, delta.actions)
-        check_budget(origin, delta.from_version, delta.to_version, self.known_version(origin),
-                     n_new=delta.n, lw_new=delta.lw, n_held=n_held, lw_held=lw_held,
-                     replaces=delta.version > v_held,
-                     now_over_h=(now + t.clock_skew) / t.half_life)
+        held_total = self._visits_held.get(origin)
+        if held_total is None:  # first sight (or after a restart): O(its cells) once
+            held_total = self._visits_held[origin] = int(t.delta_of(origin).n.sum())
+        self._pending_gain = check_budget(
+            origin, delta.from_version, delta.to_version, self.known_version(origin),
+            n_new=delta.n, lw_new=delta.lw, n_held=n_held, lw_held=lw_held,
+            replaces=delta.version > v_held, now_over_h=(now + t.clock_skew) / t.half_life,
+            v_new=delta.version, v_held=v_held, held_total=held_total,
+            top_version=t.max_version(origin))
 
     def _heard(self, peer: Peer, epoch: int, now: float) -> None:
         if liveness.on_heard(peer.life, epoch, now):

@@ -86,3 +86,19 @@ def test_version_rate_floor_keeps_an_idle_federation_from_freezing_its_busy_node
     vr.observe("busy", 0, now=0.0)
     vr.check("busy", 5000, now=100.0)
     assert vr.limit() == pytest.approx(50.0)
+
+
+def test_held_visits_plus_new_ones_never_exceed_the_newest_version():
+    """Sound in any delivery order: a deferred cell brings older visits, never more visits than versions."""
+    kw = dict(now_over_h=100.0, replaces=np.array([True]), lw_new=np.array([99.0]),
+              lw_held=np.array([-np.inf]), n_held=np.array([0]))
+    # a cell first seen in (10, 20] with 3 visits from versions 4, 12, 15: fine when 10 others are held
+    assert check_budget("p", 10, 20, 10, n_new=np.array([3]), v_new=np.array([15]),
+                        v_held=np.array([0]), held_total=10, top_version=10, **kw) == 3
+    with pytest.raises(EvidenceBudgetExceeded, match="would hold"):
+        check_budget("p", 10, 20, 10, n_new=np.array([11]), v_new=np.array([15]),
+                     v_held=np.array([0]), held_total=10, top_version=10, **kw)
+    with pytest.raises(EvidenceBudgetExceeded, match="more visits than versions"):
+        check_budget("p", 10, 20, 10, n_new=np.array([3]), v_new=np.array([12]),
+                     v_held=np.array([10]), held_total=0, top_version=10,
+                     **{**kw, "n_held": np.array([0])})
