@@ -41,7 +41,7 @@ from peerd.policy import Policy, make_policy
 from peerd.strategies import MergeStrategy, WeightedAverage, make_strategy
 from peerd.task import Task, state_key
 from peerd.trust import TRUST_MAX, TRUST_MIN
-from peerd.view import MergedView
+from peerd.view import MergedView, evidence_of
 
 #: Cells per chunk of a full recompute: bounds the padded [cells, holders] matrices.
 _RECOMPUTE_CHUNK = 1 << 13
@@ -396,15 +396,12 @@ class QTable:
             stats.conflicts = m
             return stats
         s = self._slot(delta.origin)
-        changed = self._merge(s, delta, stats)
+        self._merge(s, delta, stats)
         stats.conflicts = m - stats.changed
         if stats.changed:
             top = int(delta.version.max())
             if top > self._max_version.get(delta.origin, 0):
                 self._max_version[delta.origin] = top
-            stats.total_visits = int(self._view.n[changed].sum())
-            eff = self._view.evidence(changed, self.clock() / self.half_life)
-            stats.confidence = float((eff / (eff + 1.0)).sum()) / stats.changed
         return stats
 
     def _merge(self, s: int, delta: Delta, stats: MergeStats) -> np.ndarray:
@@ -442,9 +439,11 @@ class QTable:
         stats.new += n_new
         stats.updated += k - n_new
         # An absent cell's old term has weight 0 (ok_old is False), so its q and lw never count.
-        q_old = f["q"][ec].astype(np.float64)
+        q_old = f["q"][ec]
         lw_old = f["lw"][ec]
-        n_old = np.where(have, f["n"][ec], 0).astype(np.int64)
+        n_old = f["n"][ec]
+        if n_new:
+            n_old[~have] = 0
         outcomes = bool(src["succ"].any() or src["fail"].any())
         if outcomes:
             st.enable_outcomes()
@@ -456,17 +455,29 @@ class QTable:
         for name in ("q", "lw", "n", "version", *(("succ", "fail") if st.has_outcomes else ())):
             st.fields[name][e] = src[name]
         floor = 1 if s == OWN else max(self.min_visits, 1)
-        n_in = src["n"].astype(np.int64)
-        ok_old, ok_new = n_old >= floor, n_in >= floor
-        t = self._eff_trust(s)
-        bad = self._view.replace(cells, t * ok_old, q_old, lw_old, t * ok_new,
-                                 src["q"].astype(np.float64), src["lw"])
-        self._view.add_counts("n", cells, np.where(ok_new, n_in, 0) - np.where(ok_old, n_old, 0))
+        n_in = src["n"]
+        dn = n_in.astype(np.int64)
+        if floor == 1:  # validated n >= 1: every new term counts, and every old one held
+            ok_old, ok_new = have, None
+            dn -= n_old
+        else:
+            ok_old, ok_new = n_old >= floor, n_in >= floor
+            dn *= ok_new
+            dn -= np.where(ok_old, n_old, 0)
+        bad, n_after, den, ref = self._view.swap(cells, self._eff_trust(s), ok_old, q_old, lw_old,
+                                                 ok_new, src["q"], src["lw"], dn)
         if st.has_outcomes and self._view.succ is not None:
+            ok_in = True if ok_new is None else ok_new
             for o in ("succ", "fail"):
-                self._view.add_counts(o, cells, np.where(ok_new, src[o].astype(np.int64), 0)
+                self._view.add_counts(o, cells, np.where(ok_in, src[o].astype(np.int64), 0)
                                       - np.where(ok_old, old_of[o], 0))
+        stats.total_visits = int(n_after.sum())
+        now = self.clock() / self.half_life
+        eff = evidence_of(den, ref, now) if bad.shape[0] == 0 else None
         self._refresh(cells, bad)
+        if eff is None:  # some sums were recomputed exactly: read them back
+            eff = self._view.evidence(cells, now)
+        stats.confidence = float((eff / (eff + 1.0)).sum()) / k
         return cells
 
     def load(self, origin: str, arrays: dict[str, np.ndarray]) -> None:

@@ -101,10 +101,7 @@ class MergedView:
 
     def evidence(self, cells: np.ndarray, now: float) -> np.ndarray:
         """Trusted evidence of cells as a number of fresh updates: 2^(ref − now)·den (≤ 2^30·den)."""
-        ref = self.ref[cells]
-        with np.errstate(invalid="ignore"):
-            scale = np.exp2(np.minimum(np.where(np.isfinite(ref), ref, -np.inf) - now, 30.0))
-        return np.where(self.den[cells] > 0, scale * self.den[cells], 0.0)
+        return evidence_of(self.den[cells], self.ref[cells], now)
 
     # --------------------------------------------------------------- writes
     def replace(self, cells: np.ndarray, t_old: np.ndarray | float, q_old: np.ndarray,
@@ -150,6 +147,61 @@ class MergedView:
         self.mass[cells] = mass
         return cells[den < mass * _CANCEL]
 
+    def swap(self, cells: np.ndarray, t: float, ok_old: np.ndarray, q_old: np.ndarray,
+             lw_old: np.ndarray, ok_new: np.ndarray | None, q_new: np.ndarray, lw_new: np.ndarray,
+             dn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``replace`` for one origin's delta (scalar trust ``t``), plus ``n += dn``: the merge path.
+
+        The same arithmetic as ``replace`` with ``t_old = t·ok_old`` and
+        ``t_new = t·ok_new`` (``ok_new=None``: every new term counts), but each
+        per-cell array is read and written once, in place: a delta is ~30
+        passes over its cells, and gathers and temporaries are most of them.
+        Returns ``(cells to recompute, n, den, ref)`` after the swap, so that
+        the caller's statistics need no second gather.
+        """
+        ref = self.ref[cells]
+        if t > 0:
+            up = np.greater(lw_new, ref + REBASE)
+            if ok_new is not None:
+                up &= ok_new
+            if up.any():
+                cu, new_ref = cells[up], lw_new[up]
+                scale = np.exp2(ref[up] - new_ref)  # 0 where ref = -inf
+                self.num[cu] *= scale
+                self.den[cu] *= scale
+                self.mass[cu] *= scale.astype(np.float32)
+                self.ref[cu] = new_ref
+                ref[up] = new_ref
+        with np.errstate(invalid="ignore"):  # -inf − -inf: an absent term (weight 0 anyway)
+            w_old = np.subtract(lw_old, ref)
+            w_new = np.subtract(lw_new, ref)
+        for w, ok in ((w_old, ok_old), (w_new, ok_new)):
+            np.fmax(w, _EXP_MIN, out=w)  # NaN → _EXP_MIN, as in ``replace``
+            np.fmin(w, _EXP_MAX, out=w)
+            np.exp2(w, out=w)
+            if t != 1.0:
+                w *= t
+            if ok is not None:
+                w *= ok
+        den = self.den[cells]
+        den -= w_old
+        den += w_new
+        w_old *= q_old
+        w_new *= q_new
+        num = self.num[cells]
+        num -= w_old
+        num += w_new
+        mass = self.mass[cells]
+        np.maximum(mass, den.astype(np.float32), out=mass)
+        self.den[cells] = den
+        self.num[cells] = num
+        self.mass[cells] = mass
+        n = self.n.view(np.int64)  # uint64 read as int64: the same bits, signed arithmetic
+        n_after = n[cells]
+        n_after += dn
+        n[cells] = n_after
+        return cells[den < mass * _CANCEL], n_after, den, ref
+
     def replace_one(self, cell: int, t_old: float, q_old: float, lw_old: float, t_new: float,
                     q_new: float, lw_new: float) -> bool:
         """``replace`` for one cell in Python floats (the own-update path); True: recompute it."""
@@ -182,3 +234,10 @@ class MergedView:
         a = getattr(self, name)
         as_int = a.view(np.int64)  # uint64 read as int64: the same bits, signed arithmetic
         as_int[cells] += diff
+
+
+def evidence_of(den: np.ndarray, ref: np.ndarray, now: float) -> np.ndarray:
+    """``MergedView.evidence`` from already gathered ``den`` and ``ref``."""
+    with np.errstate(invalid="ignore"):
+        scale = np.exp2(np.minimum(np.where(np.isfinite(ref), ref, -np.inf) - now, 30.0))
+    return np.where(den > 0, scale * den, 0.0)
