@@ -50,6 +50,7 @@ _MASK64 = (1 << 64) - 1
 _GROW = 1.25  # entry arrays grow by this factor: little slack, still amortised O(1)
 _MAX_LOAD, _REBUILD_LOAD = 0.5, 0.25  # a hash is rebuilt at 1/2 full, to 1/4 full
 _SMALL = 16  # batches up to this size are probed in plain Python
+_TAIL = 48  # a vectorised probe loop finishes its last this-many cells in plain Python
 
 #: field -> dtype of the per-entry payload (what a delta carries, minus key and action)
 PAYLOAD = {"q": np.float32, "lw": np.float64, "n": np.uint32, "version": np.uint64}
@@ -142,17 +143,39 @@ class CellStore:
             return np.full(m, -1, np.int64)
         if m <= _SMALL:  # a few cells: plain Python probes beat setting up arrays
             return np.array([self.find_one(c, slot) for c in cell.tolist()], np.int64)
-        out = np.full(m, -1, np.int64)
         table, cap, cells = h.table, h.table.shape[0], self.cell
         pos = h.home(cell)
-        idx = np.arange(m)
-        while idx.shape[0]:
+        # First probe of every cell without compressing anything: most end here.
+        e = table[pos]
+        hit = cells[np.maximum(e, 0)] == cell
+        hit &= e >= 0
+        out = np.where(hit, e, -1).astype(np.int64)
+        go = e != _EMPTY
+        go &= ~hit
+        idx = np.flatnonzero(go)
+        pos = pos[idx] + 1
+        pos[pos == cap] = 0
+        while idx.shape[0] > _TAIL:
             e = table[pos]
-            hit = (e >= 0) & (cells[np.maximum(e, 0)] == cell[idx])
+            hit = cells[np.maximum(e, 0)] == cell[idx]
+            hit &= e >= 0
             out[idx[hit]] = e[hit]
-            go = ~hit & (e != _EMPTY)
+            go = e != _EMPTY
+            go &= ~hit
             idx, pos = idx[go], pos[go] + 1
             pos[pos == cap] = 0
+        # The last few long probe sequences: a vectorised round costs ~10 array
+        # set-ups whatever the batch, so a handful of cells is faster in Python.
+        for i, p in zip(idx.tolist(), pos.tolist(), strict=True):
+            c = int(cell[i])
+            while True:
+                e = int(table[p])
+                if e == _EMPTY:
+                    break
+                if int(cells[e]) == c:
+                    out[i] = e
+                    break
+                p = p + 1 if p + 1 < cap else 0
         return out
 
     def find_one(self, cell: int, slot: int) -> int:
@@ -186,7 +209,7 @@ class CellStore:
             return
         pos = h.home(self.cell[ids])
         ids = ids.astype(np.int32)
-        while ids.shape[0]:
+        while ids.shape[0] > _TAIL:
             open_ = table[pos] < 0
             cand_pos, cand_ids = pos[open_], ids[open_]
             table[cand_pos] = cand_ids  # several may race for one slot: one write survives
@@ -195,6 +218,10 @@ class CellStore:
             lose = ~won
             ids, pos = ids[lose], pos[lose] + 1
             pos[pos == cap] = 0
+        for e, p in zip(ids.tolist(), pos.tolist(), strict=True):  # the long tail, as in ``find``
+            while table[p] >= 0:
+                p = p + 1 if p + 1 < cap else 0
+            table[p] = e
 
     # --------------------------------------------------------------- insert
     def insert(self, slot: int, cell: np.ndarray) -> np.ndarray:
