@@ -117,7 +117,7 @@ class KeyIndex:
             tab[p, 0], tab[p, 1] = k, t
 
     def _grow(self, need: int) -> None:
-        """Rebuild the hash, doubling, until ``need`` keys fill it at most half."""
+        """Rebuild the hash with the keys held, doubling until ``need`` keys fill it at most half."""
         bits = self._bits
         while need > (1 << bits) // 2:
             bits += 1
@@ -138,8 +138,8 @@ class KeyIndex:
             new_keys, inv = np.unique(keys[missing], return_inverse=True)
             first = self.size
             new_rows = np.arange(first, first + new_keys.shape[0], dtype=np.int64)
+            self._grow(first + new_keys.shape[0])  # rehashes the keys held so far
             self._append_rows(new_keys)
-            self._grow(self.size)
             self._put(new_keys, new_rows)
             rows[missing] = new_rows[inv.reshape(-1)]
         return rows
