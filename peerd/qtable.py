@@ -410,7 +410,7 @@ class QTable:
         Returns the flat ids of the cells that changed. Vectorised throughout:
         dedup, key rows, hash look-up, version test, store, view update.
         """
-        keys, acts = delta.keys, delta.actions.astype(np.int64)
+        keys, acts = delta.keys, delta.actions
         src = {f: getattr(delta, f) for f in ("q", "lw", "n", "succ", "fail", "version")}
         if not _strictly_sorted(keys, acts):  # duplicates possible: keep the newest per cell
             m = keys.shape[0]
@@ -423,7 +423,8 @@ class QTable:
             src = {f: v[sel] for f, v in src.items()}
         rows = self._index.ensure(keys)
         self._reserve()
-        cells = rows * self._a + acts
+        cells = rows * self._a
+        cells += acts
         st, f = self._store, self._store.fields
         e, gaps = st.probe(cells, s)
         have = e >= 0
@@ -443,16 +444,16 @@ class QTable:
         q_old = f["q"][ec]
         lw_old = f["lw"][ec]
         n_old = f["n"][ec]
-        if n_new:
-            n_old[~have] = 0
+        absent = np.flatnonzero(~have) if n_new else None  # indices: cheaper than mask passes
+        if absent is not None:
+            n_old[absent] = 0
         outcomes = bool(src["succ"].any() or src["fail"].any())
         if outcomes:
             st.enable_outcomes()
             self._view.enable_outcomes()
         if st.has_outcomes:
             old_of = {o: np.where(have, st.fields[o][ec], 0).astype(np.int64) for o in ("succ", "fail")}
-        if n_new:
-            absent = ~have
+        if absent is not None:
             e[absent] = st.insert(s, cells[absent], None if gaps is None else gaps[absent])
         for name in ("q", "lw", "n", "version", *(("succ", "fail") if st.has_outcomes else ())):
             st.fields[name][e] = src[name]
