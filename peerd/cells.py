@@ -50,6 +50,7 @@ _MASK64 = (1 << 64) - 1
 _GROW = 1.25  # entry arrays grow by this factor: little slack, still amortised O(1)
 _MAX_LOAD, _REBUILD_LOAD = 0.5, 0.25  # a hash is rebuilt at 1/2 full, to 1/4 full
 _SMALL = 16  # batches up to this size are probed in plain Python
+_TAIL = 48  # a vectorised probe loop finishes its last this-many cells in plain Python
 
 #: field -> dtype of the per-entry payload (what a delta carries, minus key and action)
 PAYLOAD = {"q": np.float32, "lw": np.float64, "n": np.uint32, "version": np.uint64}
@@ -135,25 +136,62 @@ class CellStore:
     # --------------------------------------------------------------- lookup
     def find(self, cell: np.ndarray, slot: int) -> np.ndarray:
         """Entry id of each cell of origin ``slot``, -1 where absent; vectorised."""
+        return self.probe(cell, slot)[0]
+
+    def probe(self, cell: np.ndarray, slot: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """``find``, plus where each absent cell's probe ended: ``(entries, gaps)``.
+
+        ``gaps[i]`` is the empty hash slot that ended the probe of an absent
+        cell (-1 for a present one); ``insert(..., gaps=...)`` puts new
+        entries there directly instead of probing again, provided the origin's
+        hash did not change in between. ``gaps`` is None when there was
+        nothing to probe (no hash, or a batch small enough for Python).
+        """
         cell = np.asarray(cell, np.int64)
         m = cell.shape[0]
         h = self.hashes.get(slot)
         if h is None or h.n == 0:
-            return np.full(m, -1, np.int64)
+            return np.full(m, -1, np.int64), None
         if m <= _SMALL:  # a few cells: plain Python probes beat setting up arrays
-            return np.array([self.find_one(c, slot) for c in cell.tolist()], np.int64)
-        out = np.full(m, -1, np.int64)
+            return np.array([self.find_one(c, slot) for c in cell.tolist()], np.int64), None
         table, cap, cells = h.table, h.table.shape[0], self.cell
         pos = h.home(cell)
-        idx = np.arange(m)
-        while idx.shape[0]:
+        # First probe of every cell without compressing anything: most end here.
+        e = table[pos]
+        hit = cells[np.maximum(e, 0)] == cell
+        hit &= e >= 0
+        out = np.where(hit, e, -1).astype(np.int64)
+        empty = e == _EMPTY
+        gaps = np.where(empty, pos, -1)
+        empty |= hit
+        idx = np.flatnonzero(~empty)
+        pos = pos[idx] + 1
+        pos[pos == cap] = 0
+        while idx.shape[0] > _TAIL:
             e = table[pos]
-            hit = (e >= 0) & (cells[np.maximum(e, 0)] == cell[idx])
+            hit = cells[np.maximum(e, 0)] == cell[idx]
+            hit &= e >= 0
             out[idx[hit]] = e[hit]
-            go = ~hit & (e != _EMPTY)
+            empty = e == _EMPTY
+            gaps[idx[empty]] = pos[empty]
+            empty |= hit
+            go = ~empty
             idx, pos = idx[go], pos[go] + 1
             pos[pos == cap] = 0
-        return out
+        # The last few long probe sequences: a vectorised round costs ~10 array
+        # set-ups whatever the batch, so a handful of cells is faster in Python.
+        for i, p in zip(idx.tolist(), pos.tolist(), strict=True):
+            c = int(cell[i])
+            while True:
+                e = int(table[p])
+                if e == _EMPTY:
+                    gaps[i] = p
+                    break
+                if int(cells[e]) == c:
+                    out[i] = e
+                    break
+                p = p + 1 if p + 1 < cap else 0
+        return out, gaps
 
     def find_one(self, cell: int, slot: int) -> int:
         """``find`` for one cell in plain Python ints: the own-update hot path (no array set-up)."""
@@ -173,20 +211,24 @@ class CellStore:
             if pos == cap:
                 pos = 0
 
-    def _insert_hash(self, h: _OriginHash, ids: np.ndarray) -> None:
-        """Put entries (known absent) into an origin's hash, vectorised over the batch."""
+    def _insert_hash(self, h: _OriginHash, ids: np.ndarray, pos: np.ndarray | None = None) -> None:
+        """Put entries (known absent) into an origin's hash, vectorised over the batch.
+
+        ``pos``: where each entry's probe starts (default: its home slot).
+        """
         table, cap = h.table, h.table.shape[0]
         h.n += ids.shape[0]
-        if ids.shape[0] <= _SMALL:
+        if ids.shape[0] <= _SMALL and pos is None:
             for e in ids.tolist():
-                pos = h.home_one(int(self.cell[e]))
-                while table[pos] >= 0:
-                    pos = pos + 1 if pos + 1 < cap else 0
-                table[pos] = e
+                p = h.home_one(int(self.cell[e]))
+                while table[p] >= 0:
+                    p = p + 1 if p + 1 < cap else 0
+                table[p] = e
             return
-        pos = h.home(self.cell[ids])
+        if pos is None:
+            pos = h.home(self.cell[ids])
         ids = ids.astype(np.int32)
-        while ids.shape[0]:
+        while ids.shape[0] > _TAIL:
             open_ = table[pos] < 0
             cand_pos, cand_ids = pos[open_], ids[open_]
             table[cand_pos] = cand_ids  # several may race for one slot: one write survives
@@ -195,14 +237,19 @@ class CellStore:
             lose = ~won
             ids, pos = ids[lose], pos[lose] + 1
             pos[pos == cap] = 0
+        for e, p in zip(ids.tolist(), pos.tolist(), strict=True):  # the long tail, as in ``find``
+            while table[p] >= 0:
+                p = p + 1 if p + 1 < cap else 0
+            table[p] = e
 
     # --------------------------------------------------------------- insert
-    def insert(self, slot: int, cell: np.ndarray) -> np.ndarray:
+    def insert(self, slot: int, cell: np.ndarray, gaps: np.ndarray | None = None) -> np.ndarray:
         """New entries for distinct cells that ``slot`` does not hold yet; returns their ids.
 
         The caller writes ``q``, ``lw``, ``n`` and ``version`` (``succ`` and
         ``fail`` start at 0). The entries are linked at the head of their
-        cells' holder chains and put in the origin's hash.
+        cells' holder chains and put in the origin's hash: at ``gaps`` (from
+        ``probe``, the hash unchanged since) unless the hash must grow.
         """
         k = cell.shape[0]
         reuse = min(k, self.free.shape[0])
@@ -228,6 +275,17 @@ class CellStore:
             old = h.ids()
             h = self.hashes[slot] = _OriginHash(int((h.n + k) / _REBUILD_LOAD) + 1)
             self._insert_hash(h, np.concatenate([old, ids.astype(np.int32)]))
+        elif gaps is not None:  # the empty slots that ended their probes: no second probe
+            table, cap = h.table, h.table.shape[0]
+            ids32 = ids.astype(np.int32)
+            table[gaps] = ids32  # two new cells may share a gap: one write survives
+            lose = table[gaps] != ids32
+            h.n += k
+            if lose.any():  # the others go on probing after that gap, as from their home
+                h.n -= int(np.count_nonzero(lose))
+                after = gaps[lose] + 1
+                after[after == cap] = 0
+                self._insert_hash(h, ids[lose], after)
         else:
             self._insert_hash(h, ids)
         return ids

@@ -8,6 +8,7 @@ dtypes (DESIGN §5), so encoding is a ``tobytes()`` and decoding a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -128,17 +129,22 @@ class Delta:
                 f"version range ({self.from_version}, {self.to_version}] is not ordered")
         if m == 0:
             return
-        if not (np.isfinite(self.q).all() and np.isfinite(self.lw).all()):
+        # One min and one max per float array: NaN propagates into both and an
+        # infinity shows in one, so they also stand for an isfinite pass.
+        q_lo, q_hi = float(self.q.min()), float(self.q.max())
+        lw_lo, lw_hi = float(self.lw.min()), float(self.lw.max())
+        if not all(map(math.isfinite, (q_lo, q_hi, lw_lo, lw_hi))):
             raise NonFiniteValue(f"delta from {self.origin!r} holds NaN or infinity")
-        if float(np.abs(self.q).max()) > q_bound:
+        if max(-q_lo, q_hi) > q_bound:
             raise ValueOutOfBounds(f"|q| exceeds q_bound={q_bound:g}")
         if int(self.actions.max()) >= n_actions:
             raise BadActionIndex(f"action index {int(self.actions.max())} outside 0..{n_actions - 1}")
         if int(self.version.min()) <= self.from_version or int(self.version.max()) > self.to_version:
             raise ValueOutOfBounds("a cell version lies outside the delta's version range")
-        if (self.n == 0).any():
+        if int(self.n.min()) == 0:
             raise ValueOutOfBounds("a cell with evidence must have n >= 1")
-        if ((self.succ.astype(np.uint64) + self.fail) > self.n).any():
+        if (self.succ.any() or self.fail.any()) and (
+                (self.succ.astype(np.uint64) + self.fail) > self.n).any():
             raise ValueOutOfBounds("succ + fail exceeds n")
 
 

@@ -1,56 +1,147 @@
 """The key index: uint64 state keys → dense row numbers that never move.
 
-Rows are appended as states are first met; a sorted copy of the keys (with the
-row of each) finds a batch of keys with one ``searchsorted`` and no per-key
-Python. A merged cell is addressed by its flat id ``row * n_actions + action``
-everywhere else in the core.
+Rows are appended as states are first met (``row_keys[row]`` is the key).
+Keys are found through an open-addressing hash (linear probing, 1/4 to 1/2
+full, a power-of-two number of 16-byte slots ``[key, row + 1]``, 0 = empty):
+a batch of keys is one vectorised probe round for most of them (one cache
+miss per key), where a binary search over sorted keys took ~17 dependent
+steps per key, and adding keys never shifts an array. The slot of a key is
+the top bits of ``key × M`` for a random odd ``M`` drawn per index: keys
+come from peers too, and a peer that could predict the slots could send keys
+that all collide. A merged cell is addressed by its flat id
+``row * n_actions + action`` everywhere else in the core.
 """
 
 from __future__ import annotations
 
+import secrets
+
 import numpy as np
+
+_MASK64 = (1 << 64) - 1
+_MIN_BITS = 6
+_TAIL = 48  # a vectorised probe loop finishes its last this-many keys in plain Python
 
 
 class KeyIndex:
     """Maps uint64 state keys to dense row numbers; rows never move."""
 
     def __init__(self) -> None:
-        self.sorted_keys = np.empty(0, np.uint64)
-        self.sorted_rows = np.empty(0, np.int64)
         self.row_keys = np.empty(16, np.uint64)
         self.size = 0
+        self._mult = secrets.randbits(64) | 1
+        self._bits = _MIN_BITS
+        self._tab = np.zeros((1 << self._bits, 2), np.uint64)  # [key, row + 1]; row + 1 = 0: empty
+        self._slots = self._tab.view("V16").reshape(-1)
+        self._sorted: tuple[np.ndarray, np.ndarray] | None = None
+
+    # ---------------------------------------------------------------- probes
+    def _home(self, keys: np.ndarray) -> np.ndarray:
+        h = keys * np.uint64(self._mult)  # wraps modulo 2^64, as intended
+        h >>= np.uint64(64 - self._bits)
+        return h.astype(np.intp)
+
+    def _home_one(self, key: int) -> int:
+        return ((key * self._mult) & _MASK64) >> (64 - self._bits)
 
     def find(self, key: int) -> int:
         """Row of one key, or -1. The act/learn hot path."""
-        sk = self.sorted_keys
-        i = int(sk.searchsorted(np.uint64(key)))
-        if i < sk.shape[0] and int(sk[i]) == key:
-            return int(self.sorted_rows[i])
-        return -1
+        tab, mask = self._tab, (1 << self._bits) - 1
+        pos = self._home_one(int(key))
+        while True:
+            r = int(tab[pos, 1])
+            if r == 0:
+                return -1
+            if int(tab[pos, 0]) == key:
+                return r - 1
+            pos = (pos + 1) & mask
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """Rows of many keys, -1 where unknown."""
-        sk = self.sorted_keys
-        if sk.shape[0] == 0:
-            return np.full(keys.shape[0], -1, np.int64)
-        pos = sk.searchsorted(keys)
-        pos_c = np.minimum(pos, sk.shape[0] - 1)
-        hit = sk[pos_c] == keys
-        return np.where(hit, self.sorted_rows[pos_c], -1)
+        keys = np.asarray(keys, np.uint64)
+        m = keys.shape[0]
+        if self.size == 0 or m == 0:
+            return np.full(m, -1, np.int64)
+        mask = (1 << self._bits) - 1
+        pos = self._home(keys)
+        blk = self._slots.take(pos).view(np.uint64).reshape(m, 2)
+        r = blk[:, 1]
+        hit = blk[:, 0] == keys
+        hit &= r != 0
+        rows = r.astype(np.int64)
+        rows -= 1
+        rows[~hit] = -1
+        go = r != 0
+        go &= ~hit
+        idx = np.flatnonzero(go)
+        pos = (pos[idx] + 1) & mask
+        while idx.shape[0] > _TAIL:
+            blk = self._slots.take(pos).view(np.uint64).reshape(-1, 2)
+            r = blk[:, 1]
+            hit = blk[:, 0] == keys[idx]
+            hit &= r != 0
+            rows[idx[hit]] = r[hit].astype(np.int64) - 1
+            go = r != 0
+            go &= ~hit
+            idx, pos = idx[go], (pos[go] + 1) & mask
+        tab = self._tab
+        for i, p in zip(idx.tolist(), pos.tolist(), strict=True):  # the last long probe sequences
+            k = int(keys[i])
+            while True:
+                r1 = int(tab[p, 1])
+                if r1 == 0:
+                    break
+                if int(tab[p, 0]) == k:
+                    rows[i] = r1 - 1
+                    break
+                p = (p + 1) & mask
+        return rows
 
+    def _put(self, keys: np.ndarray, rows: np.ndarray) -> None:
+        """Put distinct keys, known absent, into the hash (room is the caller's job)."""
+        tab, mask = self._tab, (1 << self._bits) - 1
+        pos = self._home(keys)
+        tag = rows.astype(np.uint64) + np.uint64(1)
+        while keys.shape[0] > _TAIL:
+            open_ = np.flatnonzero(tab[pos, 1] == 0)
+            cand = pos[open_]
+            tab[cand, 1] = tag[open_]  # several may race for one slot: one write survives
+            won = np.zeros(keys.shape[0], bool)
+            won[open_] = tab[cand, 1] == tag[open_]
+            tab[pos[won], 0] = keys[won]
+            lose = ~won
+            keys, tag, pos = keys[lose], tag[lose], (pos[lose] + 1) & mask
+        for k, t, p in zip(keys.tolist(), tag.tolist(), pos.tolist(), strict=True):
+            while int(tab[p, 1]) != 0:
+                p = (p + 1) & mask
+            tab[p, 0], tab[p, 1] = k, t
+
+    def _grow(self, need: int) -> None:
+        """Rebuild the hash with the keys held, doubling until ``need`` keys fill it at most half."""
+        bits = self._bits
+        while need > (1 << bits) // 2:
+            bits += 1
+        if bits == self._bits:
+            return
+        self._bits = bits
+        self._tab = np.zeros((1 << bits, 2), np.uint64)
+        self._slots = self._tab.view("V16").reshape(-1)
+        self._put(self.row_keys[: self.size].copy(), np.arange(self.size, dtype=np.int64))
+
+    # ----------------------------------------------------------------- adds
     def ensure(self, keys: np.ndarray) -> np.ndarray:
         """Rows of many keys, appending rows for unknown ones."""
+        keys = np.asarray(keys, np.uint64)
         rows = self.lookup(keys)
         missing = rows < 0
         if missing.any():
-            new_keys = np.unique(keys[missing])
+            new_keys, inv = np.unique(keys[missing], return_inverse=True)
             first = self.size
             new_rows = np.arange(first, first + new_keys.shape[0], dtype=np.int64)
+            self._grow(first + new_keys.shape[0])  # rehashes the keys held so far
             self._append_rows(new_keys)
-            at = self.sorted_keys.searchsorted(new_keys)
-            self.sorted_keys = np.insert(self.sorted_keys, at, new_keys)
-            self.sorted_rows = np.insert(self.sorted_rows, at, new_rows)
-            rows[missing] = new_rows[new_keys.searchsorted(keys[missing])]
+            self._put(new_keys, new_rows)
+            rows[missing] = new_rows[inv.reshape(-1)]
         return rows
 
     def add(self, key: int) -> int:
@@ -68,8 +159,26 @@ class KeyIndex:
             self.row_keys = grown
         self.row_keys[self.size : need] = new_keys
         self.size = need
+        self._sorted = None
+
+    # ---------------------------------------------------------------- sorted
+    def _by_key(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._sorted is None or self._sorted[0].shape[0] != self.size:
+            rows = np.argsort(self.row_keys[: self.size], kind="stable")
+            self._sorted = (self.row_keys[rows], rows)
+        return self._sorted
+
+    @property
+    def sorted_keys(self) -> np.ndarray:
+        """Every key, ascending (computed on demand: for comparisons and tools, not hot paths)."""
+        return self._by_key()[0]
+
+    @property
+    def sorted_rows(self) -> np.ndarray:
+        """The row of each of ``sorted_keys``."""
+        return self._by_key()[1]
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the index arrays (capacity included)."""
-        return int(self.sorted_keys.nbytes + self.sorted_rows.nbytes + self.row_keys.nbytes)
+        """Bytes held by the index arrays (capacity included; not the on-demand sorted copy)."""
+        return int(self._tab.nbytes + self.row_keys.nbytes)

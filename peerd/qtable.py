@@ -41,7 +41,7 @@ from peerd.policy import Policy, make_policy
 from peerd.strategies import MergeStrategy, WeightedAverage, make_strategy
 from peerd.task import Task, state_key
 from peerd.trust import TRUST_MAX, TRUST_MIN
-from peerd.view import MergedView
+from peerd.view import MergedView, evidence_of
 
 #: Cells per chunk of a full recompute: bounds the padded [cells, holders] matrices.
 _RECOMPUTE_CHUNK = 1 << 13
@@ -429,15 +429,12 @@ class QTable:
             stats.conflicts = m
             return stats
         s = self._slot(delta.origin)
-        changed = self._merge(s, delta, stats)
+        self._merge(s, delta, stats)
         stats.conflicts = m - stats.changed
         if stats.changed:
             top = int(delta.version.max())
             if top > self._max_version.get(delta.origin, 0):
                 self._max_version[delta.origin] = top
-            stats.total_visits = int(self._view.n[changed].sum())
-            eff = self._view.evidence(changed, self.clock() / self.half_life)
-            stats.confidence = float((eff / (eff + 1.0)).sum()) / stats.changed
         return stats
 
     def _merge(self, s: int, delta: Delta, stats: MergeStats) -> np.ndarray:
@@ -446,7 +443,7 @@ class QTable:
         Returns the flat ids of the cells that changed. Vectorised throughout:
         dedup, key rows, hash look-up, version test, store, view update.
         """
-        keys, acts = delta.keys, delta.actions.astype(np.int64)
+        keys, acts = delta.keys, delta.actions
         src = {f: getattr(delta, f) for f in ("q", "lw", "n", "succ", "fail", "version")}
         if not _strictly_sorted(keys, acts):  # duplicates possible: keep the newest per cell
             m = keys.shape[0]
@@ -459,14 +456,16 @@ class QTable:
             src = {f: v[sel] for f, v in src.items()}
         rows = self._index.ensure(keys)
         self._reserve()
-        cells = rows * self._a + acts
+        cells = rows * self._a
+        cells += acts
         st, f = self._store, self._store.fields
-        e = st.find(cells, s)
+        e, gaps = st.probe(cells, s)
         have = e >= 0
         ec = np.maximum(e, 0)  # absent cells read entry 0: masked out below
         newer = src["version"] > np.where(have, f["version"][ec], 0)  # incoming versions are >= 1
         if not newer.all():
             cells, e, ec, have = cells[newer], e[newer], ec[newer], have[newer]
+            gaps = None if gaps is None else gaps[newer]
             src = {k: v[newer] for k, v in src.items()}
         k = cells.shape[0]
         if k == 0:
@@ -475,31 +474,46 @@ class QTable:
         stats.new += n_new
         stats.updated += k - n_new
         # An absent cell's old term has weight 0 (ok_old is False), so its q and lw never count.
-        q_old = f["q"][ec].astype(np.float64)
+        q_old = f["q"][ec]
         lw_old = f["lw"][ec]
-        n_old = np.where(have, f["n"][ec], 0).astype(np.int64)
+        n_old = f["n"][ec]
+        absent = np.flatnonzero(~have) if n_new else None  # indices: cheaper than mask passes
+        if absent is not None:
+            n_old[absent] = 0
         outcomes = bool(src["succ"].any() or src["fail"].any())
         if outcomes:
             st.enable_outcomes()
             self._view.enable_outcomes()
         if st.has_outcomes:
             old_of = {o: np.where(have, st.fields[o][ec], 0).astype(np.int64) for o in ("succ", "fail")}
-        if n_new:
-            e[~have] = st.insert(s, cells[~have])
+        if absent is not None:
+            e[absent] = st.insert(s, cells[absent], None if gaps is None else gaps[absent])
         for name in ("q", "lw", "n", "version", *(("succ", "fail") if st.has_outcomes else ())):
             st.fields[name][e] = src[name]
         floor = 1 if s == OWN else max(self.min_visits, 1)
-        n_in = src["n"].astype(np.int64)
-        ok_old, ok_new = n_old >= floor, n_in >= floor
-        t = self._eff_trust(s)
-        bad = self._view.replace(cells, t * ok_old, q_old, lw_old, t * ok_new,
-                                 src["q"].astype(np.float64), src["lw"])
-        self._view.add_counts("n", cells, np.where(ok_new, n_in, 0) - np.where(ok_old, n_old, 0))
+        n_in = src["n"]
+        dn = n_in.astype(np.int64)
+        if floor == 1:  # validated n >= 1: every new term counts, and every old one held
+            ok_old, ok_new = have, None
+            dn -= n_old
+        else:
+            ok_old, ok_new = n_old >= floor, n_in >= floor
+            dn *= ok_new
+            dn -= np.where(ok_old, n_old, 0)
+        bad, n_after, den, ref = self._view.swap(cells, self._eff_trust(s), ok_old, q_old, lw_old,
+                                                 ok_new, src["q"], src["lw"], dn)
         if st.has_outcomes and self._view.succ is not None:
+            ok_in = True if ok_new is None else ok_new
             for o in ("succ", "fail"):
-                self._view.add_counts(o, cells, np.where(ok_new, src[o].astype(np.int64), 0)
+                self._view.add_counts(o, cells, np.where(ok_in, src[o].astype(np.int64), 0)
                                       - np.where(ok_old, old_of[o], 0))
+        stats.total_visits = int(n_after.sum())
+        now = self.clock() / self.half_life
+        eff = evidence_of(den, ref, now) if bad.shape[0] == 0 else None
         self._refresh(cells, bad)
+        if eff is None:  # some sums were recomputed exactly: read them back
+            eff = self._view.evidence(cells, now)
+        stats.confidence = float((eff / (eff + 1.0)).sum()) / k
         return cells
 
     def load(self, origin: str, arrays: dict[str, np.ndarray]) -> None:
@@ -824,6 +838,8 @@ def _strictly_sorted(keys: np.ndarray, acts: np.ndarray) -> bool:
     if keys.shape[0] < 2:
         return True
     k0, k1 = keys[:-1], keys[1:]
+    if (k1 > k0).all():  # one cell per key (a peer's sparse delta): two passes decide
+        return True
     return bool(((k1 > k0) | ((k1 == k0) & (acts[1:] > acts[:-1]))).all())
 
 

@@ -5,16 +5,23 @@ For every flat cell id (``row * n_actions + action``) the view holds
 ==========  =======  ====================================================
 num, den    float64  Σ t·2^(lw − ref)·q and Σ t·2^(lw − ref) over counted origins
 ref         float64  the cell's reference log-weight (``-inf``: nothing counted yet)
-mass        float32  the largest ``den`` since the cell was last computed exactly
+mass        float64  the largest ``den`` since the cell was last computed exactly
 n           uint64   merged visits: Σ of each counted origin's own n
 succ, fail  uint64   likewise (allocated once some origin reports an outcome)
 robust      float64  the value of a robust strategy (allocated only for those)
 ==========  =======  ====================================================
 
-so 36 B per cell (52 with outcomes, +8 with a robust strategy), whatever the
-number of origins; with the holder-chain head and the key index, about 48 B
-per merged cell at 6 actions (``QTable.memory``). The weighted-average value is ``num / den`` (``default``
-where ``den = 0``).
+so 40 B per cell (56 with outcomes, +8 with a robust strategy), whatever the
+number of origins; with the holder-chain head and the key index, about 52 B
+per merged cell at 6 actions (``QTable.memory``). The weighted-average value
+is ``num / den`` (``default`` where ``den = 0``).
+
+The first five are one 40-byte row per cell (``_acc``, a ``[cap, 5]``
+float64 block; ``n`` is its last column read as uint64), exposed as strided
+column views: a delta's cells are random in the table, so each separate
+array cost one cache miss per cell and per field; a row costs one. The merge
+path (``swap``) gathers the rows once (``take``) and writes them back once
+(``put`` of 40-byte items).
 
 Replacing an origin's stored cell subtracts its old term and adds its new one
 (``replace``): O(cells changed). Absolute log-weights are huge (wall-clock
@@ -40,6 +47,8 @@ _CANCEL = 2.0 ** -CANCEL_BITS
 _EXP_MIN, _EXP_MAX = -1021.0, 1000.0  # exp2 stays on its fast path (peerd.strategies.EXP2_FLOOR)
 #: what a cell holds before any origin does (``robust``: the default value)
 _FILL = {"num": 0.0, "den": 0.0, "ref": -np.inf, "mass": 0.0, "n": 0, "succ": 0, "fail": 0}
+_ROW = ("num", "den", "ref", "mass", "n")  # the columns of ``_acc``, in order
+_ROW_FILL = np.array([0.0, 0.0, -np.inf, 0.0, 0.0])  # n = 0 has the bits of 0.0
 
 
 class MergedView:
@@ -48,11 +57,8 @@ class MergedView:
     def __init__(self, default: float, *, robust: bool) -> None:
         self.default = float(default)
         self.cap = 0
-        self.num = np.zeros(0)
-        self.den = np.zeros(0)
-        self.ref = np.zeros(0)
-        self.mass = np.zeros(0, np.float32)
-        self.n = np.zeros(0, np.uint64)
+        self._acc = np.zeros((0, len(_ROW)))
+        self._columns()
         self.succ: np.ndarray | None = None
         self.fail: np.ndarray | None = None
         self.robust: np.ndarray | None = np.zeros(0) if robust else None
@@ -63,7 +69,12 @@ class MergedView:
         if cells <= self.cap:
             return
         cap = max(cells, int(self.cap * 1.5))
-        for name in ("num", "den", "ref", "mass", "n", "succ", "fail", "robust"):
+        acc = np.empty((cap, len(_ROW)))
+        acc[: self.cap] = self._acc
+        acc[self.cap :] = _ROW_FILL
+        self._acc = acc
+        self._columns()
+        for name in ("succ", "fail", "robust"):
             old = getattr(self, name)
             if old is None:
                 continue
@@ -73,6 +84,13 @@ class MergedView:
             setattr(self, name, grown)
         self.cap = cap
 
+    def _columns(self) -> None:
+        """(Re)bind the column views of ``_acc`` and its 40-byte row view."""
+        acc = self._acc
+        self.num, self.den, self.ref, self.mass = acc[:, 0], acc[:, 1], acc[:, 2], acc[:, 3]
+        self.n = acc.view(np.uint64)[:, 4]
+        self._rows = acc.view(f"V{acc.shape[1] * 8}").reshape(-1)
+
     def enable_outcomes(self) -> None:
         if self.succ is None:
             self.succ = np.zeros(self.cap, np.uint64)
@@ -80,7 +98,7 @@ class MergedView:
 
     @property
     def nbytes(self) -> int:
-        arrays = (self.num, self.den, self.ref, self.mass, self.n, self.succ, self.fail, self.robust)
+        arrays = (self._acc, self.succ, self.fail, self.robust)
         return int(sum(a.nbytes for a in arrays if a is not None))
 
     # ---------------------------------------------------------------- reads
@@ -101,10 +119,7 @@ class MergedView:
 
     def evidence(self, cells: np.ndarray, now: float) -> np.ndarray:
         """Trusted evidence of cells as a number of fresh updates: 2^(ref − now)·den (≤ 2^30·den)."""
-        ref = self.ref[cells]
-        with np.errstate(invalid="ignore"):
-            scale = np.exp2(np.minimum(np.where(np.isfinite(ref), ref, -np.inf) - now, 30.0))
-        return np.where(self.den[cells] > 0, scale * self.den[cells], 0.0)
+        return evidence_of(self.den[cells], self.ref[cells], now)
 
     # --------------------------------------------------------------- writes
     def replace(self, cells: np.ndarray, t_old: np.ndarray | float, q_old: np.ndarray,
@@ -125,7 +140,7 @@ class MergedView:
             scale = np.exp2(ref[up] - new_ref)  # 0 where ref = -inf
             self.num[cu] *= scale
             self.den[cu] *= scale
-            self.mass[cu] *= scale.astype(np.float32)
+            self.mass[cu] *= scale
             self.ref[cu] = new_ref
             ref = self.ref[cells]
         # Exponents are clipped to exp2's fast range: a term over 1021 half-lives below
@@ -144,11 +159,59 @@ class MergedView:
         w_new *= q_new
         num = self.num[cells] - w_old
         num += w_new
-        mass = np.maximum(self.mass[cells], den.astype(np.float32))
+        mass = np.maximum(self.mass[cells], den)
         self.den[cells] = den
         self.num[cells] = num
         self.mass[cells] = mass
         return cells[den < mass * _CANCEL]
+
+    def swap(self, cells: np.ndarray, t: float, ok_old: np.ndarray, q_old: np.ndarray,
+             lw_old: np.ndarray, ok_new: np.ndarray | None, q_new: np.ndarray, lw_new: np.ndarray,
+             dn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``replace`` for one origin's delta (scalar trust ``t``), plus ``n += dn``: the merge path.
+
+        The same arithmetic as ``replace`` with ``t_old = t·ok_old`` and
+        ``t_new = t·ok_new`` (``ok_new=None``: every new term counts), but each
+        per-cell array is read and written once, in place: a delta is ~30
+        passes over its cells, and gathers and temporaries are most of them.
+        Returns ``(cells to recompute, n, den, ref)`` after the swap, so that
+        the caller's statistics need no second gather.
+        """
+        blk = self._rows.take(cells).view(np.float64).reshape(-1, len(_ROW))
+        num, den, ref, mass = blk[:, 0], blk[:, 1], blk[:, 2], blk[:, 3]
+        n = blk.view(np.int64)[:, 4]  # uint64 read as int64: the same bits, signed arithmetic
+        if t > 0:
+            up = np.greater(lw_new, ref + REBASE)
+            if ok_new is not None:
+                up &= ok_new
+            if up.any():
+                new_ref = lw_new[up]
+                scale = np.exp2(ref[up] - new_ref)  # 0 where ref = -inf
+                num[up] *= scale
+                den[up] *= scale
+                mass[up] *= scale
+                ref[up] = new_ref
+        with np.errstate(invalid="ignore"):  # -inf − -inf: an absent term (weight 0 anyway)
+            w_old = np.subtract(lw_old, ref)
+            w_new = np.subtract(lw_new, ref)
+        for w, ok in ((w_old, ok_old), (w_new, ok_new)):
+            np.fmax(w, _EXP_MIN, out=w)  # NaN → _EXP_MIN, as in ``replace``
+            np.fmin(w, _EXP_MAX, out=w)
+            np.exp2(w, out=w)
+            if t != 1.0:
+                w *= t
+            if ok is not None:
+                w *= ok
+        den -= w_old
+        den += w_new
+        w_old *= q_old
+        w_new *= q_new
+        num -= w_old
+        num += w_new
+        np.maximum(mass, den, out=mass)
+        n += dn
+        self._rows.put(cells, blk.view(self._rows.dtype).reshape(-1))
+        return cells[den < mass * _CANCEL], n, den, ref
 
     def replace_one(self, cell: int, t_old: float, q_old: float, lw_old: float, t_new: float,
                     q_new: float, lw_new: float) -> bool:
@@ -166,7 +229,7 @@ class MergedView:
         den = float(self.den[cell]) - w_old + w_new
         self.num[cell] = float(self.num[cell]) - w_old * q_old + w_new * q_new
         self.den[cell] = den
-        mass = max(float(self.mass[cell]), float(np.float32(den)))
+        mass = max(float(self.mass[cell]), den)
         self.mass[cell] = mass
         return den < mass * _CANCEL
 
@@ -175,10 +238,17 @@ class MergedView:
         self.num[cells] = num
         self.den[cells] = den
         self.ref[cells] = ref
-        self.mass[cells] = den.astype(np.float32)
+        self.mass[cells] = den
 
     def add_counts(self, name: str, cells: np.ndarray, diff: np.ndarray) -> None:
         """Merged counts change by ``diff`` (int64) at distinct cells."""
         a = getattr(self, name)
         as_int = a.view(np.int64)  # uint64 read as int64: the same bits, signed arithmetic
         as_int[cells] += diff
+
+
+def evidence_of(den: np.ndarray, ref: np.ndarray, now: float) -> np.ndarray:
+    """``MergedView.evidence`` from already gathered ``den`` and ``ref``."""
+    with np.errstate(invalid="ignore"):
+        scale = np.exp2(np.minimum(np.where(np.isfinite(ref), ref, -np.inf) - now, 30.0))
+    return np.where(den > 0, scale * den, 0.0)
