@@ -52,7 +52,14 @@ from peerd.logs import get_logger
 from peerd.peers import TrustEvent
 from peerd.presence import PresenceState
 from peerd.qtable import QTable
-from peerd.quarantine import Quarantine, Verdict, gather_origins, judge_round, signature_mismatches
+from peerd.quarantine import (
+    MAX_MATRIX_ENTRIES,
+    Quarantine,
+    Verdict,
+    gather_origins,
+    judge_round,
+    signature_mismatches,
+)
 from peerd.registry import Peer, PeerRegistry
 from peerd.relay import RelayPlanner, RelayStore
 from peerd.store import Store
@@ -1046,7 +1053,10 @@ class Node:
                    if o == self.id or (o in self._registry and t.max_version(o) > 0)]
         if not self.config.deviation_ratio or len(origins) < 3:
             return {}
-        matrix = gather_origins([t.delta_of(o) for o in origins])
+        # Shared cells only, and at most MAX_MATRIX_ENTRIES of them × origins: the round's
+        # cost stays bounded however large the fleet (docs/architecture.md §4).
+        matrix = gather_origins([t.delta_of(o) for o in origins], shared_only=True,
+                                max_entries=MAX_MATRIX_ENTRIES)
         trust = {o: self.trust_of(o) for o in origins}
         verdicts, entered, left = judge_round(matrix, trust, self.quarantine, own=self.id,
                                               now_over_h=self.clock() / t.half_life)

@@ -38,6 +38,8 @@ ENTER_RATIO = 3.0
 LEAVE_RATIO = 2.0
 MIN_CELLS = 20
 MIN_RELATIVE = 0.05
+#: Bound on cells × origins of the deviation round's dense matrix (3 arrays of 8 B each: ~48 MB).
+MAX_MATRIX_ENTRIES = 1 << 21
 
 
 @dataclass(frozen=True)
@@ -59,32 +61,68 @@ class OriginMatrix:
         return self.origins.index(origin)
 
 
-def gather_origins(deltas: Sequence[Delta]) -> OriginMatrix:
+def gather_origins(deltas: Sequence[Delta], *, shared_only: bool = False,
+                   max_entries: int | None = None) -> OriginMatrix:
     """Dense ``[cells, origins]`` arrays from each origin's full contribution (``QTable.delta_of(o)``).
 
-    O(Σ cells of the origins) with one sort: no per-cell Python.
+    O(Σ cells of the origins) with one sort: no per-cell Python. The dense
+    matrix is what the deviation round reads, and a fleet must not make it
+    grow as cells × origins (1000 peers × 470 k cells is 3.7 GB a field):
+    ``shared_only`` keeps only cells that at least two origins hold — a cell
+    with one holder has no reference to deviate from, so it changes no score
+    — and ``max_entries`` bounds ``m × k`` by keeping the cells with the most
+    holders (ties: lowest key first), where comparisons are richest.
     """
     origins = tuple(d.origin for d in deltas)
     k = len(deltas)
     if not k or not sum(len(d) for d in deltas):
-        z = np.zeros((0, k))
-        return OriginMatrix(origins, np.empty(0, np.uint64), np.empty(0, np.int64), z, z - np.inf,
-                            z.astype(np.int64))
+        return _empty_matrix(origins)
     keys = np.concatenate([d.keys for d in deltas])
     acts = np.concatenate([d.actions.astype(np.int64) for d in deltas])
     col = np.concatenate([np.full(len(d), j, np.int64) for j, d in enumerate(deltas)])
     # one id per (key, action): unique over a structured view
     pair = np.empty(keys.shape[0], dtype=[("k", "<u8"), ("a", "<i8")])
     pair["k"], pair["a"] = keys, acts
-    uniq, row = np.unique(pair, return_inverse=True)
+    uniq, row, holders = np.unique(pair, return_inverse=True, return_counts=True)
+    row = row.reshape(-1)
+    keep = np.ones(uniq.shape[0], bool)
+    if shared_only:
+        keep &= holders >= 2
+    if max_entries is not None:
+        limit = max(0, max_entries // k)
+        if int(keep.sum()) > limit:
+            cand = np.flatnonzero(keep)
+            best = cand[np.argsort(-holders[cand], kind="stable")[:limit]]
+            keep[:] = False
+            keep[np.sort(best)] = True
+    if not keep.all():
+        new_row = np.cumsum(keep) - 1
+        sel = keep[row]
+        row, col = new_row[row[sel]], col[sel]
+        uniq = uniq[keep]
+    else:
+        sel = None
     m = uniq.shape[0]
+    if m == 0:
+        return _empty_matrix(origins)
+
+    def cat(f: str, dtype: type) -> np.ndarray:
+        v = np.concatenate([getattr(d, f).astype(dtype) for d in deltas])
+        return v if sel is None else v[sel]
+
     q = np.zeros((m, k))
     lw = np.full((m, k), -np.inf)
     n = np.zeros((m, k), np.int64)
-    q[row, col] = np.concatenate([d.q.astype(np.float64) for d in deltas])
-    lw[row, col] = np.concatenate([d.lw for d in deltas])
-    n[row, col] = np.concatenate([d.n.astype(np.int64) for d in deltas])
+    q[row, col] = cat("q", np.float64)
+    lw[row, col] = cat("lw", np.float64)
+    n[row, col] = cat("n", np.int64)
     return OriginMatrix(origins, uniq["k"].copy(), uniq["a"].copy(), q, lw, n)
+
+
+def _empty_matrix(origins: tuple[str, ...]) -> OriginMatrix:
+    z = np.zeros((0, len(origins)))
+    return OriginMatrix(origins, np.empty(0, np.uint64), np.empty(0, np.int64), z, z - np.inf,
+                        z.astype(np.int64))
 
 
 def evidence_weights(lw: np.ndarray, valid: np.ndarray, now_over_h: float) -> np.ndarray:
@@ -286,6 +324,6 @@ def signature_mismatches(sig_keys: np.ndarray, sig_actions: np.ndarray, keys: np
     return checked, contradicted
 
 
-__all__ = ["ENTER_RATIO", "LEAVE_RATIO", "OriginMatrix", "Quarantine", "Verdict",
+__all__ = ["ENTER_RATIO", "LEAVE_RATIO", "MAX_MATRIX_ENTRIES", "OriginMatrix", "Quarantine", "Verdict",
            "deviation_scores", "evidence_weights", "gather_origins", "judge_round", "signature_mismatches",
            "weighted_median_rows"]

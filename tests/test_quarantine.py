@@ -46,6 +46,24 @@ def test_gather_origins_aligns_cells_of_different_origins():
     assert m.valid.tolist() == [[True, False], [True, False], [True, True], [False, True]]
 
 
+def test_gather_origins_bounded_keeps_only_shared_cells_with_most_holders():
+    """The node's deviation matrix drops cells with one holder (no reference to deviate from)
+    and, past ``max_entries``, keeps the cells with the most holders: its size does not grow
+    with cells × origins."""
+    a = _delta("a", [1, 2, 3, 4], [0, 0, 0, 0], [1.0, 2.0, 3.0, 4.0])
+    b = _delta("b", [2, 3, 9], [0, 0, 0], [20.0, 30.0, 90.0])
+    c = _delta("c", [3], [0], [300.0])
+    m = gather_origins([a, b, c], shared_only=True)
+    assert m.keys.tolist() == [2, 3]  # 1, 4 (only a) and 9 (only b) are gone
+    assert m.q[1].tolist() == [3.0, 30.0, 300.0] and m.valid[0].tolist() == [True, True, False]
+    small = gather_origins([a, b, c], shared_only=True, max_entries=3)  # one row of 3 origins
+    assert small.keys.tolist() == [3] and small.q.shape == (1, 3)
+    assert gather_origins([a, b, c], shared_only=True, max_entries=2).q.shape == (0, 3)
+    disjoint = gather_origins([_delta("x", [1], [0], [1.0]), _delta("y", [2], [0], [2.0])],
+                              shared_only=True)
+    assert disjoint.q.shape == (0, 2)
+
+
 def test_weighted_median_rows_ignores_zero_weights():
     q = np.array([[5.0, 1.0, 2.0, 100.0]])
     w = np.array([[1.0, 1.0, 1.0, 0.0]])
