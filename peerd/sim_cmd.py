@@ -45,6 +45,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--half-life", type=float, default=None, help="evidence half-life in ticks "
                    "(default: the task's)")
     p.add_argument("--strategy", default="weighted_average", help="merge strategy")
+    p.add_argument("--trust-every", type=int, default=100, metavar="TICKS",
+                   help="ticks between signature exchanges and trust rounds (federated)")
     p.add_argument("--step-cap", type=int, default=None, help="give up after this many steps")
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--out", type=Path, default=None, help="write results.json and curves.png here")
@@ -96,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
                            broker_url=args.broker, broker_kind=args.broker_kind,
                            publish_every=args.publish_every, max_lag=args.max_lag,
                            half_life=args.half_life, step_cap=args.step_cap,
-                           strategy=args.strategy, seed=args.seed,
+                           strategy=args.strategy, seed=args.seed, trust_every=args.trust_every,
                            peer_timeout=args.peer_timeout)
     if args.nodes < 1 or args.seeds < 1 or not args.peer_timeout > 0:
         print("peerd sim: --nodes and --seeds must be >= 1, --peer-timeout > 0", file=sys.stderr)
@@ -134,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     summary = summarize(results)
     meta = {"env": spec.name, "metric": spec.metric, "target": spec.target, "nodes": args.nodes,
             "seeds": args.seeds, "half_life": sim.half_life, "publish_every": args.publish_every,
-            "max_lag": sim.max_lag, "strategy": args.strategy,
+            "max_lag": sim.max_lag, "strategy": args.strategy, "trust_every": args.trust_every,
             "broker": args.broker or f"embedded {args.broker_kind}"}
     if args.out:
         path = report.write_results(args.out, summary, results, meta)

@@ -37,13 +37,13 @@ MODES = ("federated", "centralized")
 
 
 def run_n(env: str, nodes: int, seeds: int, broker_kind: str, seed: int,
-          publish_every: int) -> dict[str, Any]:
+          publish_every: int, trust_every: int) -> dict[str, Any]:
     """One ``peerd sim`` run at ``nodes``: per mode, wall seconds and steps to the target."""
     row: dict[str, Any] = {"wall_s": {}, "steps_to_target": {}, "steps_per_seed": {}}
     t_all = time.perf_counter()
     for mode in MODES:  # one Simulation per mode, to time each including its setup
         s = SimSettings(env=env, nodes=nodes, seeds=seeds, modes=[mode], broker_kind=broker_kind,
-                        seed=seed, publish_every=publish_every)
+                        seed=seed, publish_every=publish_every, trust_every=trust_every)
         t0 = time.perf_counter()
         out = summarize(asyncio.run(Simulation(s).run()))["modes"][mode]
         row["wall_s"][mode] = round(time.perf_counter() - t0, 1)
@@ -65,16 +65,19 @@ def main() -> int:
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--publish-every", type=int, default=10)
+    p.add_argument("--trust-every", type=int, default=100, help="ticks between trust rounds")
     p.add_argument("--broker-kind", default="amqtt", choices=["amqtt", "mosquitto", "auto"])
     p.add_argument("--json", action="store_true", help="compact JSON")
     args = p.parse_args()
     logs.configure("error")
     sizes = sorted(int(x) for x in args.nodes.split(","))
     report: dict[str, Any] = {"env": args.env, "seeds": args.seeds, "broker": args.broker_kind,
-                              "publish_every": args.publish_every, "nodes": {}}
+                              "publish_every": args.publish_every,
+                              "trust_every": args.trust_every, "nodes": {}}
     prev: float | None = None
     for n in sizes:
-        row = run_n(args.env, n, args.seeds, args.broker_kind, args.seed, args.publish_every)
+        row = run_n(args.env, n, args.seeds, args.broker_kind, args.seed, args.publish_every,
+                    args.trust_every)
         row["wall_ratio_vs_prev"] = round(row["total_wall_s"] / prev, 2) if prev else None
         prev = row["total_wall_s"]
         report["nodes"][str(n)] = row
