@@ -43,7 +43,9 @@ def run_n(env: str, nodes: int, seeds: int, broker_kind: str, seed: int,
     t_all = time.perf_counter()
     for mode in MODES:  # one Simulation per mode, to time each including its setup
         s = SimSettings(env=env, nodes=nodes, seeds=seeds, modes=[mode], broker_kind=broker_kind,
-                        seed=seed, publish_every=publish_every, trust_every=trust_every)
+                        seed=seed, publish_every=publish_every, trust_every=trust_every,
+                        # every node answers every birth: N³ presence deliveries to meet
+                        peer_timeout=max(30.0, 0.05 * nodes**2))
         t0 = time.perf_counter()
         out = summarize(asyncio.run(Simulation(s).run()))["modes"][mode]
         row["wall_s"][mode] = round(time.perf_counter() - t0, 1)

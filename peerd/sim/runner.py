@@ -350,7 +350,9 @@ class Simulation:
             async def backpressure() -> None:
                 nonlocal lag_wait
                 t = time.perf_counter()
-                await _wait_delivered(nodes, self.max_lag)
+                # a hang guard, not a deadline: a fleet's first rounds queue behind the
+                # births every node answers (N³ deliveries), 262 k at N = 64
+                await _wait_delivered(nodes, self.max_lag, timeout=max(60.0, 0.05 * len(nodes) ** 2))
                 lag_wait += time.perf_counter() - t
 
             async def trust_round(tick: int) -> None:
