@@ -45,13 +45,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--half-life", type=float, default=None, help="evidence half-life in ticks "
                    "(default: the task's)")
     p.add_argument("--strategy", default="weighted_average", help="merge strategy")
+    p.add_argument("--trust-every", type=int, default=100, metavar="TICKS",
+                   help="ticks between trust rounds: signature exchange and the deviation "
+                   "quarantine (federated)")
     p.add_argument("--step-cap", type=int, default=None, help="give up after this many steps")
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--attack", action="append", default=[], metavar="KIND:COUNT",
                    help="add COUNT validly signed liars telling lie KIND (repeatable): invert, "
                    "extreme, ipm, alie, inflate, focus, copycat, sybil (see peerd.sim.attacks)")
-    p.add_argument("--trust-every", type=int, default=100,
-                   help="ticks between trust rounds (signatures and the deviation quarantine)")
     p.add_argument("--out", type=Path, default=None, help="write results.json and curves.png here")
     p.add_argument("--json", action="store_true", help="print the summary as JSON (no display)")
     p.add_argument("--peer-timeout", type=float, default=30.0, metavar="SECONDS",
@@ -146,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     summary = summarize(results)
     meta = {"env": spec.name, "metric": spec.metric, "target": spec.target, "nodes": args.nodes,
             "seeds": args.seeds, "half_life": sim.half_life, "publish_every": args.publish_every,
-            "max_lag": sim.max_lag, "strategy": args.strategy,
+            "max_lag": sim.max_lag, "strategy": args.strategy, "trust_every": args.trust_every,
             "attacks": [f"{a.kind}:{a.count}" for a in attacks],
             "broker": args.broker or f"embedded {args.broker_kind}"}
     if args.out:

@@ -31,6 +31,19 @@ def test_unreachable_broker_is_one_line_and_exit_1() -> None:
     assert proc.stdout == ""
 
 
+def test_trust_every_shorter_than_a_publishing_round_is_refused_with_exit_2() -> None:
+    """--trust-every below publish-every + max-lag leaves no time for signatures to arrive:
+    `peerd sim` says so in one line and exits 2 before starting anything."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "peerd.cli", "sim", "--nodes", "2", "--modes", "federated",
+         "--env", "frozenlake", "--trust-every", "5", "--json"],
+        capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2, proc.stderr
+    err = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("peerd sim: trust_every"), err
+    assert proc.stdout == ""
+
+
 @dataclass
 class _Transport:
     connected: bool

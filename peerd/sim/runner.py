@@ -169,7 +169,11 @@ def _node_config(spec: EnvSpec, s: SimSettings, i: int, seed: int, broker: str |
         secret="peerd-sim", actions=list(spec.action_names), gamma=spec.gamma,
         task_name=spec.name, broker_url=broker or "", half_life=half_life,
         eps_start=spec.eps_start, eps_end=spec.eps_end, eps_decay_steps=spec.eps_decay_steps,
-        publish_every=s.publish_every, publish_interval=3600.0, heartbeat_interval=5.0,
+        # Heartbeats run on the wall clock, so a slower run (more nodes) sends more of
+        # them per tick: at 5 s, N=32 spent a third of its time on N² heartbeat
+        # deliveries and wall-clock trust rounds. The simulation advertises and judges
+        # on its own virtual cadence (backpressure, trust_every), so they stay rare.
+        publish_every=s.publish_every, publish_interval=3600.0, heartbeat_interval=60.0,
         peer_timeout=600.0, strategy=s.strategy, seed=seed * 1000 + i, api_listen="",
         q_bound=q_bound_of(spec),
         **({} if s.defences else {"deviation_ratio": 0.0, "evidence_budget": False}),
@@ -327,7 +331,10 @@ class Simulation:
             async def backpressure() -> None:
                 nonlocal lag_wait
                 t = time.perf_counter()
-                await _wait_delivered(nodes, self.max_lag, senders=honest)
+                # a hang guard, not a deadline: a fleet's first rounds queue behind the
+                # births every node answers (N³ deliveries), 262 k at N = 64
+                await _wait_delivered(nodes, self.max_lag, senders=honest,
+                                      timeout=max(60.0, 0.05 * len(nodes) ** 2))
                 lag_wait += time.perf_counter() - t
 
             async def trust_round(tick: int) -> None:

@@ -1,0 +1,92 @@
+"""How ``peerd sim`` scales with the fleet: wall time and steps to target for N = 8 … 64.
+
+For every N in ``--nodes`` (ascending), runs the federated and centralized
+modes (as ``peerd sim --modes federated,centralized`` does, one after the
+other, over the same broker kind) and prints JSON per N:
+
+- ``wall_s``: seconds per mode (the federated one includes starting N nodes and
+  their meeting over the broker), and ``total_wall_s``;
+- ``steps_to_target`` per mode (median over nodes, then over seeds) and
+  ``fed_over_central`` = centralized steps ÷ federated steps (1.0: as fast as
+  one table fed by every environment, the limit);
+- ``wall_ratio_vs_prev``: this N's total wall time ÷ the previous N's, measured
+  back to back in this run (the scaling target: ≤ 4 when N doubles).
+
+The N² deliveries per publishing round are inherent (each of N deltas goes to
+N − 1 nodes), so doubling N costs up to 4× per tick; fewer steps to the target
+at larger N win some of it back. Wall times depend on the machine and its load:
+compare ratios from one run, not figures across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from peerd import logs
+from peerd.sim.runner import SimSettings, Simulation, summarize
+
+MODES = ("federated", "centralized")
+
+
+def run_n(env: str, nodes: int, seeds: int, broker_kind: str, seed: int,
+          publish_every: int, trust_every: int) -> dict[str, Any]:
+    """One ``peerd sim`` run at ``nodes``: per mode, wall seconds and steps to the target."""
+    row: dict[str, Any] = {"wall_s": {}, "steps_to_target": {}, "steps_per_seed": {}}
+    t_all = time.perf_counter()
+    for mode in MODES:  # one Simulation per mode, to time each including its setup
+        s = SimSettings(env=env, nodes=nodes, seeds=seeds, modes=[mode], broker_kind=broker_kind,
+                        seed=seed, publish_every=publish_every, trust_every=trust_every,
+                        # every node answers every birth: N³ presence deliveries to meet
+                        peer_timeout=max(30.0, 0.05 * nodes**2))
+        t0 = time.perf_counter()
+        out = summarize(asyncio.run(Simulation(s).run()))["modes"][mode]
+        row["wall_s"][mode] = round(time.perf_counter() - t0, 1)
+        row["steps_to_target"][mode] = out["steps_to_target"]
+        row["steps_per_seed"][mode] = out["steps_per_seed"]
+        if mode == "federated":
+            row["lag_wait_s"] = round(out["lag_wait_s"], 1)
+            row["messages_per_node"] = out["messages_per_node"]
+    row["total_wall_s"] = round(time.perf_counter() - t_all, 1)
+    f, c = row["steps_to_target"]["federated"], row["steps_to_target"]["centralized"]
+    row["fed_over_central"] = round(c / f, 3) if f and c else None
+    return row
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--env", default="taxi")
+    p.add_argument("--nodes", default="8,16,32,64", help="comma-separated fleet sizes")
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--seed", type=int, default=2024)
+    p.add_argument("--publish-every", type=int, default=10)
+    p.add_argument("--trust-every", type=int, default=100, help="ticks between trust rounds")
+    p.add_argument("--broker-kind", default="amqtt", choices=["amqtt", "mosquitto", "auto"])
+    p.add_argument("--json", action="store_true", help="compact JSON")
+    args = p.parse_args()
+    logs.configure("error")
+    sizes = sorted(int(x) for x in args.nodes.split(","))
+    report: dict[str, Any] = {"env": args.env, "seeds": args.seeds, "broker": args.broker_kind,
+                              "publish_every": args.publish_every,
+                              "trust_every": args.trust_every, "nodes": {}}
+    prev: float | None = None
+    for n in sizes:
+        row = run_n(args.env, n, args.seeds, args.broker_kind, args.seed, args.publish_every,
+                    args.trust_every)
+        row["wall_ratio_vs_prev"] = round(row["total_wall_s"] / prev, 2) if prev else None
+        prev = row["total_wall_s"]
+        report["nodes"][str(n)] = row
+        print(f"# N={n}: {json.dumps(row)}", file=sys.stderr, flush=True)
+    print(json.dumps(report, indent=None if args.json else 2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
