@@ -663,8 +663,7 @@ class Node:
             d = msg.delta
             kind = "delta"
             kept, dropped = self.relays.add_delta(
-                h.node, stamp, payload, d.to_version,
-                zip(d.keys.tolist(), d.actions.tolist(), d.version.tolist(), strict=True))
+                h.node, stamp, payload, d.to_version, (d.keys, d.actions, d.version))
         else:
             return
         if persist and self.store is not None and (kept or dropped):

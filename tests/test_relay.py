@@ -37,6 +37,26 @@ def test_newer_payloads_supersede_older_ones_and_dead_payloads_are_dropped() -> 
     assert b"old" not in store.payloads("x")
 
 
+def test_array_cells_with_many_actions_supersede_per_cell() -> None:
+    """Cells given as arrays (as the node passes a delta's): the same key under different
+    actions are different cells, a repeated cell counts once at its newest version, and a
+    payload goes only when every one of its cells is superseded."""
+    import numpy as np
+
+    def cells(keys: list[int], acts: list[int], vers: list[int]) -> tuple[np.ndarray, ...]:
+        return (np.array(keys, np.uint64), np.array(acts, np.uint16), np.array(vers, np.uint64))
+
+    store = RelayStore()
+    big = 2**64 - 5
+    assert store.add_delta("x", (1, 1), b"a", 3, cells([big, big, 7, 7], [0, 1, 0, 0], [1, 2, 1, 3]))
+    assert store.add_delta("x", (1, 2), b"b", 4, cells([big], [0], [4]))  # a keeps (big, 1), (7, 0)
+    assert store.payloads("x") == [b"a", b"b"]
+    assert store.add_delta("x", (1, 3), b"c", 6, cells([big, 7], [1, 0], [5, 6]))
+    assert store.payloads("x") == [b"b", b"c"]  # a had no live cell left
+    kept, dropped = store.add_delta("x", (1, 4), b"d", 3, cells([7], [0], [3]))  # stale
+    assert not kept and dropped == []
+
+
 def test_storage_is_bounded_per_origin() -> None:
     """Past the byte bound the oldest payloads go, and the eviction is counted."""
     store = RelayStore(max_bytes_per_origin=100)
