@@ -1050,8 +1050,8 @@ class Node:
         t = self.table
         origins = [o for o in t.origins
                    if o == self.id or (o in self._registry and t.max_version(o) > 0)]
-        if not self.config.deviation_ratio or len(origins) < 3:
-            return {}
+        if not self.config.deviation_ratio or len(origins) < 3 or not t.shared_cells():
+            return {}  # (no cell held by two origins: no value to compare, verdicts stand)
         # Shared cells only, and at most MAX_MATRIX_ENTRIES of them × origins: the round's
         # cost stays bounded however large the fleet (docs/architecture.md §4).
         matrix = gather_origins([t.delta_of(o) for o in origins], shared_only=True,

@@ -219,6 +219,15 @@ class QTable:
         q = np.where(held, self._store.fields["q"][np.maximum(e, 0)], 0.0).astype(np.float64)
         return q, held
 
+    def shared_cells(self) -> int:
+        """How many cells at least two origins hold (the head of the cell's holder chain has a
+        successor). The deviation round compares origins only there: with none it has nothing
+        to judge and skips rebuilding every origin's contribution. O(cells), no per-origin work."""
+        st = self._store
+        h = st.head[: self._index.size * self._a]
+        held = h >= 0
+        return int(np.count_nonzero(st.next[h[held]] >= 0))
+
     def held_cells(self, origin: str, keys: np.ndarray, actions: np.ndarray
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """What is held of ``origin``'s cells ``(keys, actions)``: ``(n, lw, version, q)``.

@@ -539,3 +539,20 @@ def test_rejection_stats_count_every_cell() -> None:
     d = cells("p", [(1, 0, 1.0, 0.0, 1, 1), (2, 0, 1.0, 0.0, 1, 2)])
     s = MergeStats.rejection(d)
     assert (s.origin, s.cells, s.rejected, s.changed) == ("p", 2, 2, 0)
+
+
+def test_shared_cells_counts_cells_with_two_or_more_holders() -> None:
+    """``shared_cells`` counts the cells two origins hold, and follows forget: the deviation
+    round skips itself when it is 0."""
+    t = table()
+    t.apply(cells("a", [(1, 0, 1.0, 0.0, 1, 1), (2, 0, 1.0, 0.0, 1, 2)]))
+    t.apply(cells("b", [(3, 0, 1.0, 0.0, 1, 1)]))
+    assert t.shared_cells() == 0
+    t.apply(cells("c", [(1, 0, 2.0, 0.0, 1, 1), (3, 0, 2.0, 0.0, 1, 2), (9, 1, 2.0, 0.0, 1, 3)]))
+    assert t.shared_cells() == 2
+    k = t.key("s")
+    t.apply(cells("d", [(k, 1, 2.0, 0.0, 1, 1)]))
+    t.learn("s", 1, 1.0)  # own evidence counts as a holder too
+    assert t.shared_cells() == 3
+    t.forget("c")
+    assert t.shared_cells() == 0
