@@ -555,4 +555,6 @@ def test_shared_cells_counts_cells_with_two_or_more_holders() -> None:
     t.learn("s", 1, 1.0)  # own evidence counts as a holder too
     assert t.shared_cells() == 3
     t.forget("c")
+    assert t.shared_cells() == 1  # ("s", 1): d and this node
+    t.forget("d")
     assert t.shared_cells() == 0
