@@ -171,6 +171,10 @@ mqtt {{
 """
 
 
+#: Starts tried when a member loses the race for one of its free ports.
+_START_ATTEMPTS = 3
+
+
 class NatsCluster:
     """``size`` nats-server processes forming one cluster, each with an MQTT listener."""
 
@@ -188,14 +192,33 @@ class NatsCluster:
         self.name = name
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="peerd-nats-"))
+        self.size = size
         self.members: list[NatsMember] = []
-        for i in range(size):
-            mdir = self.workdir / f"n{i + 1}"
+        self._assign_ports(0)
+
+    def _assign_ports(self, attempt: int) -> None:
+        """Fresh, distinct free ports and store directories for every member, and their configs.
+
+        A port found free can be taken by another process before the server binds it
+        (a busy CI machine): ``start`` then calls this again with the next attempt.
+        """
+        host, name = self.host, self.name
+        taken: set[int] = set()
+
+        def port() -> int:
+            while True:
+                p = _free_port(host)
+                if p not in taken:
+                    taken.add(p)
+                    return p
+
+        self.members = []
+        for i in range(self.size):
+            mdir = self.workdir / (f"n{i + 1}" if attempt == 0 else f"n{i + 1}-retry{attempt}")
             mdir.mkdir(parents=True, exist_ok=True)
             self.members.append(NatsMember(
-                name=f"{name}-n{i + 1}", host=host, client_port=_free_port(host),
-                cluster_port=_free_port(host), http_port=_free_port(host),
-                mqtt_port=_free_port(host), store_dir=mdir / "jetstream",
+                name=f"{name}-n{i + 1}", host=host, client_port=port(), cluster_port=port(),
+                http_port=port(), mqtt_port=port(), store_dir=mdir / "jetstream",
                 config_path=mdir / "nats.conf", log_path=mdir / "nats.log"))
         for m in self.members:
             routes = [f"{o.host}:{o.cluster_port}" for o in self.members if o is not m]
@@ -214,14 +237,20 @@ class NatsCluster:
 
     def start(self) -> Self:
         """Start every member, then wait until the whole cluster is ready (or stop them all)."""
-        try:
-            for i in range(len(self.members)):
-                self._spawn(i)
-            self.wait_ready()
-        except BaseException:
-            for i in range(len(self.members)):
-                self.stop(i)
-            raise
+        for attempt in range(_START_ATTEMPTS):
+            try:
+                for i in range(len(self.members)):
+                    self._spawn(i)
+                self.wait_ready()
+                return self
+            except BaseException as exc:
+                for i in range(len(self.members)):
+                    self.stop(i)
+                lost_race = isinstance(exc, RuntimeError) and (
+                    "address already in use" in str(exc) or "is taken by someone else" in str(exc))
+                if not lost_race or attempt + 1 >= _START_ATTEMPTS:
+                    raise
+                self._assign_ports(attempt + 1)  # a port went to someone else: new ports
         return self
 
     def _spawn(self, i: int) -> None:
