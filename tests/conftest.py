@@ -16,6 +16,7 @@ Waiting: tests wait on conditions with timeouts (``Recorder.wait_for``,
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -24,6 +25,18 @@ import pytest
 from peerd.testing.broker import Broker, BrokerKind, available_kinds
 
 BROKER_KINDS: list[BrokerKind] = available_kinds()
+
+#: Import names of what ``pip install -e ".[test]"`` brings (daemon, [sim] and test extras).
+_NEEDED = ("aiomqtt", "msgpack", "numpy", "aiosqlite", "structlog", "nacl", "aiohttp",
+           "prometheus_client", "amqtt", "gymnasium", "pytest_asyncio", "hypothesis")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Without the test install, say so in one line instead of one collection error per module."""
+    missing = [m for m in _NEEDED if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.exit(f"peerd's test dependencies are not installed ({', '.join(missing)} missing): "
+                    'run pip install -e ".[test]" first (README, "The two commands")', returncode=4)
 
 
 # -- brokers -------------------------------------------------------------------------------
