@@ -838,9 +838,11 @@ class Node:
         The evidence budget is checked first, whoever carried the cells.
         """
         self._pending_gain = 0
-        if self.config.evidence_budget:
-            self.check_evidence(delta)
-        stats = self.table.apply(delta)  # validates everything first; raises InvalidDelta
+        checked = bool(self.config.evidence_budget)
+        if checked:
+            self.check_evidence(delta)  # runs QTable.check first
+        # validates everything first (unless check_evidence just did); raises InvalidDelta
+        stats = self.table.apply(delta, checked=checked)
         if origin in self._visits_held:
             self._visits_held[origin] += self._pending_gain
         self.version_rate.observe(origin, delta.to_version, self.clock())
@@ -883,9 +885,9 @@ class Node:
         now = self.clock()
         self.version_rate.observe(self.id, t.version, now)
         self.version_rate.check(origin, delta.to_version, now)
+        t.check(delta)  # shape, bounds and the visit_cap guard first: their reasons are more precise
         if not len(delta):
             return
-        t.check(delta)  # shape, bounds and the visit_cap guard first: their reasons are more precise
         n_held, lw_held, v_held, _ = t.held_cells(origin, delta.keys, delta.actions)
         held_total = self._visits_held.get(origin)
         if held_total is None:  # first sight (or after a restart): O(its cells) once

@@ -414,7 +414,7 @@ class QTable:
                     f"> {limit:.3f}: more than visit_cap={self.visit_cap} fresh visits, "
                     "or evidence from the future")
 
-    def apply(self, delta: Delta, *, guard: bool = True) -> MergeStats:
+    def apply(self, delta: Delta, *, guard: bool = True, checked: bool = False) -> MergeStats:
         """Merge a peer's delta: each cell replaces the stored one iff its version is greater.
 
         Validates everything first; a rejected delta raises and changes nothing
@@ -422,10 +422,13 @@ class QTable:
         own origin are never taken from outside (this node is the authority on
         its own contribution); they count as conflicts. ``guard=False`` skips
         only the clock-based evidence guard: for cells restored from this
-        node's own store. Costs O(cells in the delta), whatever the number of
-        origins.
+        node's own store. ``checked=True``: the caller has just run ``check``
+        on this delta (the node's evidence budget does), so it is not run twice.
+        Costs O(cells in the delta), whatever the number of origins.
         """
-        if guard:
+        if checked:
+            pass
+        elif guard:
             self.check(delta)
         else:
             delta.validate(fingerprint=self.task.fingerprint, n_actions=self._a,
