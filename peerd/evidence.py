@@ -117,7 +117,9 @@ class VersionRate:
     multiple: float = 10.0
     burst: int = 1000
     floor: float = 1.0
+    refresh: float = 1.0
     tracks: dict[str, _Track] = field(default_factory=dict)
+    _median: tuple[float, float | None] | None = field(default=None, repr=False)
 
     def observe(self, peer: str, version: int, now: float) -> None:
         """Record a version this peer reached (after a check passed, or for the own node)."""
@@ -137,8 +139,21 @@ class VersionRate:
         rates = [r for p in self.tracks if (r := self.rate(p)) is not None]
         return float(np.median(rates)) if rates else None
 
-    def limit(self) -> float:
-        med = self.median_rate()
+    def _cached_median(self, now: float) -> float | None:
+        """The median rate, recomputed at most once per ``refresh`` seconds.
+
+        The median is O(peers); recomputing it per delta made every delta cost
+        O(fleet) (1000 peers: 74 of 450 profiled seconds). Once a second, it is
+        O(1) per delta at any fleet size, and a rate over a peer's whole history
+        moves little in a second.
+        """
+        cached = self._median
+        if cached is None or not 0.0 <= now - cached[0] < self.refresh:
+            cached = self._median = (now, self.median_rate())
+        return cached[1]
+
+    def limit(self, now: float | None = None) -> float:
+        med = self.median_rate() if now is None else self._cached_median(now)
         lim = self.cap if med is None else min(self.cap, self.multiple * med)
         return max(lim, self.floor)
 
@@ -147,10 +162,14 @@ class VersionRate:
         tr = self.tracks.get(peer)
         if tr is None:
             return
-        allowed = tr.v0 + self.burst + self.limit() * max(0.0, now - tr.t0)
+        elapsed = max(0.0, now - tr.t0)
+        if version <= tr.v0 + self.burst + self.floor * elapsed:
+            return  # within what the smallest possible limit allows: no median needed
+        limit = self.limit(now)
+        allowed = tr.v0 + self.burst + limit * elapsed
         if version > allowed:
             raise VersionRateExceeded(
-                f"{peer!r} claims version {version}; at {self.limit():.3g} versions/s since "
+                f"{peer!r} claims version {version}; at {limit:.3g} versions/s since "
                 f"first seen at {tr.v0} at most {int(allowed)}")
 
     def forget(self, peer: str) -> None:

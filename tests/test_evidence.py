@@ -88,6 +88,33 @@ def test_version_rate_floor_keeps_an_idle_federation_from_freezing_its_busy_node
     assert vr.limit() == pytest.approx(50.0)
 
 
+def test_version_rate_median_is_computed_once_per_refresh_not_once_per_delta():
+    """A check must not cost O(peers): the median is cached for ``refresh`` seconds."""
+    vr = VersionRate(cap=1e9, multiple=4.0, burst=0, floor=0.0, refresh=1.0)
+    for i in range(500):
+        vr.observe(f"p{i}", 0, now=0.0)
+        vr.observe(f"p{i}", 100, now=100.0)  # median 1 version/s
+    calls = 0
+    rate = vr.rate
+
+    def counting(peer: str) -> float | None:
+        nonlocal calls
+        calls += 1
+        return rate(peer)
+
+    vr.rate = counting  # type: ignore[method-assign]
+    for i in range(200):  # 200 deltas within one second: one median, not 200
+        vr.check(f"p{i}", 400, now=100.0 + i / 1000)
+    assert calls <= 2 * 500
+    with pytest.raises(VersionRateExceeded):
+        vr.check("p0", 403, now=100.5)  # limit 4/s × 100.5 s = 402
+    # the cache expires: after a second, a faster federation raises the limit
+    for i in range(500):
+        vr.observe(f"p{i}", 300, now=101.0)
+    vr.check("p0", 1200, now=101.5)
+    assert calls > 500
+
+
 def test_held_visits_plus_new_ones_never_exceed_the_newest_version():
     """Sound in any delivery order: a deferred cell brings older visits, never more visits than versions."""
     kw = dict(now_over_h=100.0, replaces=np.array([True]), lw_new=np.array([99.0]),
