@@ -7,11 +7,12 @@ import asyncio
 import itertools
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
+from support import eventually
 
 from peerd.config import NodeConfig
 from peerd.metrics import make_registry, render
@@ -56,16 +57,6 @@ def make_node(fed: str, node_id: str, urls: list[str], **kw: Any) -> Node:
         subscribe_qos=0)
     cfg.update(kw)
     return Node(NodeConfig(**cfg))
-
-
-async def eventually(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    """Wait until ``pred()`` holds, checking between event-loop turns; fail after ``timeout``."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not pred():
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"not within {timeout}s: {what}") from None
 
 
 def converged(nodes: list[Node], visits: int) -> bool:

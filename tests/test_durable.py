@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import eventually
 
 from peerd.config import NodeConfig
 from peerd.durable import DurableWatermark
@@ -76,16 +77,6 @@ def _config(node_id: str, broker: Broker | None, fed: str, state: Path | None = 
                       broker_url=broker.url if broker else "",
                       state_dir=str(state) if state else "", api_listen="",
                       heartbeat_interval=0.3, sync_interval=0.2, publish_every=1)
-
-
-async def eventually(pred: object, timeout: float = 20.0, what: str = "") -> None:
-    """Wait until ``pred()`` holds, between event-loop turns; fail after ``timeout``."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not pred():  # type: ignore[operator]
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"condition not reached within {timeout}s: {what}") from None
 
 
 async def test_in_process_node_does_not_publish_past_a_stalled_commit(

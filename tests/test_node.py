@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from support import eventually
 
 from peerd import wire
 from peerd.config import NodeConfig
@@ -47,16 +48,6 @@ def make_config(node_id: str, broker: Broker | None, state_dir: Path | None = No
         heartbeat_interval=0.3, sync_interval=0.2, api_listen="", publish_every=10)
     base.update(kw)
     return NodeConfig(**base)
-
-
-async def eventually(pred: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
-    """Wait until ``pred()`` holds, checking between event-loop turns; fail after ``timeout``."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not pred():
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"condition not reached within {timeout}s: {what}") from None
 
 
 def same_views(nodes: list[Node]) -> bool:

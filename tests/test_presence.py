@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
+from support import eventually, fast_config
 
 from peerd import wire
-from peerd.config import NodeConfig
 from peerd.identity import Identity, Verifier
 from peerd.node import Node
 from peerd.presence import PresenceState
@@ -83,24 +81,6 @@ def test_rebirth_request_with_another_key_than_the_pinned_one_is_rejected() -> N
 # -- nodes on brokers that do not deliver retained messages ----------------------------------------
 
 
-def _config(node_id: str, broker: Broker, fed: str, **kw: Any) -> NodeConfig:
-    base: dict[str, Any] = dict(federation=fed, node_id=node_id, actions=["a", "b", "c"],
-                                secret="s", broker_url=broker.url, api_listen="",
-                                heartbeat_interval=0.3, sync_interval=0.2, publish_every=5)
-    base.update(kw)
-    return NodeConfig(**base)
-
-
-async def eventually(pred: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
-    """Wait until ``pred()`` holds, between event-loop turns; fail after ``timeout``."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not pred():
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"condition not reached within {timeout}s: {what}") from None
-
-
 async def _learn(node: Node, tag: str, count: int) -> None:
     for i in range(count):
         s = f"{tag}-{i % 5}"
@@ -126,11 +106,11 @@ def no_retain_broker() -> Any:
 
 
 async def _converge_one_after_the_other(broker: Broker, fed: str, **kw: Any) -> list[Node]:
-    first = Node(_config("first", broker, fed, **kw))
+    first = Node(fast_config("first", broker.url, fed, **kw))
     await first.start()
     assert await first.transport.wait_connected(30)
     await _learn(first, "f", 20)
-    second = Node(_config("second", broker, fed, **kw))
+    second = Node(fast_config("second", broker.url, fed, **kw))
     await second.start()
     assert await second.transport.wait_connected(30)
     await _learn(second, "s", 20)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-from collections.abc import Callable
 from typing import Any
 
 import msgpack
 import numpy as np
+from support import eventually, fast_config
 
 from peerd import wire
-from peerd.config import NodeConfig
 from peerd.node import Node
 from peerd.relay import RelayPlanner, RelayStore
 from peerd.testing.broker import Broker
@@ -89,24 +88,6 @@ def test_an_origin_is_relayed_at_most_once_per_min_interval() -> None:
 # -- over a real broker ---------------------------------------------------------------------------
 
 
-def _config(node_id: str, broker: Broker, fed: str, **kw: Any) -> NodeConfig:
-    base: dict[str, Any] = dict(federation=fed, node_id=node_id, actions=["a", "b", "c"],
-                                secret="s", broker_url=broker.url, api_listen="",
-                                heartbeat_interval=0.3, sync_interval=0.2, publish_every=5)
-    base.update(kw)
-    return NodeConfig(**base)
-
-
-async def eventually(pred: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
-    """Wait until ``pred()`` holds, between event-loop turns; fail after ``timeout``."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not pred():
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"condition not reached within {timeout}s: {what}") from None
-
-
 def _cells(node: Node, origin: str) -> dict[tuple[int, int], tuple[int, int]]:
     d = node.table.delta_of(origin)
     return {(int(k), int(a)): (int(n), int(v))
@@ -122,8 +103,8 @@ async def _start(node: Node) -> Node:
 async def test_late_joiner_gets_an_offline_origins_cells_relayed(broker: Broker) -> None:
     """A learns and goes offline; C joins later and holds A's cells with A's exact visit counts."""
     fed = f"rl{next(_FEDS)}-{os.getpid()}"
-    a = await _start(Node(_config("A", broker, fed)))
-    b = await _start(Node(_config("B", broker, fed)))
+    a = await _start(Node(fast_config("A", broker.url, fed)))
+    b = await _start(Node(fast_config("B", broker.url, fed)))
     c: Node | None = None
     try:
         for i in range(40):
@@ -135,7 +116,7 @@ async def test_late_joiner_gets_an_offline_origins_cells_relayed(broker: Broker)
         await a.stop()
         await eventually(lambda: any(p["node"] == "A" and p["status"] == "offline"
                                      for p in b.peer_table()), what="B sees A offline")
-        c = await _start(Node(_config("C", broker, fed)))
+        c = await _start(Node(fast_config("C", broker.url, fed)))
         await eventually(lambda: _cells(c, "A") == own, what="C holds A's cells, relayed")
         assert sum(n for n, _ in _cells(c, "A").values()) == 40  # A's exact visits
         assert b.counters.relays_sent >= 1 and c.counters.relayed_deltas_applied >= 1
@@ -166,8 +147,8 @@ def _tamper(payload: bytes) -> bytes:
 async def test_a_relayed_forgery_is_rejected_and_counted(broker: Broker) -> None:
     """A relay of A's delta with one altered cell fails A's signature: counted, nothing applied."""
     fed = f"rf{next(_FEDS)}-{os.getpid()}"
-    a = await _start(Node(_config("A", broker, fed)))
-    c = await _start(Node(_config("C", broker, fed)))
+    a = await _start(Node(fast_config("A", broker.url, fed)))
+    c = await _start(Node(fast_config("C", broker.url, fed)))
     liar = MqttTransport(broker.url, client_id=f"liar-{fed}", subscriptions=[])
 
     async def _noop_message(topic: str, payload: bytes, retain: bool) -> None:
@@ -202,9 +183,9 @@ async def test_restarted_node_gets_what_an_offline_origin_published_while_it_was
         broker: Broker, tmp_path: Any) -> None:
     """C knew A; while C was down A learned more and left; C's new life gets the rest, relayed."""
     fed = f"rr{next(_FEDS)}-{os.getpid()}"
-    a = await _start(Node(_config("A", broker, fed)))
-    b = await _start(Node(_config("B", broker, fed)))
-    c: Node | None = await _start(Node(_config("C", broker, fed, state_dir=str(tmp_path / "c"))))
+    a = await _start(Node(fast_config("A", broker.url, fed)))
+    b = await _start(Node(fast_config("B", broker.url, fed)))
+    c: Node | None = await _start(Node(fast_config("C", broker.url, fed, state_dir=str(tmp_path / "c"))))
     again: Node | None = None
     try:
         for i in range(10):
@@ -220,7 +201,7 @@ async def test_restarted_node_gets_what_an_offline_origin_published_while_it_was
         await eventually(lambda: _cells(b, "A") == own, what="B holds all of A")
         await a.stop()
         await eventually(lambda: b.liveness_status("A") == "offline", what="B sees A offline")
-        again = await _start(Node(_config("C", broker, fed, state_dir=str(tmp_path / "c"))))
+        again = await _start(Node(fast_config("C", broker.url, fed, state_dir=str(tmp_path / "c"))))
         assert again.pinned_key("A") == a.identity.public_key  # not a newcomer: A was pinned
         await eventually(lambda: _cells(again, "A") == own, what="C's new life holds all of A")
         assert again.counters.relayed_deltas_applied >= 1
@@ -233,8 +214,8 @@ async def test_restarted_node_gets_what_an_offline_origin_published_while_it_was
 async def test_a_restarted_holder_still_relays_from_its_store(broker: Broker, tmp_path: Any) -> None:
     """B keeps A's signed payloads in SQLite: after B restarts, a newcomer still gets A's cells."""
     fed = f"rs{next(_FEDS)}-{os.getpid()}"
-    a = await _start(Node(_config("A", broker, fed)))
-    b: Node | None = await _start(Node(_config("B", broker, fed, state_dir=str(tmp_path / "b"))))
+    a = await _start(Node(fast_config("A", broker.url, fed)))
+    b: Node | None = await _start(Node(fast_config("B", broker.url, fed, state_dir=str(tmp_path / "b"))))
     again: Node | None = None
     c: Node | None = None
     try:
@@ -247,9 +228,9 @@ async def test_a_restarted_holder_still_relays_from_its_store(broker: Broker, tm
         await eventually(lambda: b.liveness_status("A") == "offline", what="B sees A offline")
         await b.stop()
         b = None
-        again = await _start(Node(_config("B", broker, fed, state_dir=str(tmp_path / "b"))))
+        again = await _start(Node(fast_config("B", broker.url, fed, state_dir=str(tmp_path / "b"))))
         assert again.relays.payloads("A"), "A's payloads reloaded from the store"
-        c = await _start(Node(_config("C", broker, fed)))
+        c = await _start(Node(fast_config("C", broker.url, fed)))
         await eventually(lambda: _cells(c, "A") == own, what="C holds A's cells, relayed by B")
         assert c.pinned_key("A") == a.identity.public_key
     finally:
@@ -278,8 +259,8 @@ async def test_kept_payloads_are_compacted_in_the_store_too(tmp_path: Any) -> No
 async def test_relay_off_keeps_no_payloads(broker: Broker) -> None:
     """``[gossip] relay = false``: the node merges peers' deltas but keeps none of their payloads."""
     fed = f"ro{next(_FEDS)}-{os.getpid()}"
-    a = await _start(Node(_config("A", broker, fed)))
-    b = await _start(Node(_config("B", broker, fed, relay=False)))
+    a = await _start(Node(fast_config("A", broker.url, fed)))
+    b = await _start(Node(fast_config("B", broker.url, fed, relay=False)))
     try:
         await a.learn("s", 0, 1.0, done=True)
         await a.flush()
