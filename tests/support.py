@@ -11,7 +11,10 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from peerd.config import NodeConfig
+from peerd.node import Node
 
 
 async def eventually(pred: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
@@ -31,3 +34,13 @@ def fast_config(node_id: str, broker_url: str, fed: str, **kw: Any) -> NodeConfi
                                 heartbeat_interval=0.3, sync_interval=0.2, publish_every=5)
     base.update(kw)
     return NodeConfig(**base)
+
+
+def same_views(nodes: list[Node]) -> bool:
+    """Whether every node's merged view has the same keys, exact visits and (to 1e-9) values."""
+    k0, q0, n0 = nodes[0].table.view()
+    for nd in nodes[1:]:
+        k, q, n = nd.table.view()
+        if not (np.array_equal(k, k0) and np.array_equal(n, n0) and np.allclose(q, q0, rtol=1e-9)):
+            return False
+    return True

@@ -119,18 +119,22 @@ async def _nothing() -> None:
 # -- no unhandled futures ---------------------------------------------------------------------
 
 
+async def _read_body(reader: asyncio.StreamReader) -> bytes:
+    """The rest of an MQTT packet after its first byte: the remaining length, then that many bytes."""
+    length, shift = 0, 0
+    while True:
+        byte = (await reader.readexactly(1))[0]
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return await reader.readexactly(length)
+
+
 async def _drop_on_subscribe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """A broker that accepts CONNECT, then closes the connection at SUBSCRIBE (a member dying)."""
     try:
         while header := await reader.read(1):
-            length, shift = 0, 0
-            while True:
-                byte = (await reader.readexactly(1))[0]
-                length |= (byte & 0x7F) << shift
-                shift += 7
-                if not byte & 0x80:
-                    break
-            await reader.readexactly(length)
+            await _read_body(reader)
             if header[0] >> 4 == 1:  # CONNECT → CONNACK accepted
                 writer.write(bytes([0x20, 2, 0, 0]))
                 await writer.drain()
@@ -237,14 +241,7 @@ async def _swallow_publishes(reader: asyncio.StreamReader, writer: asyncio.Strea
     publishes = 0
     try:
         while header := await reader.read(1):
-            length, shift = 0, 0
-            while True:
-                byte = (await reader.readexactly(1))[0]
-                length |= (byte & 0x7F) << shift
-                shift += 7
-                if not byte & 0x80:
-                    break
-            await reader.readexactly(length)
+            await _read_body(reader)
             if header[0] >> 4 == 1:
                 writer.write(bytes([0x20, 2, 0, 0]))
                 await writer.drain()

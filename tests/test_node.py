@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from support import eventually
+from support import eventually, same_views
 
 from peerd import wire
 from peerd.config import NodeConfig
@@ -48,15 +48,6 @@ def make_config(node_id: str, broker: Broker | None, state_dir: Path | None = No
         heartbeat_interval=0.3, sync_interval=0.2, api_listen="", publish_every=10)
     base.update(kw)
     return NodeConfig(**base)
-
-
-def same_views(nodes: list[Node]) -> bool:
-    k0, q0, n0 = nodes[0].table.view()
-    for nd in nodes[1:]:
-        k, q, n = nd.table.view()
-        if not (np.array_equal(k, k0) and np.array_equal(n, n0) and np.allclose(q, q0, rtol=1e-9)):
-            return False
-    return True
 
 
 async def learn_block(node: Node, tag: str, count: int) -> None:

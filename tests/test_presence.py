@@ -9,9 +9,8 @@ import subprocess
 import sys
 from typing import Any
 
-import numpy as np
 import pytest
-from support import eventually, fast_config
+from support import eventually, fast_config, same_views
 
 from peerd import wire
 from peerd.identity import Identity, Verifier
@@ -88,15 +87,6 @@ async def _learn(node: Node, tag: str, count: int) -> None:
     await node.flush()
 
 
-def _same_views(nodes: list[Node]) -> bool:
-    k0, q0, n0 = nodes[0].table.view()
-    for nd in nodes[1:]:
-        k, q, n = nd.table.view()
-        if not (np.array_equal(k, k0) and np.array_equal(n, n0) and np.allclose(q, q0, rtol=1e-9)):
-            return False
-    return True
-
-
 @pytest.fixture
 def no_retain_broker() -> Any:
     """An amqtt broker that accepts retained publishes and never delivers them."""
@@ -116,7 +106,7 @@ async def _converge_one_after_the_other(broker: Broker, fed: str, **kw: Any) -> 
     await _learn(second, "s", 20)
     nodes = [first, second]
     await eventually(lambda: all(nd.table.total_visits() == 40 for nd in nodes), what="counts")
-    await eventually(lambda: _same_views(nodes), what="identical views")
+    await eventually(lambda: same_views(nodes), what="identical views")
     return nodes
 
 
