@@ -99,9 +99,9 @@ class _OriginHash:
 
     @staticmethod
     def bits_for(n: int) -> int:
-        """The fewest bits whose table holds ``n`` entries at most 1/4 full (after a rebuild)."""
+        """The fewest bits whose table holds ``n`` entries at most half full: 1/4 to 1/2 full."""
         bits = _MIN_BITS
-        while (1 << bits) < 4 * n:
+        while (1 << bits) < 2 * n:
             bits += 1
         return bits
 
@@ -318,7 +318,7 @@ class CellStore:
         h = self.hashes.get(slot)
         if h is None:
             h = self.hashes[slot] = _OriginHash(_OriginHash.bits_for(k))
-        if h.n + k > _MAX_LOAD * h.table.shape[0]:  # grow: rebuild at most 1/4 full
+        if h.n + k > _MAX_LOAD * h.table.shape[0]:  # grow: rebuild 1/4 to 1/2 full
             old = h.ids()
             h = self.hashes[slot] = _OriginHash(_OriginHash.bits_for(h.n + k))
             self._insert_hash(h, np.concatenate([old, ids.astype(np.int32)]))
