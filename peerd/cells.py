@@ -210,13 +210,10 @@ class CellStore:
         # First probe of every cell without compressing anything: most end here.
         e = table.take(pos)
         hit = cells[e] == cell  # a strided view: take would copy it whole. Empty: cell -1, no hit
-        miss = e != _EMPTY
-        out = e.astype(np.int64)
-        out *= hit
-        gaps = pos.copy()
-        gaps[miss] = -1
-        miss &= ~hit
-        idx = np.flatnonzero(miss)
+        full = e != _EMPTY
+        out = np.multiply(e, hit, dtype=np.int64)  # the entry where hit, else 0 (absent)
+        gaps = np.where(full, -1, pos)
+        idx = np.flatnonzero(np.greater(full, hit, out=full))  # occupied by another cell: probe on
         pos = pos[idx]
         pos += 1
         pos &= mask
@@ -308,12 +305,15 @@ class CellStore:
             self._reserve(self.used + k - reuse)
             ids[reuse:] = np.arange(self.used, self.used + k - reuse)
             self.used += k - reuse
-        self.cell[ids] = cell
-        self.slot[ids] = slot
+        at: np.ndarray | slice = ids
+        if not reuse:  # fresh entries are one run: slices write them sequentially
+            at = slice(int(ids[0]), int(ids[0]) + k) if k else slice(0, 0)
+        self.cell[at] = cell
+        self.slot[at] = slot
         if self.has_outcomes:  # a recycled entry may hold old counts; the caller writes the rest
-            self.fields["succ"][ids] = 0
-            self.fields["fail"][ids] = 0
-        self.next[ids] = self.head[cell]
+            self.fields["succ"][at] = 0
+            self.fields["fail"][at] = 0
+        self.next[at] = self.head[cell]
         self.head[cell] = ids
         h = self.hashes.get(slot)
         if h is None:

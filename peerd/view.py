@@ -184,13 +184,14 @@ class MergedView:
             up = np.greater(lw_new, ref + REBASE)
             if ok_new is not None:
                 up &= ok_new
-            if up.any():
-                new_ref = lw_new[up]
-                scale = np.exp2(ref[up] - new_ref)  # 0 where ref = -inf
-                num[up] *= scale
-                den[up] *= scale
-                mass[up] *= scale
-                ref[up] = new_ref
+            iu = np.flatnonzero(up)  # few: indices beat five masked passes
+            if iu.shape[0]:
+                new_ref = lw_new[iu]
+                scale = np.exp2(ref[iu] - new_ref)  # 0 where ref = -inf
+                num[iu] *= scale
+                den[iu] *= scale
+                mass[iu] *= scale
+                ref[iu] = new_ref
         with np.errstate(invalid="ignore"):  # -inf − -inf: an absent term (weight 0 anyway)
             w_old = np.subtract(lw_old, ref)
             w_new = np.subtract(lw_new, ref)
@@ -211,7 +212,8 @@ class MergedView:
         np.maximum(mass, den, out=mass)
         n += dn
         self._rows.put(cells, blk.view(self._rows.dtype).reshape(-1))
-        return cells[den < mass * _CANCEL], n, den, ref
+        bad = np.flatnonzero(den < mass * _CANCEL)
+        return cells[bad], n, den, ref
 
     def replace_one(self, cell: int, t_old: float, q_old: float, lw_old: float, t_new: float,
                     q_new: float, lw_new: float) -> bool:
@@ -248,7 +250,13 @@ class MergedView:
 
 
 def evidence_of(den: np.ndarray, ref: np.ndarray, now: float) -> np.ndarray:
-    """``MergedView.evidence`` from already gathered ``den`` and ``ref``."""
-    with np.errstate(invalid="ignore"):
-        scale = np.exp2(np.minimum(np.where(np.isfinite(ref), ref, -np.inf) - now, 30.0))
-    return np.where(den > 0, scale * den, 0.0)
+    """``MergedView.evidence`` from already gathered ``den`` and ``ref``.
+
+    ``2^min(ref − now, 30) · max(den, 0)``: where nothing counts, ``ref`` is
+    -inf and ``den`` 0, and ``2^-inf · 0`` is 0, so no mask pass is needed.
+    """
+    scale = np.subtract(ref, now)
+    np.minimum(scale, 30.0, out=scale)
+    np.exp2(scale, out=scale)
+    scale *= np.maximum(den, 0.0)
+    return scale
