@@ -30,7 +30,7 @@ gathers the records of present and absent cells alike, with no masks.
 Two indexes find entries without scanning:
 
 - one open-addressing hash per origin (linear probing, int32 entry ids, 0 =
-  empty, a power of two of slots 1/4 to 1/2 full) maps a cell to that
+  empty, 1/4 to 1/2 full) maps a cell to that
   origin's entry: a delta's cells are found in O(cells), vectorised, in a
   table sized to that origin alone (it stays in cache however many origins
   there are); its live slots are also the
@@ -58,8 +58,7 @@ _GOLDEN_INT = 0x9E3779B97F4A7C15
 _GOLDEN = np.uint64(_GOLDEN_INT)
 _MASK64 = (1 << 64) - 1
 _GROW = 1.25  # entry arrays grow by this factor: little slack, still amortised O(1)
-_MAX_LOAD = 0.5  # a hash is rebuilt, at twice the size, once it would be more than half full
-_MIN_BITS = 6
+_MAX_LOAD, _REBUILD_LOAD = 0.5, 0.25  # a hash is rebuilt at 1/2 full, to 1/4 full
 _SMALL = 16  # batches up to this size are probed in plain Python
 _TAIL = 48  # a vectorised probe loop finishes its last this-many cells in plain Python
 _ALIGN = 64  # a cache line
@@ -85,38 +84,39 @@ class _OriginHash:
 
     Per origin, so that a delta's look-ups stay within a table sized to that
     origin's cells (cache-friendly, whatever the fleet) and ``forget`` drops
-    the whole table at once. A power of two of slots: the home slot is the
-    top bits of ``cell × golden``, two numpy passes.
+    the whole table at once. Sized to be 1/4 full when built and rebuilt past
+    1/2 (any size: the home slot is ``hi32(cell × golden) × size / 2^32``), so
+    probes stay short and a pair costs 8-16 B of hash.
     """
 
-    __slots__ = ("bits", "n", "shift", "table")
+    __slots__ = ("n", "size", "table")
 
-    def __init__(self, bits: int = _MIN_BITS) -> None:
-        self.bits = bits
-        self.shift = np.uint64(64 - bits)
-        self.table = np.zeros(1 << bits, np.int32)
+    def __init__(self, n: int = 0) -> None:
+        self.size = max(64, int(n / _REBUILD_LOAD) + 1)
+        self.table = np.zeros(self.size, np.int32)
         self.n = 0  # entries held
 
-    @staticmethod
-    def bits_for(n: int) -> int:
-        """The fewest bits whose table holds ``n`` entries at most half full: 1/4 to 1/2 full."""
-        bits = _MIN_BITS
-        while (1 << bits) < 2 * n:
-            bits += 1
-        return bits
-
     def home(self, cell: np.ndarray) -> np.ndarray:
-        """Home slots of int64 cells (non-negative): the top ``bits`` of ``cell × golden``."""
+        """Home slots of int64 cells (non-negative)."""
         h = cell.view(np.uint64) * _GOLDEN  # wraps modulo 2^64, as intended
-        h >>= self.shift
+        h >>= np.uint64(32)
+        h *= np.uint64(self.size)
+        h >>= np.uint64(32)
         return h.view(np.int64)
 
     def home_one(self, cell: int) -> int:
-        return ((cell * _GOLDEN_INT) & _MASK64) >> (64 - self.bits)
+        return ((((cell * _GOLDEN_INT) & _MASK64) >> 32) * self.size) >> 32
 
     def ids(self) -> np.ndarray:
         t = self.table
         return t[t != _EMPTY]
+
+
+def _step(pos: np.ndarray, size: int) -> np.ndarray:
+    """The next slots after ``pos``, wrapping at ``size`` (in place)."""
+    pos += 1
+    pos[pos == size] = 0
+    return pos
 
 
 class CellStore:
@@ -205,7 +205,7 @@ class CellStore:
             return np.zeros(m, np.int64), None
         if m <= _SMALL:  # a few cells: plain Python probes beat setting up arrays
             return np.array([max(self.find_one(c, slot), 0) for c in cell.tolist()], np.int64), None
-        table, mask, cells = h.table, h.table.shape[0] - 1, self.cell
+        table, size, cells = h.table, h.size, self.cell
         pos = h.home(cell)
         # First probe of every cell without compressing anything: most end here.
         e = table.take(pos)
@@ -214,9 +214,7 @@ class CellStore:
         out = np.multiply(e, hit, dtype=np.int64)  # the entry where hit, else 0 (absent)
         gaps = np.where(full, -1, pos)
         idx = np.flatnonzero(np.greater(full, hit, out=full))  # occupied by another cell: probe on
-        pos = pos[idx]
-        pos += 1
-        pos &= mask
+        pos = _step(pos[idx], size)
         while idx.shape[0] > _TAIL:
             e = table.take(pos)
             hit = cells[e] == cell[idx]
@@ -224,7 +222,7 @@ class CellStore:
             empty = e == _EMPTY
             gaps[idx[empty]] = pos[empty]
             go = ~(empty | hit)
-            idx, pos = idx[go], (pos[go] + 1) & mask
+            idx, pos = idx[go], _step(pos[go], size)
         # The last few long probe sequences: a vectorised round costs ~10 array
         # set-ups whatever the batch, so a handful of cells is faster in Python.
         for i, p in zip(idx.tolist(), pos.tolist(), strict=True):
@@ -237,7 +235,7 @@ class CellStore:
                 if int(cells[e1]) == c:
                     out[i] = e1
                     break
-                p = (p + 1) & mask
+                p = p + 1 if p + 1 < size else 0
         return out, gaps
 
     def find_one(self, cell: int, slot: int) -> int:
@@ -245,8 +243,7 @@ class CellStore:
         h = self.hashes.get(slot)
         if h is None or h.n == 0:
             return -1
-        table, cells = h.table, self.cell
-        mask = table.shape[0] - 1
+        table, cells, size = h.table, self.cell, h.size
         pos = h.home_one(cell)
         while True:
             e = int(table[pos])
@@ -254,20 +251,20 @@ class CellStore:
                 return -1
             if int(cells[e]) == cell:
                 return e
-            pos = (pos + 1) & mask
+            pos = pos + 1 if pos + 1 < size else 0
 
     def _insert_hash(self, h: _OriginHash, ids: np.ndarray, pos: np.ndarray | None = None) -> None:
         """Put entries (known absent) into an origin's hash, vectorised over the batch.
 
         ``pos``: where each entry's probe starts (default: its home slot).
         """
-        table, mask = h.table, h.table.shape[0] - 1
+        table, size = h.table, h.size
         h.n += ids.shape[0]
         if ids.shape[0] <= _SMALL and pos is None:
             for e in ids.tolist():
                 p = h.home_one(int(self.cell[e]))
                 while table[p] != _EMPTY:
-                    p = (p + 1) & mask
+                    p = p + 1 if p + 1 < size else 0
                 table[p] = e
             return
         if pos is None:
@@ -280,10 +277,10 @@ class CellStore:
             won = np.zeros(ids.shape[0], bool)
             won[open_] = table[cand_pos] == cand_ids
             lose = ~won
-            ids, pos = ids[lose], (pos[lose] + 1) & mask
+            ids, pos = ids[lose], _step(pos[lose], size)
         for e, p in zip(ids.tolist(), pos.tolist(), strict=True):  # the long tail, as in ``find``
             while table[p] != _EMPTY:
-                p = (p + 1) & mask
+                p = p + 1 if p + 1 < size else 0
             table[p] = e
 
     # --------------------------------------------------------------- insert
@@ -317,20 +314,20 @@ class CellStore:
         self.head[cell] = ids
         h = self.hashes.get(slot)
         if h is None:
-            h = self.hashes[slot] = _OriginHash(_OriginHash.bits_for(k))
-        if h.n + k > _MAX_LOAD * h.table.shape[0]:  # grow: rebuild 1/4 to 1/2 full
+            h = self.hashes[slot] = _OriginHash(k)
+        if h.n + k > _MAX_LOAD * h.size:  # grow: rebuild at 1/4 full
             old = h.ids()
-            h = self.hashes[slot] = _OriginHash(_OriginHash.bits_for(h.n + k))
+            h = self.hashes[slot] = _OriginHash(h.n + k)
             self._insert_hash(h, np.concatenate([old, ids.astype(np.int32)]))
         elif gaps is not None:  # the empty slots that ended their probes: no second probe
-            table, mask = h.table, h.table.shape[0] - 1
+            table = h.table
             ids32 = ids.astype(np.int32)
             table[gaps] = ids32  # two new cells may share a gap: one write survives
             lose = table[gaps] != ids32
             h.n += k
             if lose.any():  # the others go on probing after that gap, as from their home
                 h.n -= int(np.count_nonzero(lose))
-                self._insert_hash(h, ids[lose], (gaps[lose] + 1) & mask)
+                self._insert_hash(h, ids[lose], _step(gaps[lose], h.size))
         else:
             self._insert_hash(h, ids)
         return ids
