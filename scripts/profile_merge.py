@@ -23,6 +23,7 @@ import functools
 import gc
 import json
 import pstats
+import resource
 import sys
 import time
 from collections import defaultdict
@@ -145,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     if prof is None:
         instrument(args.warm)
     t_peerd = t_base = 0.0
+    flt_p = flt_b = 0  # minor page faults: fresh memory touched (allocator churn would show here)
     for d in deltas:
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         c = time.process_time()
         if prof is not None:
             prof.enable()
@@ -153,9 +156,13 @@ def main(argv: list[str] | None = None) -> int:
         if prof is not None:
             prof.disable()
         t_peerd += time.process_time() - c
+        f1 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         c = time.process_time()
         base.apply(d)
         t_base += time.process_time() - c
+        f2 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        flt_p += f1 - f0
+        flt_b += f2 - f1
     n = sum(len(d) for d in deltas)
     if prof is not None:
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
@@ -168,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
            "peerd_cells_per_s": round(n / (t_peerd - warm)), "baseline_cells_per_s": round(n / t_base),
            "ratio": round(t_base / (t_peerd - warm), 2),
            "us_per_delta_total": round((t_peerd - warm) / len(deltas) * 1e6),
+           "page_faults_per_delta": {"peerd": round(flt_p / len(deltas), 1),
+                                     "baseline": round(flt_b / len(deltas), 1)},
            "us_per_delta": {k: round(v / len(deltas) * 1e6) for k, v in
                             sorted(stages.items(), key=lambda kv: -kv[1])}}
     if args.json:
@@ -175,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"{args.origins} origins: peerd {out['peerd_cells_per_s'] / 1e6:.2f} M cells/s, dict "
               f"{out['baseline_cells_per_s'] / 1e6:.2f} M cells/s ({out['ratio']:.1f}x); "
-              f"{out['us_per_delta_total']} us per 10 k-cell delta (process CPU time)")
+              f"{out['us_per_delta_total']} us per 10 k-cell delta (process CPU time); minor page "
+              f"faults per delta: peerd {out['page_faults_per_delta']['peerd']}, dict "
+              f"{out['page_faults_per_delta']['baseline']}")
         for k, v in out["us_per_delta"].items():
             print(f"  {k:45s} {v:6d} us  {v / delta_cells * 1e3:6.1f} ns/cell")
     return 0
