@@ -337,7 +337,8 @@ class CellStore:
             return
         cap = max(n, int(self.cap * _GROW) + 1024)
         rec = _records(cap)
-        rec[: self.used] = self.rec[: self.used]
+        # as bytes: a structured copy goes field by field, ~9x slower
+        rec[: self.used].view(np.uint8)[:] = self.rec[: self.used].view(np.uint8)
         self.rec = rec
         slot = np.full(cap, FREE, np.uint16)
         slot[: self.used] = self.slot[: self.used]
