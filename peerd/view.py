@@ -180,8 +180,13 @@ class MergedView:
         blk = self._rows.take(cells).view(np.float64).reshape(-1, len(_ROW))
         num, den, ref, mass = blk[:, 0], blk[:, 1], blk[:, 2], blk[:, 3]
         n = blk.view(np.int64)[:, 4]  # uint64 read as int64: the same bits, signed arithmetic
+        w = np.empty((2, cells.shape[0]))  # old and new terms' exponents, then weights: one pass each
+        w_old, w_new = w[0], w[1]
+        with np.errstate(invalid="ignore"):  # -inf − -inf: an absent term (weight 0 anyway)
+            np.subtract(lw_old, ref, out=w_old)
+            np.subtract(lw_new, ref, out=w_new)
         if t > 0:
-            up = np.greater(lw_new, ref + REBASE)
+            up = np.greater(w_new, REBASE)  # lw_new more than REBASE above ref (ref = -inf: inf)
             if ok_new is not None:
                 up &= ok_new
             iu = np.flatnonzero(up)  # few: indices beat five masked passes
@@ -192,17 +197,17 @@ class MergedView:
                 den[iu] *= scale
                 mass[iu] *= scale
                 ref[iu] = new_ref
-        with np.errstate(invalid="ignore"):  # -inf − -inf: an absent term (weight 0 anyway)
-            w_old = np.subtract(lw_old, ref)
-            w_new = np.subtract(lw_new, ref)
-        for w, ok in ((w_old, ok_old), (w_new, ok_new)):
-            np.fmax(w, _EXP_MIN, out=w)  # NaN → _EXP_MIN, as in ``replace``
-            np.fmin(w, _EXP_MAX, out=w)
-            np.exp2(w, out=w)
-            if t != 1.0:
-                w *= t
-            if ok is not None:
-                w *= ok
+                with np.errstate(invalid="ignore"):
+                    w_old[iu] = lw_old[iu] - new_ref
+                w_new[iu] = 0.0  # lw_new − new_ref
+        np.fmax(w, _EXP_MIN, out=w)  # NaN → _EXP_MIN, as in ``replace``
+        np.fmin(w, _EXP_MAX, out=w)
+        np.exp2(w, out=w)
+        if t != 1.0:
+            w *= t
+        w_old *= ok_old
+        if ok_new is not None:
+            w_new *= ok_new
         den -= w_old
         den += w_new
         w_old *= q_old
