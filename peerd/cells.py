@@ -49,6 +49,9 @@ probed in plain Python, which is faster there).
 
 from __future__ import annotations
 
+import contextlib
+import mmap
+
 import numpy as np
 
 FREE = np.uint16(0xFFFF)  # slot of a freed entry
@@ -72,11 +75,28 @@ PAYLOAD = {"q": np.float32, "lw": np.float64, "n": np.uint32, "version": np.uint
 OUTCOMES = {"succ": np.uint32, "fail": np.uint32}
 
 
-def _records(cap: int) -> np.ndarray:
-    """``cap`` zeroed records starting on a cache-line boundary (numpy aligns to 16 only)."""
+def _records(cap: int) -> tuple[mmap.mmap | None, np.ndarray]:
+    """``cap`` zeroed records starting on a cache-line boundary, and the buffer that holds them.
+
+    A private anonymous mapping where the platform has one: page-aligned, and
+    ``_grow_records`` can enlarge it in place (``mremap``: no copy, no second
+    array alive meanwhile, so no peak of twice the store). Else a numpy
+    array, aligned by hand (numpy aligns to 16 only); ``buf`` is then None.
+    """
+    flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
+    if flags:
+        try:
+            buf = mmap.mmap(-1, cap * REC.itemsize, flags=flags)
+        except (OSError, ValueError, TypeError):
+            pass
+        else:
+            if hasattr(mmap, "MADV_HUGEPAGE"):  # numpy asks the same for its large arrays
+                with contextlib.suppress(OSError):
+                    buf.madvise(mmap.MADV_HUGEPAGE)
+            return buf, np.frombuffer(buf, REC, count=cap)
     raw = np.zeros(cap * REC.itemsize + _ALIGN, np.uint8)
     off = -raw.ctypes.data % _ALIGN
-    return raw[off : off + cap * REC.itemsize].view(REC)
+    return None, raw[off : off + cap * REC.itemsize].view(REC)
 
 
 class _OriginHash:
@@ -124,7 +144,7 @@ class CellStore:
 
     def __init__(self, capacity: int = 1024) -> None:
         self.cap = max(2, capacity)
-        self.rec = _records(self.cap)
+        self._buf, self.rec = _records(self.cap)
         self.slot = np.full(self.cap, FREE, np.uint16)
         self.fields: dict[str, np.ndarray] = {}
         self._bind()
@@ -336,10 +356,7 @@ class CellStore:
         if n <= self.cap:
             return
         cap = max(n, int(self.cap * _GROW) + 1024)
-        rec = _records(cap)
-        # as bytes: a structured copy goes field by field, ~9x slower
-        rec[: self.used].view(np.uint8)[:] = self.rec[: self.used].view(np.uint8)
-        self.rec = rec
+        self.rec = self._grow_records(cap)
         slot = np.full(cap, FREE, np.uint16)
         slot[: self.used] = self.slot[: self.used]
         self.slot = slot
@@ -350,6 +367,26 @@ class CellStore:
                 self.fields[f] = grown
         self._bind()
         self.cap = cap
+
+    def _grow_records(self, cap: int) -> np.ndarray:
+        """The records, ``cap`` of them: the mapping enlarged in place, else a copy."""
+        if self._buf is not None:
+            del self.rec, self.cell, self.next  # the mapping cannot move while views of it live
+            for f in PAYLOAD:
+                del self.fields[f]
+            try:
+                self._buf.resize(cap * REC.itemsize)
+            except (BufferError, OSError, ValueError, SystemError):
+                pass  # a view still alive somewhere, or no mremap here: copy instead
+            else:
+                return np.frombuffer(self._buf, REC, count=cap)
+            old = np.frombuffer(self._buf, REC, count=self.cap)
+        else:
+            old = self.rec
+        self._buf, rec = _records(cap)
+        # as bytes: a structured copy goes field by field, ~9x slower
+        rec[: self.used].view(np.uint8)[:] = old[: self.used].view(np.uint8)
+        return rec
 
     # ---------------------------------------------------------------- remove
     def drop(self, slot: int) -> np.ndarray:
