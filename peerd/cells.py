@@ -65,6 +65,19 @@ _MAX_LOAD, _REBUILD_LOAD = 0.5, 0.25  # a hash is rebuilt at 1/2 full, to 1/4 fu
 _SMALL = 16  # batches up to this size are probed in plain Python
 _TAIL = 48  # a vectorised probe loop finishes its last this-many cells in plain Python
 _ALIGN = 64  # a cache line
+_HUGE = 2 << 20  # a transparent huge page
+
+
+def _map_bytes(cap: int) -> int:
+    """Bytes to map for ``cap`` records: past 2 MiB, whole huge pages.
+
+    A mapping whose length is a multiple of 2 MiB starts on a 2 MiB boundary
+    and keeps it when ``mremap`` moves it, so its huge pages move whole;
+    otherwise they are split into 4 KiB pages, and the random gathers of a
+    merge miss the TLB. The tail past ``cap`` is never touched: no memory.
+    """
+    n = cap * REC.itemsize
+    return n if n < _HUGE else -(-n // _HUGE) * _HUGE
 
 #: one entry's record: what a merge reads and writes together (32 bytes, aligned)
 REC = np.dtype({"names": ["cell", "next", "q", "n", "lw", "version"],
@@ -86,7 +99,7 @@ def _records(cap: int) -> tuple[mmap.mmap | None, np.ndarray]:
     flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
     if flags:
         try:
-            buf = mmap.mmap(-1, cap * REC.itemsize, flags=flags)
+            buf = mmap.mmap(-1, _map_bytes(cap), flags=flags)
         except (OSError, ValueError, TypeError):
             pass
         else:
@@ -375,7 +388,7 @@ class CellStore:
             for f in PAYLOAD:
                 del self.fields[f]
             try:
-                self._buf.resize(cap * REC.itemsize)
+                self._buf.resize(_map_bytes(cap))
             except (BufferError, OSError, ValueError, SystemError):
                 pass  # a view still alive somewhere, or no mremap here: copy instead
             else:
