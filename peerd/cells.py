@@ -2,28 +2,38 @@
 
 A merged cell is addressed by its flat id ``cell = row * n_actions + action``
 (``peerd.keyindex``); an origin by a small integer *slot* (0 = this node). The
-store keeps one **entry** per (slot, cell) pair that exists, in parallel arrays
-(structure of arrays, so numpy gathers one field at a time):
+store keeps one **entry** per (slot, cell) pair that exists. The fields a
+merge reads and writes are one 32-byte record per entry (``rec``, 64-byte
+aligned, so a record is one cache line's half and never straddles two): a
+delta's cells are random in the store, and one record costs one cache miss
+where six parallel arrays cost one each. ``cell``, ``next`` and
+``fields[...]`` are strided views of its columns:
 
 ==========  =======  =====================================================
 field       dtype    why
 ==========  =======  =====================================================
 cell        int32    flat cell id (the view is dense, so < 2^31 cells)
-slot        uint16   origin slot; ``FREE`` marks a freed entry
-q           float32  as on the wire
-lw          float64  absolute log-weights reach ~3e6: float32 would round
-n           uint32   as on the wire
-version     uint64   as on the wire
-succ, fail  uint32   allocated only once some origin reports an outcome
 next        int32    next entry holding the same cell (holder chain)
+q           float32  as on the wire
+n           uint32   as on the wire
+lw          float64  absolute log-weights reach ~3e6: float32 would round
+version     uint64   as on the wire
+slot        uint16   origin slot, its own array (not on the merge path);
+                     ``FREE`` marks a freed entry
+succ, fail  uint32   own arrays, allocated once some origin reports an outcome
 ==========  =======  =====================================================
+
+Entry 0 is a sentinel that no origin holds (cell −1, version 0, n 0,
+lw −inf): an absent cell's look-up returns entry 0 (``lookup``), so a merge
+gathers the records of present and absent cells alike, with no masks.
 
 Two indexes find entries without scanning:
 
-- one open-addressing hash per origin (linear probing, int32 entry ids, 1/4
-  to 1/2 full) maps a cell to that origin's entry: a delta's cells are found
-  in O(cells), vectorised, in a table sized to that origin alone (it stays in
-  cache however many origins there are); its live slots are also the
+- one open-addressing hash per origin (linear probing, int32 entry ids, 0 =
+  empty, 1/4 to 1/2 full) maps a cell to that
+  origin's entry: a delta's cells are found in O(cells), vectorised, in a
+  table sized to that origin alone (it stays in cache however many origins
+  there are); its live slots are also the
   origin's entry list, so a trust change, ``forget``, ``delta_of`` and the
   leave-one-out read cost O(that origin's cells);
 - holder chains: ``head[cell]`` → ``next[entry]`` → ... lists the origins that
@@ -31,7 +41,7 @@ Two indexes find entries without scanning:
 
 Entries never move, so every index stays valid; ``forget`` unlinks an
 origin's entries, drops its hash and returns its entries to a free list that
-later inserts reuse. 38 B per pair (46 with outcomes) plus 8-16 B of hash:
+later inserts reuse. 34 B per pair (42 with outcomes) plus 8-16 B of hash:
 under 64 B, whatever the number of origins. No per-cell Python on any batch
 path: every method works on arrays of cells (batches of at most 16 cells are
 probed in plain Python, which is faster there).
@@ -39,11 +49,14 @@ probed in plain Python, which is faster there).
 
 from __future__ import annotations
 
+import contextlib
+import mmap
+
 import numpy as np
 
 FREE = np.uint16(0xFFFF)  # slot of a freed entry
 MAX_SLOTS = 0xFFFF
-_EMPTY = -1  # an empty hash slot (entry ids are >= 0)
+_EMPTY = 0  # an empty hash slot (entry 0 is the sentinel: no origin holds it)
 _GOLDEN_INT = 0x9E3779B97F4A7C15
 _GOLDEN = np.uint64(_GOLDEN_INT)
 _MASK64 = (1 << 64) - 1
@@ -51,58 +64,123 @@ _GROW = 1.25  # entry arrays grow by this factor: little slack, still amortised 
 _MAX_LOAD, _REBUILD_LOAD = 0.5, 0.25  # a hash is rebuilt at 1/2 full, to 1/4 full
 _SMALL = 16  # batches up to this size are probed in plain Python
 _TAIL = 48  # a vectorised probe loop finishes its last this-many cells in plain Python
+_ALIGN = 64  # a cache line
+_HUGE = 2 << 20  # a transparent huge page
 
+
+def _map_bytes(cap: int) -> int:
+    """Bytes to map for ``cap`` records: past 2 MiB, whole huge pages.
+
+    A mapping whose length is a multiple of 2 MiB starts on a 2 MiB boundary
+    and keeps it when ``mremap`` moves it, so its huge pages move whole;
+    otherwise they are split into 4 KiB pages, and the random gathers of a
+    merge miss the TLB. The tail past ``cap`` is never touched: no memory.
+    """
+    n = cap * REC.itemsize
+    return n if n < _HUGE else -(-n // _HUGE) * _HUGE
+
+#: one entry's record: what a merge reads and writes together (32 bytes, aligned)
+REC = np.dtype({"names": ["cell", "next", "q", "n", "lw", "version"],
+                "formats": ["<i4", "<i4", "<f4", "<u4", "<f8", "<u8"],
+                "offsets": [0, 4, 8, 12, 16, 24], "itemsize": 32})
 #: field -> dtype of the per-entry payload (what a delta carries, minus key and action)
 PAYLOAD = {"q": np.float32, "lw": np.float64, "n": np.uint32, "version": np.uint64}
 OUTCOMES = {"succ": np.uint32, "fail": np.uint32}
 
 
+def _records(cap: int) -> tuple[mmap.mmap | None, np.ndarray]:
+    """``cap`` zeroed records starting on a cache-line boundary, and the buffer that holds them.
+
+    A private anonymous mapping where the platform has one: page-aligned, and
+    ``_grow_records`` can enlarge it in place (``mremap``: no copy, no second
+    array alive meanwhile, so no peak of twice the store). Else a numpy
+    array, aligned by hand (numpy aligns to 16 only); ``buf`` is then None.
+    """
+    flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
+    if flags:
+        try:
+            buf = mmap.mmap(-1, _map_bytes(cap), flags=flags)
+        except (OSError, ValueError, TypeError):
+            pass
+        else:
+            if hasattr(mmap, "MADV_HUGEPAGE"):  # numpy asks the same for its large arrays
+                with contextlib.suppress(OSError):
+                    buf.madvise(mmap.MADV_HUGEPAGE)
+            return buf, np.frombuffer(buf, REC, count=cap)
+    raw = np.zeros(cap * REC.itemsize + _ALIGN, np.uint8)
+    off = -raw.ctypes.data % _ALIGN
+    return None, raw[off : off + cap * REC.itemsize].view(REC)
+
+
 class _OriginHash:
-    """One origin's open-addressing hash: cell → entry id (linear probing, int32 slots).
+    """One origin's open-addressing hash: cell → entry id (linear probing, int32 slots, 0 = empty).
 
     Per origin, so that a delta's look-ups stay within a table sized to that
     origin's cells (cache-friendly, whatever the fleet) and ``forget`` drops
-    the whole table at once.
+    the whole table at once. Sized to be 1/4 full when built and rebuilt past
+    1/2 (any size: the home slot is ``hi32(cell × golden) × size / 2^32``), so
+    probes stay short and a pair costs 8-16 B of hash.
     """
 
-    __slots__ = ("n", "table")
+    __slots__ = ("n", "size", "table")
 
-    def __init__(self, size: int = 64) -> None:
-        self.table = np.full(size, _EMPTY, np.int32)
+    def __init__(self, n: int = 0) -> None:
+        self.size = max(64, int(n / _REBUILD_LOAD) + 1)
+        self.table = np.zeros(self.size, np.int32)
         self.n = 0  # entries held
 
     def home(self, cell: np.ndarray) -> np.ndarray:
-        h = (cell.astype(np.uint64) * _GOLDEN) >> np.uint64(32)
-        return ((h * np.uint64(self.table.shape[0])) >> np.uint64(32)).astype(np.int64)
+        """Home slots of int64 cells (non-negative)."""
+        h = cell.view(np.uint64) * _GOLDEN  # wraps modulo 2^64, as intended
+        h >>= np.uint64(32)
+        h *= np.uint64(self.size)
+        h >>= np.uint64(32)
+        return h.view(np.int64)
 
     def home_one(self, cell: int) -> int:
-        return ((((cell * _GOLDEN_INT) & _MASK64) >> 32) * self.table.shape[0]) >> 32
+        return ((((cell * _GOLDEN_INT) & _MASK64) >> 32) * self.size) >> 32
 
     def ids(self) -> np.ndarray:
         t = self.table
-        return t[t >= 0]
+        return t[t != _EMPTY]
+
+
+def _step(pos: np.ndarray, size: int) -> np.ndarray:
+    """The next slots after ``pos``, wrapping at ``size`` (in place)."""
+    pos += 1
+    pos[pos == size] = 0
+    return pos
 
 
 class CellStore:
     """The (slot, cell) entries of every origin, with per-origin hashes and holder chains."""
 
     def __init__(self, capacity: int = 1024) -> None:
-        self.cap = capacity
-        self.cell = np.empty(capacity, np.int32)
-        self.slot = np.full(capacity, FREE, np.uint16)
-        self.next = np.empty(capacity, np.int32)
-        self.fields: dict[str, np.ndarray] = {f: np.zeros(capacity, d) for f, d in PAYLOAD.items()}
+        self.cap = max(2, capacity)
+        self._buf, self.rec = _records(self.cap)
+        self.slot = np.full(self.cap, FREE, np.uint16)
+        self.fields: dict[str, np.ndarray] = {}
+        self._bind()
         self.has_outcomes = False
-        self.used = 0  # entries ever allocated (high-water mark)
+        # entry 0: the sentinel an absent cell's look-up returns (never in a hash or a chain)
+        self.rec[0] = (-1, -1, 0.0, 0, -np.inf, 0)
+        self.used = 1  # entries ever allocated (high-water mark), the sentinel included
         self.free = np.empty(0, np.int32)  # freed entry ids, reused first
         self.head = np.full(64, -1, np.int32)  # first holder entry per cell
         self.hashes: dict[int, _OriginHash] = {}
+
+    def _bind(self) -> None:
+        """(Re)bind the column views of ``rec``."""
+        rec = self.rec
+        self.cell, self.next = rec["cell"], rec["next"]
+        for f in PAYLOAD:
+            self.fields[f] = rec[f]
 
     # ---------------------------------------------------------------- sizes
     @property
     def pairs(self) -> int:
         """Number of stored (origin, cell) pairs."""
-        return self.used - self.free.shape[0]
+        return self.used - 1 - self.free.shape[0]
 
     def count(self, slot: int) -> int:
         h = self.hashes.get(slot)
@@ -116,7 +194,7 @@ class CellStore:
     @property
     def nbytes(self) -> int:
         """Bytes of the pair storage and its indexes (hashes, free list; not ``head``)."""
-        arrays = [self.cell, self.slot, self.next, self.free, *self.fields.values()]
+        arrays = [self.rec, self.slot, self.free, *(self.fields[o] for o in OUTCOMES if o in self.fields)]
         return int(sum(a.nbytes for a in arrays) + sum(h.table.nbytes for h in self.hashes.values()))
 
     def reserve_cells(self, n_cells: int) -> None:
@@ -139,58 +217,58 @@ class CellStore:
         return self.probe(cell, slot)[0]
 
     def probe(self, cell: np.ndarray, slot: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """``find``, plus where each absent cell's probe ended: ``(entries, gaps)``.
+        """``find``, plus where each absent cell's probe ended: ``(entries, gaps)`` (see ``lookup``)."""
+        e, gaps = self.lookup(np.asarray(cell, np.int64), slot)
+        e[e == 0] = -1
+        return e, gaps
 
-        ``gaps[i]`` is the empty hash slot that ended the probe of an absent
-        cell (-1 for a present one); ``insert(..., gaps=...)`` puts new
-        entries there directly instead of probing again, provided the origin's
-        hash did not change in between. ``gaps`` is None when there was
-        nothing to probe (no hash, or a batch small enough for Python).
+    def lookup(self, cell: np.ndarray, slot: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Entry id of each int64 cell of origin ``slot``, **0** (the sentinel) where absent.
+
+        Also returns ``gaps``: ``gaps[i]`` is the empty hash slot that ended
+        the probe of an absent cell (-1 for a present one);
+        ``insert(..., gaps=...)`` puts new entries there directly instead of
+        probing again, provided the origin's hash did not change in between.
+        ``gaps`` is None when there was nothing to probe (no hash, or a batch
+        small enough for Python).
         """
-        cell = np.asarray(cell, np.int64)
         m = cell.shape[0]
         h = self.hashes.get(slot)
         if h is None or h.n == 0:
-            return np.full(m, -1, np.int64), None
+            return np.zeros(m, np.int64), None
         if m <= _SMALL:  # a few cells: plain Python probes beat setting up arrays
-            return np.array([self.find_one(c, slot) for c in cell.tolist()], np.int64), None
-        table, cap, cells = h.table, h.table.shape[0], self.cell
+            return np.array([max(self.find_one(c, slot), 0) for c in cell.tolist()], np.int64), None
+        table, size, cells = h.table, h.size, self.cell
         pos = h.home(cell)
         # First probe of every cell without compressing anything: most end here.
-        e = table[pos]
-        hit = cells[np.maximum(e, 0)] == cell
-        hit &= e >= 0
-        out = np.where(hit, e, -1).astype(np.int64)
-        empty = e == _EMPTY
-        gaps = np.where(empty, pos, -1)
-        empty |= hit
-        idx = np.flatnonzero(~empty)
-        pos = pos[idx] + 1
-        pos[pos == cap] = 0
+        e = table.take(pos)
+        hit = cells[e] == cell  # a strided view: take would copy it whole. Empty: cell -1, no hit
+        full = e != _EMPTY
+        out = np.multiply(e, hit, dtype=np.int64)  # the entry where hit, else 0 (absent)
+        gaps = np.where(full, -1, pos)
+        idx = np.flatnonzero(np.greater(full, hit, out=full))  # occupied by another cell: probe on
+        pos = _step(pos[idx], size)
         while idx.shape[0] > _TAIL:
-            e = table[pos]
-            hit = cells[np.maximum(e, 0)] == cell[idx]
-            hit &= e >= 0
+            e = table.take(pos)
+            hit = cells[e] == cell[idx]
             out[idx[hit]] = e[hit]
             empty = e == _EMPTY
             gaps[idx[empty]] = pos[empty]
-            empty |= hit
-            go = ~empty
-            idx, pos = idx[go], pos[go] + 1
-            pos[pos == cap] = 0
+            go = ~(empty | hit)
+            idx, pos = idx[go], _step(pos[go], size)
         # The last few long probe sequences: a vectorised round costs ~10 array
         # set-ups whatever the batch, so a handful of cells is faster in Python.
         for i, p in zip(idx.tolist(), pos.tolist(), strict=True):
             c = int(cell[i])
             while True:
-                e = int(table[p])
-                if e == _EMPTY:
+                e1 = int(table[p])
+                if e1 == _EMPTY:
                     gaps[i] = p
                     break
-                if int(cells[e]) == c:
-                    out[i] = e
+                if int(cells[e1]) == c:
+                    out[i] = e1
                     break
-                p = p + 1 if p + 1 < cap else 0
+                p = p + 1 if p + 1 < size else 0
         return out, gaps
 
     def find_one(self, cell: int, slot: int) -> int:
@@ -198,8 +276,7 @@ class CellStore:
         h = self.hashes.get(slot)
         if h is None or h.n == 0:
             return -1
-        table, cells = h.table, self.cell
-        cap = table.shape[0]
+        table, cells, size = h.table, self.cell, h.size
         pos = h.home_one(cell)
         while True:
             e = int(table[pos])
@@ -207,39 +284,36 @@ class CellStore:
                 return -1
             if int(cells[e]) == cell:
                 return e
-            pos += 1
-            if pos == cap:
-                pos = 0
+            pos = pos + 1 if pos + 1 < size else 0
 
     def _insert_hash(self, h: _OriginHash, ids: np.ndarray, pos: np.ndarray | None = None) -> None:
         """Put entries (known absent) into an origin's hash, vectorised over the batch.
 
         ``pos``: where each entry's probe starts (default: its home slot).
         """
-        table, cap = h.table, h.table.shape[0]
+        table, size = h.table, h.size
         h.n += ids.shape[0]
         if ids.shape[0] <= _SMALL and pos is None:
             for e in ids.tolist():
                 p = h.home_one(int(self.cell[e]))
-                while table[p] >= 0:
-                    p = p + 1 if p + 1 < cap else 0
+                while table[p] != _EMPTY:
+                    p = p + 1 if p + 1 < size else 0
                 table[p] = e
             return
         if pos is None:
-            pos = h.home(self.cell[ids])
+            pos = h.home(self.cell[ids].astype(np.int64))
         ids = ids.astype(np.int32)
         while ids.shape[0] > _TAIL:
-            open_ = table[pos] < 0
+            open_ = table[pos] == _EMPTY
             cand_pos, cand_ids = pos[open_], ids[open_]
             table[cand_pos] = cand_ids  # several may race for one slot: one write survives
             won = np.zeros(ids.shape[0], bool)
             won[open_] = table[cand_pos] == cand_ids
             lose = ~won
-            ids, pos = ids[lose], pos[lose] + 1
-            pos[pos == cap] = 0
+            ids, pos = ids[lose], _step(pos[lose], size)
         for e, p in zip(ids.tolist(), pos.tolist(), strict=True):  # the long tail, as in ``find``
-            while table[p] >= 0:
-                p = p + 1 if p + 1 < cap else 0
+            while table[p] != _EMPTY:
+                p = p + 1 if p + 1 < size else 0
             table[p] = e
 
     # --------------------------------------------------------------- insert
@@ -249,7 +323,7 @@ class CellStore:
         The caller writes ``q``, ``lw``, ``n`` and ``version`` (``succ`` and
         ``fail`` start at 0). The entries are linked at the head of their
         cells' holder chains and put in the origin's hash: at ``gaps`` (from
-        ``probe``, the hash unchanged since) unless the hash must grow.
+        ``lookup``, the hash unchanged since) unless the hash must grow.
         """
         k = cell.shape[0]
         reuse = min(k, self.free.shape[0])
@@ -261,31 +335,32 @@ class CellStore:
             self._reserve(self.used + k - reuse)
             ids[reuse:] = np.arange(self.used, self.used + k - reuse)
             self.used += k - reuse
-        self.cell[ids] = cell
-        self.slot[ids] = slot
+        at: np.ndarray | slice = ids
+        if not reuse:  # fresh entries are one run: slices write them sequentially
+            at = slice(int(ids[0]), int(ids[0]) + k) if k else slice(0, 0)
+        self.cell[at] = cell
+        self.slot[at] = slot
         if self.has_outcomes:  # a recycled entry may hold old counts; the caller writes the rest
-            self.fields["succ"][ids] = 0
-            self.fields["fail"][ids] = 0
-        self.next[ids] = self.head[cell]
+            self.fields["succ"][at] = 0
+            self.fields["fail"][at] = 0
+        self.next[at] = self.head[cell]
         self.head[cell] = ids
         h = self.hashes.get(slot)
         if h is None:
-            h = self.hashes[slot] = _OriginHash(max(64, int(k / _REBUILD_LOAD) + 1))
-        if h.n + k > _MAX_LOAD * h.table.shape[0]:  # grow: rebuild at 1/4 full
+            h = self.hashes[slot] = _OriginHash(k)
+        if h.n + k > _MAX_LOAD * h.size:  # grow: rebuild at 1/4 full
             old = h.ids()
-            h = self.hashes[slot] = _OriginHash(int((h.n + k) / _REBUILD_LOAD) + 1)
+            h = self.hashes[slot] = _OriginHash(h.n + k)
             self._insert_hash(h, np.concatenate([old, ids.astype(np.int32)]))
         elif gaps is not None:  # the empty slots that ended their probes: no second probe
-            table, cap = h.table, h.table.shape[0]
+            table = h.table
             ids32 = ids.astype(np.int32)
             table[gaps] = ids32  # two new cells may share a gap: one write survives
             lose = table[gaps] != ids32
             h.n += k
             if lose.any():  # the others go on probing after that gap, as from their home
                 h.n -= int(np.count_nonzero(lose))
-                after = gaps[lose] + 1
-                after[after == cap] = 0
-                self._insert_hash(h, ids[lose], after)
+                self._insert_hash(h, ids[lose], _step(gaps[lose], h.size))
         else:
             self._insert_hash(h, ids)
         return ids
@@ -294,19 +369,37 @@ class CellStore:
         if n <= self.cap:
             return
         cap = max(n, int(self.cap * _GROW) + 1024)
-        for name in ("cell", "next"):
-            old = getattr(self, name)
-            grown = np.empty(cap, old.dtype)
-            grown[: self.used] = old[: self.used]
-            setattr(self, name, grown)
+        self.rec = self._grow_records(cap)
         slot = np.full(cap, FREE, np.uint16)
         slot[: self.used] = self.slot[: self.used]
         self.slot = slot
-        for f, old in list(self.fields.items()):
-            grown = np.zeros(cap, old.dtype)
-            grown[: self.used] = old[: self.used]
-            self.fields[f] = grown
+        for f in OUTCOMES:
+            if f in self.fields:
+                grown = np.zeros(cap, self.fields[f].dtype)
+                grown[: self.used] = self.fields[f][: self.used]
+                self.fields[f] = grown
+        self._bind()
         self.cap = cap
+
+    def _grow_records(self, cap: int) -> np.ndarray:
+        """The records, ``cap`` of them: the mapping enlarged in place, else a copy."""
+        if self._buf is not None:
+            del self.rec, self.cell, self.next  # the mapping cannot move while views of it live
+            for f in PAYLOAD:
+                del self.fields[f]
+            try:
+                self._buf.resize(_map_bytes(cap))
+            except (BufferError, OSError, ValueError, SystemError):
+                pass  # a view still alive somewhere, or no mremap here: copy instead
+            else:
+                return np.frombuffer(self._buf, REC, count=cap)
+            old = np.frombuffer(self._buf, REC, count=self.cap)
+        else:
+            old = self.rec
+        self._buf, rec = _records(cap)
+        # as bytes: a structured copy goes field by field, ~9x slower
+        rec[: self.used].view(np.uint8)[:] = old[: self.used].view(np.uint8)
+        return rec
 
     # ---------------------------------------------------------------- remove
     def drop(self, slot: int) -> np.ndarray:

@@ -39,7 +39,7 @@ class KeyIndex:
     def _home(self, keys: np.ndarray) -> np.ndarray:
         h = keys * np.uint64(self._mult)  # wraps modulo 2^64, as intended
         h >>= np.uint64(64 - self._bits)
-        return h.astype(np.intp)
+        return h.view(np.int64)  # < 2^bits: the same bits
 
     def _home_one(self, key: int) -> int:
         return ((key * self._mult) & _MASK64) >> (64 - self._bits)
@@ -66,32 +66,32 @@ class KeyIndex:
         pos = self._home(keys)
         blk = self._slots.take(pos).view(np.uint64).reshape(m, 2)
         r = blk[:, 1]
-        hit = blk[:, 0] == keys
-        hit &= r != 0
-        rows = r.astype(np.int64)
-        rows -= 1
-        rows[~hit] = -1
+        hit = blk[:, 0] == keys  # key 0 "hits" an empty slot [0, 0]: its row reads -1 below
         go = r != 0
-        go &= ~hit
+        go = np.greater(go, hit, out=go)  # occupied by another key: probe on
+        rows = np.multiply(r, hit).view(np.int64)  # row + 1 where hit, else 0
+        rows -= 1
         idx = np.flatnonzero(go)
-        pos = (pos[idx] + 1) & mask
+        pos = pos[idx]
+        pos += 1
+        pos &= mask
         while idx.shape[0] > _TAIL:
             blk = self._slots.take(pos).view(np.uint64).reshape(-1, 2)
             r = blk[:, 1]
             hit = blk[:, 0] == keys[idx]
-            hit &= r != 0
-            rows[idx[hit]] = r[hit].astype(np.int64) - 1
             go = r != 0
-            go &= ~hit
+            go = np.greater(go, hit, out=go)
+            hit &= r != 0
+            rows[idx[hit]] = r[hit].view(np.int64) - 1
             idx, pos = idx[go], (pos[go] + 1) & mask
-        tab = self._tab
+        flat = self._tab.reshape(-1)  # [key, row + 1] pairs
         for i, p in zip(idx.tolist(), pos.tolist(), strict=True):  # the last long probe sequences
             k = int(keys[i])
             while True:
-                r1 = int(tab[p, 1])
+                r1 = int(flat[2 * p + 1])
                 if r1 == 0:
                     break
-                if int(tab[p, 0]) == k:
+                if int(flat[2 * p]) == k:
                     rows[i] = r1 - 1
                     break
                 p = (p + 1) & mask

@@ -470,35 +470,31 @@ class QTable:
         self._reserve()
         cells = rows * self._a
         cells += acts
-        st, f = self._store, self._store.fields
-        e, gaps = st.probe(cells, s)
-        have = e >= 0
-        ec = np.maximum(e, 0)  # absent cells read entry 0: masked out below
-        newer = src["version"] > np.where(have, f["version"][ec], 0)  # incoming versions are >= 1
+        st = self._store
+        e, gaps = st.lookup(cells, s)  # entry 0 (the sentinel: version 0, n 0, lw -inf) = absent
+        old = st.rec.take(e)  # each cell's record, one gather: what every later step reads
+        newer = src["version"] > old["version"]  # incoming versions are >= 1
         if not newer.all():
-            cells, e, ec, have = cells[newer], e[newer], ec[newer], have[newer]
+            cells, e, old = cells[newer], e[newer], old[newer]
             gaps = None if gaps is None else gaps[newer]
             src = {k: v[newer] for k, v in src.items()}
         k = cells.shape[0]
         if k == 0:
             return cells
+        have = e != 0
         n_new = k - int(np.count_nonzero(have))
         stats.new += n_new
         stats.updated += k - n_new
         # An absent cell's old term has weight 0 (ok_old is False), so its q and lw never count.
-        q_old = f["q"][ec]
-        lw_old = f["lw"][ec]
-        n_old = f["n"][ec]
-        absent = np.flatnonzero(~have) if n_new else None  # indices: cheaper than mask passes
-        if absent is not None:
-            n_old[absent] = 0
+        q_old, lw_old, n_old = old["q"], old["lw"], old["n"]
         outcomes = bool(src["succ"].any() or src["fail"].any())
         if outcomes:
             st.enable_outcomes()
             self._view.enable_outcomes()
         if st.has_outcomes:
-            old_of = {o: np.where(have, st.fields[o][ec], 0).astype(np.int64) for o in ("succ", "fail")}
-        if absent is not None:
+            old_of = {o: st.fields[o][e].astype(np.int64) for o in ("succ", "fail")}  # 0 at the sentinel
+        if n_new:
+            absent = np.flatnonzero(~have)  # indices: cheaper than mask passes
             e[absent] = st.insert(s, cells[absent], None if gaps is None else gaps[absent])
         for name in ("q", "lw", "n", "version", *(("succ", "fail") if st.has_outcomes else ())):
             st.fields[name][e] = src[name]
@@ -507,7 +503,7 @@ class QTable:
         dn = n_in.astype(np.int64)
         if floor == 1:  # validated n >= 1: every new term counts, and every old one held
             ok_old, ok_new = have, None
-            dn -= n_old
+            dn -= n_old  # 0 at the sentinel
         else:
             ok_old, ok_new = n_old >= floor, n_in >= floor
             dn *= ok_new

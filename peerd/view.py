@@ -180,28 +180,34 @@ class MergedView:
         blk = self._rows.take(cells).view(np.float64).reshape(-1, len(_ROW))
         num, den, ref, mass = blk[:, 0], blk[:, 1], blk[:, 2], blk[:, 3]
         n = blk.view(np.int64)[:, 4]  # uint64 read as int64: the same bits, signed arithmetic
+        w = np.empty((2, cells.shape[0]))  # old and new terms' exponents, then weights: one pass each
+        w_old, w_new = w[0], w[1]
+        with np.errstate(invalid="ignore"):  # -inf − -inf: an absent term (weight 0 anyway)
+            np.subtract(lw_old, ref, out=w_old)
+            np.subtract(lw_new, ref, out=w_new)
         if t > 0:
-            up = np.greater(lw_new, ref + REBASE)
+            up = np.greater(w_new, REBASE)  # lw_new more than REBASE above ref (ref = -inf: inf)
             if ok_new is not None:
                 up &= ok_new
-            if up.any():
-                new_ref = lw_new[up]
-                scale = np.exp2(ref[up] - new_ref)  # 0 where ref = -inf
-                num[up] *= scale
-                den[up] *= scale
-                mass[up] *= scale
-                ref[up] = new_ref
-        with np.errstate(invalid="ignore"):  # -inf − -inf: an absent term (weight 0 anyway)
-            w_old = np.subtract(lw_old, ref)
-            w_new = np.subtract(lw_new, ref)
-        for w, ok in ((w_old, ok_old), (w_new, ok_new)):
-            np.fmax(w, _EXP_MIN, out=w)  # NaN → _EXP_MIN, as in ``replace``
-            np.fmin(w, _EXP_MAX, out=w)
-            np.exp2(w, out=w)
-            if t != 1.0:
-                w *= t
-            if ok is not None:
-                w *= ok
+            iu = np.flatnonzero(up)  # few: indices beat five masked passes
+            if iu.shape[0]:
+                new_ref = lw_new[iu]
+                scale = np.exp2(ref[iu] - new_ref)  # 0 where ref = -inf
+                num[iu] *= scale
+                den[iu] *= scale
+                mass[iu] *= scale
+                ref[iu] = new_ref
+                with np.errstate(invalid="ignore"):
+                    w_old[iu] = lw_old[iu] - new_ref
+                w_new[iu] = 0.0  # lw_new − new_ref
+        np.fmax(w, _EXP_MIN, out=w)  # NaN → _EXP_MIN, as in ``replace``
+        np.fmin(w, _EXP_MAX, out=w)
+        np.exp2(w, out=w)
+        if t != 1.0:
+            w *= t
+        w_old *= ok_old
+        if ok_new is not None:
+            w_new *= ok_new
         den -= w_old
         den += w_new
         w_old *= q_old
@@ -211,7 +217,8 @@ class MergedView:
         np.maximum(mass, den, out=mass)
         n += dn
         self._rows.put(cells, blk.view(self._rows.dtype).reshape(-1))
-        return cells[den < mass * _CANCEL], n, den, ref
+        bad = np.flatnonzero(den < mass * _CANCEL)
+        return cells[bad], n, den, ref
 
     def replace_one(self, cell: int, t_old: float, q_old: float, lw_old: float, t_new: float,
                     q_new: float, lw_new: float) -> bool:
@@ -248,7 +255,13 @@ class MergedView:
 
 
 def evidence_of(den: np.ndarray, ref: np.ndarray, now: float) -> np.ndarray:
-    """``MergedView.evidence`` from already gathered ``den`` and ``ref``."""
-    with np.errstate(invalid="ignore"):
-        scale = np.exp2(np.minimum(np.where(np.isfinite(ref), ref, -np.inf) - now, 30.0))
-    return np.where(den > 0, scale * den, 0.0)
+    """``MergedView.evidence`` from already gathered ``den`` and ``ref``.
+
+    ``2^min(ref − now, 30) · max(den, 0)``: where nothing counts, ``ref`` is
+    -inf and ``den`` 0, and ``2^-inf · 0`` is 0, so no mask pass is needed.
+    """
+    scale = np.subtract(ref, now)
+    np.minimum(scale, 30.0, out=scale)
+    np.exp2(scale, out=scale)
+    scale *= np.maximum(den, 0.0)
+    return scale
