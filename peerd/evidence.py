@@ -117,7 +117,12 @@ class VersionRate:
     multiple: float = 10.0
     burst: int = 1000
     floor: float = 1.0
+    #: seconds a computed limit is reused by ``check``: the median is O(peers) and a
+    #: fleet sends ~P/10 deltas per second, so computing it per delta made the check
+    #: O(P) per delta; a federation's median rate does not move within a second.
+    refresh: float = 1.0
     tracks: dict[str, _Track] = field(default_factory=dict)
+    _cached: tuple[float, float] | None = field(default=None, repr=False)  # (computed at, limit)
 
     def observe(self, peer: str, version: int, now: float) -> None:
         """Record a version this peer reached (after a check passed, or for the own node)."""
@@ -137,24 +142,32 @@ class VersionRate:
         rates = [r for p in self.tracks if (r := self.rate(p)) is not None]
         return float(np.median(rates)) if rates else None
 
-    def limit(self) -> float:
+    def limit(self, now: float | None = None) -> float:
+        """Versions per second a peer may sustain; with ``now``, reused for ``refresh`` seconds."""
+        if now is not None and self._cached is not None and 0.0 <= now - self._cached[0] < self.refresh:
+            return self._cached[1]
         med = self.median_rate()
         lim = self.cap if med is None else min(self.cap, self.multiple * med)
-        return max(lim, self.floor)
+        lim = max(lim, self.floor)
+        if now is not None:
+            self._cached = (now, lim)
+        return lim
 
     def check(self, peer: str, version: int, now: float) -> None:
         """Raise ``VersionRateExceeded`` if ``version`` is further ahead than the rate allows."""
         tr = self.tracks.get(peer)
         if tr is None:
             return
-        allowed = tr.v0 + self.burst + self.limit() * max(0.0, now - tr.t0)
+        limit = self.limit(now)
+        allowed = tr.v0 + self.burst + limit * max(0.0, now - tr.t0)
         if version > allowed:
             raise VersionRateExceeded(
-                f"{peer!r} claims version {version}; at {self.limit():.3g} versions/s since "
+                f"{peer!r} claims version {version}; at {limit:.3g} versions/s since "
                 f"first seen at {tr.v0} at most {int(allowed)}")
 
     def forget(self, peer: str) -> None:
         self.tracks.pop(peer, None)
+        self._cached = None
 
 
 __all__ = ["LW_TOLERANCE", "VersionRate", "check_budget", "visit_budget"]
