@@ -1,7 +1,7 @@
 """A fleet of real processes: N ``peerd run`` daemons on one broker, driven through their local APIs.
 
 The end-to-end version of ``peerd sim``: every node is its own process with
-its own state directory, configuration and HTTP API, talking through a real
+its own state directory, configuration and HTTP API (on a Unix socket), talking through a real
 broker (a mosquitto started on a free port with ``--start-broker``, or any
 ``--broker URL``). The script writes one TOML config per node
 (``publish_every = 1``: every ``learn`` is published at once), starts the
@@ -108,8 +108,7 @@ def start_mosquitto(root: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError("mosquitto did not listen within 10 s")
 
 
-def write_config(dir_: Path, node: str, fed: str, broker_url: str, port: int,
-                 heartbeat: float) -> Path:
+def write_config(dir_: Path, node: str, fed: str, broker_url: str, heartbeat: float) -> Path:
     state = dir_ / node
     state.mkdir(parents=True, exist_ok=True)
     path = dir_ / f"{node}.toml"
@@ -120,10 +119,16 @@ def write_config(dir_: Path, node: str, fed: str, broker_url: str, port: int,
         f'[broker]\nurl = "{broker_url}"\n'
         f'[learning]\npolicy = "thompson"\n'
         f'[gossip]\npublish_every = 1\nheartbeat_interval = {heartbeat}\n'
-        f'[api]\nlisten = "127.0.0.1:{port}"\n'
+        # a Unix socket in the state directory: a TCP port picked free here could be taken
+        # (by another daemon's broker connection) before this daemon binds it, failing its start
+        f'[api]\nlisten = "unix:{api_socket(dir_, node)}"\n'
         # debug: every node reports when it applied which versions (delta_applied)
         f'[log]\nlevel = "debug"\njson = "true"\n')
     return path
+
+
+def api_socket(dir_: Path, node: str) -> Path:
+    return dir_ / node / "api.sock"
 
 
 def start(config: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -131,10 +136,12 @@ def start(config: Path, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
 
 
-def wait_healthy(client: PeerdClient, proc: subprocess.Popen[bytes], deadline: float) -> None:
+def wait_healthy(client: PeerdClient, proc: subprocess.Popen[bytes], log: Path,
+                 deadline: float) -> None:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"daemon exited with {proc.returncode} before it was ready")
+            tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-2:])
+            raise RuntimeError(f"daemon exited with {proc.returncode} before it was ready: {tail}")
         try:
             client.healthz()
             return
@@ -324,12 +331,11 @@ def main() -> int:
         clients = []
         t0 = time.monotonic()
         for k in range(args.nodes):
-            port = free_port()
-            cfg = write_config(root, f"node{k}", fed, url, port, args.heartbeat)
+            cfg = write_config(root, f"node{k}", fed, url, args.heartbeat)
             procs.append(start(cfg, logs[k]))
-            clients.append(PeerdClient(f"http://127.0.0.1:{port}", timeout=30.0))
-        for c, pr in zip(clients, procs, strict=True):
-            wait_healthy(c, pr, t0 + args.timeout)
+            clients.append(PeerdClient(f"unix:{api_socket(root, f'node{k}')}", timeout=30.0))
+        for c, pr, log in zip(clients, procs, logs, strict=True):
+            wait_healthy(c, pr, log, t0 + args.timeout)
         out["ready_s"] = round(time.monotonic() - t0, 2)
         pids = [pr.pid for pr in procs]
         out["settled"] = settle(clients, args.heartbeat, time.monotonic() + 4 * args.timeout)
