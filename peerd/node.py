@@ -43,7 +43,13 @@ from peerd import gossip, liveness, wire
 from peerd.config import NodeConfig
 from peerd.delta import Delta, MergeStats, PatternSignature
 from peerd.durable import DurableWatermark
-from peerd.errors import ContradictingSignatures, OriginLimit, OriginMismatch, WireError
+from peerd.errors import (
+    ContradictingSignatures,
+    OriginLimit,
+    OriginMismatch,
+    StoreError,
+    WireError,
+)
 from peerd.evidence import VersionRate, check_budget
 from peerd.gossip import GossipState
 from peerd.identity import Identity, Verifier
@@ -155,7 +161,8 @@ class Node:
         #: rebirth requests out and births in answer (presence without retained messages)
         self.presence = PresenceState(ask_interval=max(1.0, 4 * config.sync_interval))
         #: origins' own signed payloads, re-sent verbatim for them when they are silent
-        self.relays = RelayStore()
+        #: (with a store, only their index: the payloads are read back from it to relay)
+        self.relays = RelayStore(keep_payloads=not config.state_dir)
         self.relay_plan = RelayPlanner(delay=max(0.5, config.sync_interval))
         self.transport: Transport | None = None
         self._transport_factory = transport_factory
@@ -762,8 +769,19 @@ class Node:
         if self.transport is None or origin == self.id:
             return
         topic = wire.topic(self.fed, "relay", self.id)
+        kept = self.relays.kept(origin, since)
+        stored: dict[tuple[int, int], bytes] = {}
+        missing = [stamp for kind, stamp, p in kept if p is None and kind == "delta"]
+        if missing and self.store is not None:
+            try:
+                stored = await self.store.relay_payloads(origin, "delta", missing)
+            except StoreError as exc:  # a relay is a courtesy: send what is in memory
+                self._log.warning("relay_payloads_unreadable", peer=origin, error=str(exc))
         sent = 0
-        for payload in self.relays.payloads(origin, since):
+        for _kind, stamp, held in kept:
+            payload = held if held is not None else stored.get(stamp)
+            if payload is None:  # its write did not commit (yet): the relay is smaller, not wrong
+                continue
             if not await self.transport.publish(topic, payload, qos=1):
                 break
             sent += 1
@@ -821,7 +839,7 @@ class Node:
             if msg.origin == self.id:
                 self._gossip.on_sync_request(msg.since)
                 self._wake.set()
-            elif self.relays.payloads(msg.origin, msg.since):
+            elif self.relays.kept(msg.origin, msg.since):
                 # Relayed catch-up: answer for a silent origin now (after a jitter), for a
                 # live one only if it has not answered within a few sync intervals.
                 wait = 0.0 if self._silent(msg.origin) else 3 * sync

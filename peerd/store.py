@@ -579,6 +579,16 @@ class Store:
                                  tuple((str(origin), str(kind), int(e), int(s))
                                        for e, s in stamps)),))
 
+    async def relay_payloads(self, origin: str, kind: str,
+                             stamps: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        """The kept payloads of ``origin`` of that kind among ``stamps``, by stamp (missing: left out)."""
+        want = {(int(e), int(q)) for e, q in stamps}
+        if not want:
+            return {}
+        rows = await self._read("SELECT epoch, seq, payload FROM relay_payloads "
+                                "WHERE origin = ? AND kind = ?", (str(origin), str(kind)))
+        return {(int(r[0]), int(r[1])): bytes(r[2]) for r in rows if (int(r[0]), int(r[1])) in want}
+
     async def load_relay_payloads(self) -> list[tuple[str, str, tuple[int, int], bytes]]:
         """Every kept payload as ``(origin, kind, (epoch, seq), payload)``, oldest first per origin."""
         rows = await self._read("SELECT origin, kind, epoch, seq, payload FROM relay_payloads "
