@@ -656,8 +656,9 @@ class Node:
         """Keep an origin's own signed birth and deltas, to re-send for it when it is silent.
 
         Also in the store, so that a restarted node can still relay; written
-        without waiting (it joins the next group commit): losing the last few
-        on a crash only makes a relay smaller, never wrong.
+        without waiting and without a commit of its own (it joins the next
+        one): losing the last few on a crash only makes a relay smaller, never
+        wrong.
         """
         if not self.config.relay:
             return
@@ -674,10 +675,11 @@ class Node:
         else:
             return
         if persist and self.store is not None and (kept or dropped):
-            write = (self.store.keep_relay_payload(h.node, kind, stamp, payload, drop=dropped)
-                     if kept else self.store.drop_relay_payloads(h.node, kind, dropped))
-            task = asyncio.ensure_future(write)
-            task.add_done_callback(_ignore_result)
+            with contextlib.suppress(StoreError):  # closing: a relay after a restart is smaller
+                if kept:
+                    self.store.keep_relay_payload_soon(h.node, kind, stamp, payload, drop=dropped)
+                else:
+                    self.store.drop_relay_payloads_soon(h.node, kind, dropped)
 
     async def _load_relay_payloads(self) -> None:
         """Rebuild the relay store from the payloads kept on disk (verified when received)."""

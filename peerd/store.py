@@ -67,6 +67,8 @@ MERGE_LOG_KEPT = 10_000
 
 _INT64_MAX = 2**63 - 1
 _CACHE_KIB = 16 * 1024
+#: Deferred writes (``defer``) held before they are committed on their own.
+_DEFERRED_MAX = 256
 #: Cells converted between numpy and Python objects at a time (memory bound).
 _CHUNK = 32_768
 _SYNCHRONOUS = ("NORMAL", "FULL", "EXTRA")  # OFF would break the durability promise
@@ -199,6 +201,18 @@ def _plan(batch: list[_Write]) -> list[tuple[str, list[Params], _Write | None]]:
     return plan
 
 
+def _retrieve(fut: asyncio.Future[int]) -> None:
+    """Done callback of a write nobody awaits: its failure is the batch's (already logged)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _retrieved_future() -> asyncio.Future[int]:
+    fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    fut.add_done_callback(_retrieve)
+    return fut
+
+
 def _resolve(fut: asyncio.Future[int], result: int | BaseException) -> None:
     if fut.done():  # the caller was cancelled meanwhile
         return
@@ -294,6 +308,7 @@ class Store:
         self.commits = 0
         self.writes = 0
         self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()
+        self._deferred: list[_Write] = []  # ride with the next batch (``_defer``)
         self._lock = asyncio.Lock()  # one of: the writer's batch, or one read
         self._closing = False
         self._closed = False
@@ -380,13 +395,29 @@ class Store:
         self._queue.put_nowait(_Write(steps, fut, trims, counted))
         return await fut
 
+    def _defer(self, steps: tuple[tuple[str, Params], ...]) -> None:
+        """Queue writes nobody waits for: they join the next batch instead of costing a commit
+        (an fsync) of their own, in submission order before it; lost if the process dies first.
+
+        Once ``_DEFERRED_MAX`` are held, they are committed without waiting for company.
+        """
+        if self._closing or self._writer.done():
+            raise StoreError(f"store {self.path} is closed")
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(_retrieve)
+        self._deferred.append(_Write(steps, fut))
+        if len(self._deferred) >= _DEFERRED_MAX:
+            self._queue.put_nowait(_Write((), _retrieved_future()))
+
     async def _write_loop(self) -> None:
         """The single writer: one transaction per drained batch of queued writes."""
         try:
             while True:
                 item = await self._queue.get()
                 stop = item is None
-                batch = [] if item is None else [item]
+                batch, self._deferred = self._deferred, []  # submitted before what is queued
+                if item is not None:
+                    batch.append(item)
                 while not stop and not self._queue.empty():
                     item = self._queue.get_nowait()
                     if item is None:
@@ -398,6 +429,9 @@ class Store:
                 if stop:
                     return
         finally:  # cancelled or crashed: nobody may wait forever
+            for w in self._deferred:
+                _resolve(w.future, StoreError(f"store {self.path} writer stopped"))
+            self._deferred = []
             while not self._queue.empty():
                 item = self._queue.get_nowait()
                 if item is not None:
@@ -556,28 +590,29 @@ class Store:
         """Keep an origin's signed payload (``kind`` birth or delta), and forget ``drop``
         (payloads of that kind superseded by it); one transaction. A birth replaces the
         origin's earlier ones."""
-        origin, kind = str(origin), str(kind)
-        steps: list[tuple[str, Params]] = []
-        if kind == "birth":
-            steps.append(("DELETE FROM relay_payloads WHERE origin = ? AND kind = 'birth'",
-                          ((origin,),)))
-        if drop:
-            steps.append(("DELETE FROM relay_payloads WHERE origin = ? AND kind = ? "
-                          "AND epoch = ? AND seq = ?",
-                          tuple((origin, kind, int(e), int(s)) for e, s in drop)))
-        steps.append(("INSERT OR IGNORE INTO relay_payloads (origin, kind, epoch, seq, payload) "
-                      "VALUES (?, ?, ?, ?, ?)",
-                      ((origin, kind, int(stamp[0]), int(stamp[1]), bytes(payload)),)))
-        await self._submit(tuple(steps))
+        await self._submit(_relay_steps(origin, kind, stamp, payload, drop))
+
+    def keep_relay_payload_soon(self, origin: str, kind: str, stamp: tuple[int, int],
+                                payload: bytes, *, drop: Sequence[tuple[int, int]] = ()) -> None:
+        """``keep_relay_payload`` without waiting: it joins the next commit (``_defer``).
+
+        For payloads a crash may lose (a relay is then smaller, never wrong): a
+        node keeping every received delta pays no fsync of its own for them.
+        """
+        self._defer(_relay_steps(origin, kind, stamp, payload, drop))
+
+    def drop_relay_payloads_soon(self, origin: str, kind: str,
+                                 stamps: Sequence[tuple[int, int]]) -> None:
+        """``drop_relay_payloads`` without waiting: it joins the next commit."""
+        if stamps:
+            self._defer(_drop_relay_steps(origin, kind, stamps))
 
     async def drop_relay_payloads(self, origin: str, kind: str,
                                   stamps: Sequence[tuple[int, int]]) -> None:
         """Forget kept payloads that newer ones made unnecessary."""
         if stamps:
-            await self._submit((("DELETE FROM relay_payloads WHERE origin = ? AND kind = ? "
-                                 "AND epoch = ? AND seq = ?",
-                                 tuple((str(origin), str(kind), int(e), int(s))
-                                       for e, s in stamps)),))
+            await self._submit(_drop_relay_steps(origin, kind, stamps))
+
 
     async def relay_payloads(self, origin: str, kind: str,
                              stamps: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
@@ -644,6 +679,28 @@ class Store:
         out.update(schema_version=self.schema_version, synchronous=self.synchronous,
                    commits=self.commits, writes=self.writes)
         return out
+
+
+def _relay_steps(origin: str, kind: str, stamp: tuple[int, int], payload: bytes,
+                 drop: Sequence[tuple[int, int]]) -> tuple[tuple[str, Params], ...]:
+    """The statements of ``keep_relay_payload`` (arguments converted now, before queueing)."""
+    origin, kind = str(origin), str(kind)
+    steps: list[tuple[str, Params]] = []
+    if kind == "birth":
+        steps.append(("DELETE FROM relay_payloads WHERE origin = ? AND kind = 'birth'",
+                      ((origin,),)))
+    if drop:
+        steps.extend(_drop_relay_steps(origin, kind, drop))
+    steps.append(("INSERT OR IGNORE INTO relay_payloads (origin, kind, epoch, seq, payload) "
+                  "VALUES (?, ?, ?, ?, ?)",
+                  ((origin, kind, int(stamp[0]), int(stamp[1]), bytes(payload)),)))
+    return tuple(steps)
+
+
+def _drop_relay_steps(origin: str, kind: str,
+                      stamps: Sequence[tuple[int, int]]) -> tuple[tuple[str, Params], ...]:
+    return (("DELETE FROM relay_payloads WHERE origin = ? AND kind = ? AND epoch = ? AND seq = ?",
+             tuple((str(origin), str(kind), int(e), int(s)) for e, s in stamps)),)
 
 
 def _size(path: Path) -> int:

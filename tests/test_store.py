@@ -451,3 +451,18 @@ async def test_acknowledged_writes_survive_sigkill(db: Path, synchronous: str) -
     assert not missing, f"{len(missing)} of {len(acks)} acknowledged writes lost"
     last_counter = max(int(i) for o, k, i in acks if int(k) < 10**6)  # writer 0 is o0, key < 1e6
     assert counter >= last_counter
+
+
+async def test_deferred_writes_cost_no_commit_of_their_own(db: Path) -> None:
+    """A payload kept "soon" is committed with the next write (one commit, not two), and at close."""
+    async with await open_store(db) as store:
+        store.keep_relay_payload_soon("x", "delta", (1, 2), b"d2")
+        assert await store.load_relay_payloads() == []  # not committed: nothing woke the writer
+        commits = store.commits
+        await store.set_meta("seq", 1)
+        assert store.commits == commits + 1
+        assert [r[3] for r in await store.load_relay_payloads()] == [b"d2"]
+        store.keep_relay_payload_soon("x", "delta", (1, 3), b"d3", drop=[(1, 2)])
+    async with await open_store(db) as store:  # close committed what was still deferred
+        assert [(r[2], r[3]) for r in await store.load_relay_payloads()] == [((1, 3), b"d3")]
+        assert await store.relay_payloads("x", "delta", [(1, 3), (9, 9)]) == {(1, 3): b"d3"}
