@@ -867,8 +867,10 @@ class Node:
             self._visits_held[origin] += self._pending_gain
         self.version_rate.observe(origin, delta.to_version, self.clock())
         if stats.changed and self.store is not None:
-            await asyncio.gather(self.store.write_cells(origin, delta.arrays()),
-                                 self.store.log_merge(now, stats))  # one group commit
+            # one group commit; relaxed: safe from SIGKILL, no fsync of its own (peers' cells
+            # lost to a power cut are asked for again; own cells are always fully durable)
+            await asyncio.gather(self.store.write_cells(origin, delta.arrays(), relaxed=True),
+                                 self.store.log_merge(now, stats))
         self.counters.deltas_applied += 1
         self.counters.cells_applied += stats.changed
         return stats

@@ -11,6 +11,14 @@ commit, so an acknowledged write survives SIGKILL *and* power loss;
 ``NORMAL`` still survives a killed process (the WAL is in the OS page cache)
 but may lose the last commits on power loss.
 
+Writes marked ``relaxed`` (peers' cells as received, the merge log, kept relay
+payloads) do not need the power-loss half of that promise: nobody was told
+they are on disk, and a node that lost them asks the peers again. A batch made
+only of relaxed writes commits with ``synchronous=NORMAL`` — still safe from
+SIGKILL, but without an fsync per received delta; any other batch commits at
+the configured level, and its fsync covers the relaxed commits before it (the
+WAL is one append-only file, recovered as a prefix of its commits).
+
 Group commit keeps that promise cheap. Every write (cells, meta, peers, trust
 events, merge log) is queued to one writer task, which drains the queue,
 executes everything queued in one ``BEGIN IMMEDIATE .. COMMIT`` and only then
@@ -186,6 +194,7 @@ class _Write:
     future: asyncio.Future[int]
     trims: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     counted: bool = False
+    relaxed: bool = False  # safe from SIGKILL is enough (module docstring)
     rowcount: int = field(default=0)
 
 
@@ -304,6 +313,7 @@ class Store:
         self.node_id = node_id
         self.fingerprint = fingerprint
         self.synchronous = synchronous
+        self._sync_now = synchronous  # the connection's current level (relaxed batches lower it)
         self.schema_version = schema_version
         self.commits = 0
         self.writes = 0
@@ -382,7 +392,7 @@ class Store:
 
     async def _submit(self, steps: tuple[tuple[str, Params], ...], *,
                       trims: tuple[tuple[str, tuple[Any, ...]], ...] = (),
-                      counted: bool = False) -> int:
+                      counted: bool = False, relaxed: bool = False) -> int:
         """Queue writes and wait until the transaction holding them has committed.
 
         A caller cancelled while waiting may or may not have its write committed.
@@ -392,7 +402,7 @@ class Store:
         if self._writer.done():
             raise StoreError(f"store {self.path}: the writer task has stopped")
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Write(steps, fut, trims, counted))
+        self._queue.put_nowait(_Write(steps, fut, trims, counted, relaxed))
         return await fut
 
     def _defer(self, steps: tuple[tuple[str, Params], ...]) -> None:
@@ -405,7 +415,7 @@ class Store:
             raise StoreError(f"store {self.path} is closed")
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         fut.add_done_callback(_retrieve)
-        self._deferred.append(_Write(steps, fut))
+        self._deferred.append(_Write(steps, fut, relaxed=True))
         if len(self._deferred) >= _DEFERRED_MAX:
             self._queue.put_nowait(_Write((), _retrieved_future()))
 
@@ -442,8 +452,12 @@ class Store:
         if not live:
             return
         conn = self._conn
+        sync = "NORMAL" if all(w.relaxed for w in live) else self.synchronous
         async with self._lock:
             try:
+                if sync != self._sync_now:  # outside any transaction, where SQLite takes it
+                    await conn.execute(f"PRAGMA synchronous={sync}")
+                    self._sync_now = sync
                 await conn.execute("BEGIN IMMEDIATE")
                 for sql, parts, owner in _plan(live):
                     params = parts[0] if len(parts) == 1 else chain.from_iterable(parts)
@@ -511,17 +525,20 @@ class Store:
 
     # ------------------------------------------------------------------ cells
 
-    async def write_cells(self, origin: str, arrays: Mapping[str, np.ndarray]) -> None:
+    async def write_cells(self, origin: str, arrays: Mapping[str, np.ndarray], *,
+                          relaxed: bool = False) -> None:
         """Upsert ``origin``'s cells, newer version wins; returns once committed.
 
         ``arrays`` holds every field of ``CELL_DTYPES`` (e.g. ``Delta.arrays()``);
         other dtypes are accepted only if they cast safely. Replaying cells is
         harmless: a cell whose version is not greater than the stored one is
-        ignored, exactly as in the in-memory merge.
+        ignored, exactly as in the in-memory merge. ``relaxed``: cells received
+        from a peer, which a power loss may take back (module docstring); a
+        node's own cells never are.
         """
         m, rows = _cell_rows(origin, arrays)
         if m:
-            await self._submit(((_UPSERT_CELL, rows),))
+            await self._submit(((_UPSERT_CELL, rows),), relaxed=relaxed)
 
     async def load_cells(self) -> dict[str, dict[str, np.ndarray]]:
         """Every origin's cells as ``CELL_DTYPES`` arrays, sorted by unsigned ``(key, action)``."""
@@ -662,7 +679,7 @@ class Store:
         row = (float(ts), str(stats.origin), int(stats.cells), int(stats.new), int(stats.updated),
                int(stats.conflicts), int(stats.rejected), int(stats.total_visits),
                float(stats.confidence))
-        await self._submit(((_LOG_MERGE, (row,)),),
+        await self._submit(((_LOG_MERGE, (row,)),), relaxed=True,
                            trims=((_TRIM_MERGE_LOG, (MERGE_LOG_KEPT,)),))
 
     # ------------------------------------------------------------------ status

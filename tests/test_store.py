@@ -466,3 +466,14 @@ async def test_deferred_writes_cost_no_commit_of_their_own(db: Path) -> None:
     async with await open_store(db) as store:  # close committed what was still deferred
         assert [(r[2], r[3]) for r in await store.load_relay_payloads()] == [((1, 3), b"d3")]
         assert await store.relay_payloads("x", "delta", [(1, 3), (9, 9)]) == {(1, 3): b"d3"}
+
+
+async def test_relaxed_batches_commit_without_fsync_and_others_at_the_configured_level(db: Path) -> None:
+    """Peers' cells alone commit at NORMAL (SIGKILL-safe); a batch with own cells at FULL again."""
+    async with await open_store(db, synchronous="FULL") as store:
+        await store.write_cells("peer", cells([1], version=[1]), relaxed=True)
+        assert await store._read("PRAGMA synchronous") == [(1,)]
+        await asyncio.gather(store.write_cells("peer", cells([2], version=[2]), relaxed=True),
+                             store.write_cells("me", cells([3], version=[1])))
+        assert await store._read("PRAGMA synchronous") == [(2,)]
+        assert sorted((await store.load_cells()).keys()) == ["me", "peer"]
