@@ -210,6 +210,43 @@ def _plan(batch: list[_Write]) -> list[tuple[str, list[Params], _Write | None]]:
     return plan
 
 
+async def _in_thread(conn: aiosqlite.Connection, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn(sqlite3_connection, *args)`` in the connection's own thread: one hop.
+
+    aiosqlite hops to its thread and back for every statement (~30 µs of CPU
+    each, and a loop iteration); a batch is 5-7 statements, received deltas
+    come one batch each. ``Connection._execute`` and ``_conn`` are aiosqlite's
+    own primitives (0.17-0.22): every store test fails should an upgrade drop them.
+    """
+    return await conn._execute(fn, conn._conn, *args)
+
+
+def _run_batch(db: sqlite3.Connection, pragma: str | None,
+               plan: list[tuple[str, list[Params], _Write | None]],
+               trims: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
+    """One batch's transaction, in the connection's thread; the row count of each planned step.
+
+    All or nothing: a failure rolls back before the exception reaches the writer.
+    """
+    if pragma is not None:  # outside any transaction, where SQLite takes it
+        db.execute(pragma)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        counts = []
+        for sql, parts, _owner in plan:
+            params = parts[0] if len(parts) == 1 else chain.from_iterable(parts)
+            counts.append(max(db.executemany(sql, params).rowcount, 0))
+        for sql, args in trims:
+            db.execute(sql, args)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+        raise
+    return counts
+
+
 def _retrieve(fut: asyncio.Future[int]) -> None:
     """Done callback of a write nobody awaits: its failure is the batch's (already logged)."""
     if not fut.cancelled():
@@ -313,7 +350,8 @@ class Store:
         self.node_id = node_id
         self.fingerprint = fingerprint
         self.synchronous = synchronous
-        self._sync_now = synchronous  # the connection's current level (relaxed batches lower it)
+        #: the connection's current level (relaxed batches lower it); None: unknown
+        self._sync_now: str | None = synchronous
         self.schema_version = schema_version
         self.commits = 0
         self.writes = 0
@@ -451,22 +489,18 @@ class Store:
         live = [w for w in batch if not w.future.cancelled()]
         if not live:
             return
-        conn = self._conn
         sync = "NORMAL" if all(w.relaxed for w in live) else self.synchronous
+        pragma = f"PRAGMA synchronous={sync}" if sync != self._sync_now else None
+        plan = _plan(live)
+        trims = list(dict.fromkeys(t for w in live for t in w.trims))
         async with self._lock:
             try:
-                if sync != self._sync_now:  # outside any transaction, where SQLite takes it
-                    await conn.execute(f"PRAGMA synchronous={sync}")
-                    self._sync_now = sync
-                await conn.execute("BEGIN IMMEDIATE")
-                for sql, parts, owner in _plan(live):
-                    params = parts[0] if len(parts) == 1 else chain.from_iterable(parts)
-                    cursor = await conn.executemany(sql, params)
+                self._sync_now = None  # unknown until the batch returns
+                counts = await _in_thread(self._conn, _run_batch, pragma, plan, trims)
+                self._sync_now = sync
+                for (_sql, _parts, owner), n in zip(plan, counts, strict=True):
                     if owner is not None:
-                        owner.rowcount += max(cursor.rowcount, 0)
-                for sql, args in dict.fromkeys(t for w in live for t in w.trims):
-                    await conn.execute(sql, args)
-                await conn.execute("COMMIT")
+                        owner.rowcount += n
             except BaseException as exc:
                 # The waiters first: nothing below (rollback, logging) may leave them waiting.
                 for w in live:  # one exception object per waiter: each gets its own traceback
