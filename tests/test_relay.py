@@ -303,3 +303,21 @@ async def test_relay_off_keeps_no_payloads(broker: Broker) -> None:
     finally:
         await a.stop()
         await b.stop()
+
+
+def test_the_index_matches_a_plain_model_over_random_deltas() -> None:
+    """Per cell the newest version wins; a payload is kept iff it carries one (sorted, vectorised index)."""
+    rng = np.random.default_rng(3)
+    store = RelayStore()
+    newest: dict[tuple[int, int], tuple[int, int]] = {}  # cell -> (version, payload seq)
+    for seq in range(1, 300):
+        n = int(rng.integers(1, 8))
+        keys = rng.integers(0, 40, n).astype(np.uint64) * np.uint64(2**58)
+        acts = rng.integers(0, 3, n).astype(np.uint16)
+        vers = rng.integers(1, 1000, n).astype(np.uint64)
+        store.add_delta("x", (1, seq), b"p%d" % seq, int(vers.max()), (keys, acts, vers))
+        for k, a, v in zip(keys.tolist(), acts.tolist(), vers.tolist(), strict=True):
+            if v > newest.get((k, a), (0, 0))[0]:
+                newest[(k, a)] = (v, seq)
+    live = sorted({seq for _v, seq in newest.values()})
+    assert [st for kind, st, _p in store.kept("x") if kind == "delta"] == [(1, s) for s in live]
