@@ -24,7 +24,9 @@ events, merge log) is queued to one writer task, which drains the queue,
 executes everything queued in one ``BEGIN IMMEDIATE .. COMMIT`` and only then
 resolves each caller's future. Many concurrent callers therefore pay for one
 fsync together, writes are applied in the order they were submitted, and there
-is never more than one write transaction. If a commit fails, every caller of
+is never more than one write transaction. The whole transaction of a batch
+runs in one call on the SQLite thread (``_run_batch``), not one hop per
+statement. Writes nobody waits for (``*_soon``) join the next batch. If a commit fails, every caller of
 that batch gets a ``StoreError`` and none of the batch is kept; arguments are
 validated *before* queueing so that one caller's bad input cannot fail a batch
 shared with others.
