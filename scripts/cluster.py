@@ -1,7 +1,7 @@
 """A fleet of real processes: N ``peerd run`` daemons on one broker, driven through their local APIs.
 
 The end-to-end version of ``peerd sim``: every node is its own process with
-its own state directory, configuration and HTTP API (on a Unix socket), talking through a real
+its own state directory, configuration and HTTP API, talking through a real
 broker (a mosquitto started on a free port with ``--start-broker``, or any
 ``--broker URL``). The script writes one TOML config per node
 (``publish_every = 1``: every ``learn`` is published at once), starts the
@@ -108,7 +108,8 @@ def start_mosquitto(root: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError("mosquitto did not listen within 10 s")
 
 
-def write_config(dir_: Path, node: str, fed: str, broker_url: str, heartbeat: float) -> Path:
+def write_config(dir_: Path, node: str, fed: str, broker_url: str, port: int,
+                 heartbeat: float) -> Path:
     state = dir_ / node
     state.mkdir(parents=True, exist_ok=True)
     path = dir_ / f"{node}.toml"
@@ -119,16 +120,10 @@ def write_config(dir_: Path, node: str, fed: str, broker_url: str, heartbeat: fl
         f'[broker]\nurl = "{broker_url}"\n'
         f'[learning]\npolicy = "thompson"\n'
         f'[gossip]\npublish_every = 1\nheartbeat_interval = {heartbeat}\n'
-        # a Unix socket in the state directory: a TCP port picked free here could be taken
-        # (by another daemon's broker connection) before this daemon binds it, failing its start
-        f'[api]\nlisten = "unix:{api_socket(dir_, node)}"\n'
+        f'[api]\nlisten = "127.0.0.1:{port}"\n'
         # debug: every node reports when it applied which versions (delta_applied)
         f'[log]\nlevel = "debug"\njson = "true"\n')
     return path
-
-
-def api_socket(dir_: Path, node: str) -> Path:
-    return dir_ / node / "api.sock"
 
 
 def start(config: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -136,11 +131,18 @@ def start(config: Path, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
 
 
+class BindLost(RuntimeError):
+    """The daemon's API port, free when picked, was taken before the daemon bound it."""
+
+
 def wait_healthy(client: PeerdClient, proc: subprocess.Popen[bytes], log: Path,
                  deadline: float) -> None:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-2:])
+            text = log.read_text(errors="replace")
+            if "api_bind_failed" in text:
+                raise BindLost(f"{log.stem}: its API port was taken")
+            tail = " | ".join(text.strip().splitlines()[-2:])
             raise RuntimeError(f"daemon exited with {proc.returncode} before it was ready: {tail}")
         try:
             client.healthz()
@@ -148,6 +150,13 @@ def wait_healthy(client: PeerdClient, proc: subprocess.Popen[bytes], log: Path,
         except ApiError:
             time.sleep(0.1)  # polling the readiness condition, with a deadline
     raise RuntimeError("daemon not healthy in time")
+
+
+def launch(root: Path, node: str, fed: str, url: str, heartbeat: float,
+           log: Path) -> tuple[subprocess.Popen[bytes], PeerdClient]:
+    port = free_port()
+    cfg = write_config(root, node, fed, url, port, heartbeat)
+    return start(cfg, log), PeerdClient(f"http://127.0.0.1:{port}", timeout=30.0)
 
 
 def settle(clients: list[PeerdClient], heartbeat: float, deadline: float) -> bool:
@@ -331,11 +340,22 @@ def main() -> int:
         clients = []
         t0 = time.monotonic()
         for k in range(args.nodes):
-            cfg = write_config(root, f"node{k}", fed, url, args.heartbeat)
-            procs.append(start(cfg, logs[k]))
-            clients.append(PeerdClient(f"unix:{api_socket(root, f'node{k}')}", timeout=30.0))
-        for c, pr, log in zip(clients, procs, logs, strict=True):
-            wait_healthy(c, pr, log, t0 + args.timeout)
+            pr, c = launch(root, f"node{k}", fed, url, args.heartbeat, logs[k])
+            procs.append(pr)
+            clients.append(c)
+        for k in range(args.nodes):
+            # A port picked free here can be taken (by another daemon's broker connection, an
+            # ephemeral port from the same range) before the daemon binds it: it then exits with
+            # api_bind_failed. Start that one again on a fresh port, up to 3 times.
+            for attempt in range(4):
+                try:
+                    wait_healthy(clients[k], procs[k], logs[k], t0 + args.timeout)
+                    break
+                except BindLost:
+                    if attempt == 3:
+                        raise
+                    procs[k], clients[k] = launch(root, f"node{k}", fed, url, args.heartbeat,
+                                                  logs[k])
         out["ready_s"] = round(time.monotonic() - t0, 2)
         pids = [pr.pid for pr in procs]
         out["settled"] = settle(clients, args.heartbeat, time.monotonic() + 4 * args.timeout)
