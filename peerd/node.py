@@ -43,7 +43,13 @@ from peerd import gossip, liveness, wire
 from peerd.config import NodeConfig
 from peerd.delta import Delta, MergeStats, PatternSignature
 from peerd.durable import DurableWatermark
-from peerd.errors import ContradictingSignatures, OriginLimit, OriginMismatch, WireError
+from peerd.errors import (
+    ContradictingSignatures,
+    OriginLimit,
+    OriginMismatch,
+    StoreError,
+    WireError,
+)
 from peerd.evidence import VersionRate, check_budget
 from peerd.gossip import GossipState
 from peerd.identity import Identity, Verifier
@@ -155,7 +161,8 @@ class Node:
         #: rebirth requests out and births in answer (presence without retained messages)
         self.presence = PresenceState(ask_interval=max(1.0, 4 * config.sync_interval))
         #: origins' own signed payloads, re-sent verbatim for them when they are silent
-        self.relays = RelayStore()
+        #: (with a store, only their index: the payloads are read back from it to relay)
+        self.relays = RelayStore(keep_payloads=not config.state_dir)
         self.relay_plan = RelayPlanner(delay=max(0.5, config.sync_interval))
         self.transport: Transport | None = None
         self._transport_factory = transport_factory
@@ -649,8 +656,9 @@ class Node:
         """Keep an origin's own signed birth and deltas, to re-send for it when it is silent.
 
         Also in the store, so that a restarted node can still relay; written
-        without waiting (it joins the next group commit): losing the last few
-        on a crash only makes a relay smaller, never wrong.
+        without waiting and without a commit of its own (it joins the next
+        one): losing the last few on a crash only makes a relay smaller, never
+        wrong.
         """
         if not self.config.relay:
             return
@@ -667,10 +675,11 @@ class Node:
         else:
             return
         if persist and self.store is not None and (kept or dropped):
-            write = (self.store.keep_relay_payload(h.node, kind, stamp, payload, drop=dropped)
-                     if kept else self.store.drop_relay_payloads(h.node, kind, dropped))
-            task = asyncio.ensure_future(write)
-            task.add_done_callback(_ignore_result)
+            with contextlib.suppress(StoreError):  # closing: a relay after a restart is smaller
+                if kept:
+                    self.store.keep_relay_payload_soon(h.node, kind, stamp, payload, drop=dropped)
+                else:
+                    self.store.drop_relay_payloads_soon(h.node, kind, dropped)
 
     async def _load_relay_payloads(self) -> None:
         """Rebuild the relay store from the payloads kept on disk (verified when received)."""
@@ -762,8 +771,19 @@ class Node:
         if self.transport is None or origin == self.id:
             return
         topic = wire.topic(self.fed, "relay", self.id)
+        kept = self.relays.kept(origin, since)
+        stored: dict[tuple[int, int], bytes] = {}
+        missing = [stamp for kind, stamp, p in kept if p is None and kind == "delta"]
+        if missing and self.store is not None:
+            try:
+                stored = await self.store.relay_payloads(origin, "delta", missing)
+            except StoreError as exc:  # a relay is a courtesy: send what is in memory
+                self._log.warning("relay_payloads_unreadable", peer=origin, error=str(exc))
         sent = 0
-        for payload in self.relays.payloads(origin, since):
+        for _kind, stamp, held in kept:
+            payload = held if held is not None else stored.get(stamp)
+            if payload is None:  # its write did not commit (yet): the relay is smaller, not wrong
+                continue
             if not await self.transport.publish(topic, payload, qos=1):
                 break
             sent += 1
@@ -821,7 +841,7 @@ class Node:
             if msg.origin == self.id:
                 self._gossip.on_sync_request(msg.since)
                 self._wake.set()
-            elif self.relays.payloads(msg.origin, msg.since):
+            elif self.relays.kept(msg.origin, msg.since):
                 # Relayed catch-up: answer for a silent origin now (after a jitter), for a
                 # live one only if it has not answered within a few sync intervals.
                 wait = 0.0 if self._silent(msg.origin) else 3 * sync
@@ -847,8 +867,10 @@ class Node:
             self._visits_held[origin] += self._pending_gain
         self.version_rate.observe(origin, delta.to_version, self.clock())
         if stats.changed and self.store is not None:
-            await asyncio.gather(self.store.write_cells(origin, delta.arrays()),
-                                 self.store.log_merge(now, stats))  # one group commit
+            # one group commit; relaxed: safe from SIGKILL, no fsync of its own (peers' cells
+            # lost to a power cut are asked for again; own cells are always fully durable)
+            await asyncio.gather(self.store.write_cells(origin, delta.arrays(), relaxed=True),
+                                 self.store.log_merge(now, stats))
         self.counters.deltas_applied += 1
         self.counters.cells_applied += stats.changed
         return stats

@@ -11,12 +11,22 @@ commit, so an acknowledged write survives SIGKILL *and* power loss;
 ``NORMAL`` still survives a killed process (the WAL is in the OS page cache)
 but may lose the last commits on power loss.
 
+Writes marked ``relaxed`` (peers' cells as received, the merge log, kept relay
+payloads) do not need the power-loss half of that promise: nobody was told
+they are on disk, and a node that lost them asks the peers again. A batch made
+only of relaxed writes commits with ``synchronous=NORMAL`` — still safe from
+SIGKILL, but without an fsync per received delta; any other batch commits at
+the configured level, and its fsync covers the relaxed commits before it (the
+WAL is one append-only file, recovered as a prefix of its commits).
+
 Group commit keeps that promise cheap. Every write (cells, meta, peers, trust
 events, merge log) is queued to one writer task, which drains the queue,
 executes everything queued in one ``BEGIN IMMEDIATE .. COMMIT`` and only then
 resolves each caller's future. Many concurrent callers therefore pay for one
 fsync together, writes are applied in the order they were submitted, and there
-is never more than one write transaction. If a commit fails, every caller of
+is never more than one write transaction. The whole transaction of a batch
+runs in one call on the SQLite thread (``_run_batch``), not one hop per
+statement. Writes nobody waits for (``*_soon``) join the next batch. If a commit fails, every caller of
 that batch gets a ``StoreError`` and none of the batch is kept; arguments are
 validated *before* queueing so that one caller's bad input cannot fail a batch
 shared with others.
@@ -67,6 +77,8 @@ MERGE_LOG_KEPT = 10_000
 
 _INT64_MAX = 2**63 - 1
 _CACHE_KIB = 16 * 1024
+#: Deferred writes (``defer``) held before they are committed on their own.
+_DEFERRED_MAX = 256
 #: Cells converted between numpy and Python objects at a time (memory bound).
 _CHUNK = 32_768
 _SYNCHRONOUS = ("NORMAL", "FULL", "EXTRA")  # OFF would break the durability promise
@@ -184,6 +196,7 @@ class _Write:
     future: asyncio.Future[int]
     trims: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     counted: bool = False
+    relaxed: bool = False  # safe from SIGKILL is enough (module docstring)
     rowcount: int = field(default=0)
 
 
@@ -197,6 +210,55 @@ def _plan(batch: list[_Write]) -> list[tuple[str, list[Params], _Write | None]]:
             else:
                 plan.append((sql, [params], w if w.counted else None))
     return plan
+
+
+async def _in_thread(conn: aiosqlite.Connection, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn(sqlite3_connection, *args)`` in the connection's own thread: one hop.
+
+    aiosqlite hops to its thread and back for every statement (~30 µs of CPU
+    each, and a loop iteration); a batch is 5-7 statements, received deltas
+    come one batch each. ``Connection._execute`` and ``_conn`` are aiosqlite's
+    own primitives (0.17-0.22): every store test fails should an upgrade drop them.
+    """
+    return await conn._execute(fn, conn._conn, *args)
+
+
+def _run_batch(db: sqlite3.Connection, pragma: str | None,
+               plan: list[tuple[str, list[Params], _Write | None]],
+               trims: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
+    """One batch's transaction, in the connection's thread; the row count of each planned step.
+
+    All or nothing: a failure rolls back before the exception reaches the writer.
+    """
+    if pragma is not None:  # outside any transaction, where SQLite takes it
+        db.execute(pragma)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        counts = []
+        for sql, parts, _owner in plan:
+            params = parts[0] if len(parts) == 1 else chain.from_iterable(parts)
+            counts.append(max(db.executemany(sql, params).rowcount, 0))
+        for sql, args in trims:
+            db.execute(sql, args)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+        raise
+    return counts
+
+
+def _retrieve(fut: asyncio.Future[int]) -> None:
+    """Done callback of a write nobody awaits: its failure is the batch's (already logged)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _retrieved_future() -> asyncio.Future[int]:
+    fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    fut.add_done_callback(_retrieve)
+    return fut
 
 
 def _resolve(fut: asyncio.Future[int], result: int | BaseException) -> None:
@@ -290,10 +352,13 @@ class Store:
         self.node_id = node_id
         self.fingerprint = fingerprint
         self.synchronous = synchronous
+        #: the connection's current level (relaxed batches lower it); None: unknown
+        self._sync_now: str | None = synchronous
         self.schema_version = schema_version
         self.commits = 0
         self.writes = 0
         self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()
+        self._deferred: list[_Write] = []  # ride with the next batch (``_defer``)
         self._lock = asyncio.Lock()  # one of: the writer's batch, or one read
         self._closing = False
         self._closed = False
@@ -367,7 +432,7 @@ class Store:
 
     async def _submit(self, steps: tuple[tuple[str, Params], ...], *,
                       trims: tuple[tuple[str, tuple[Any, ...]], ...] = (),
-                      counted: bool = False) -> int:
+                      counted: bool = False, relaxed: bool = False) -> int:
         """Queue writes and wait until the transaction holding them has committed.
 
         A caller cancelled while waiting may or may not have its write committed.
@@ -377,8 +442,22 @@ class Store:
         if self._writer.done():
             raise StoreError(f"store {self.path}: the writer task has stopped")
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Write(steps, fut, trims, counted))
+        self._queue.put_nowait(_Write(steps, fut, trims, counted, relaxed))
         return await fut
+
+    def _defer(self, steps: tuple[tuple[str, Params], ...]) -> None:
+        """Queue writes nobody waits for: they join the next batch instead of costing a commit
+        (an fsync) of their own, in submission order before it; lost if the process dies first.
+
+        Once ``_DEFERRED_MAX`` are held, they are committed without waiting for company.
+        """
+        if self._closing or self._writer.done():
+            raise StoreError(f"store {self.path} is closed")
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(_retrieve)
+        self._deferred.append(_Write(steps, fut, relaxed=True))
+        if len(self._deferred) >= _DEFERRED_MAX:
+            self._queue.put_nowait(_Write((), _retrieved_future()))
 
     async def _write_loop(self) -> None:
         """The single writer: one transaction per drained batch of queued writes."""
@@ -386,7 +465,9 @@ class Store:
             while True:
                 item = await self._queue.get()
                 stop = item is None
-                batch = [] if item is None else [item]
+                batch, self._deferred = self._deferred, []  # submitted before what is queued
+                if item is not None:
+                    batch.append(item)
                 while not stop and not self._queue.empty():
                     item = self._queue.get_nowait()
                     if item is None:
@@ -398,6 +479,9 @@ class Store:
                 if stop:
                     return
         finally:  # cancelled or crashed: nobody may wait forever
+            for w in self._deferred:
+                _resolve(w.future, StoreError(f"store {self.path} writer stopped"))
+            self._deferred = []
             while not self._queue.empty():
                 item = self._queue.get_nowait()
                 if item is not None:
@@ -407,18 +491,18 @@ class Store:
         live = [w for w in batch if not w.future.cancelled()]
         if not live:
             return
-        conn = self._conn
+        sync = "NORMAL" if all(w.relaxed for w in live) else self.synchronous
+        pragma = f"PRAGMA synchronous={sync}" if sync != self._sync_now else None
+        plan = _plan(live)
+        trims = list(dict.fromkeys(t for w in live for t in w.trims))
         async with self._lock:
             try:
-                await conn.execute("BEGIN IMMEDIATE")
-                for sql, parts, owner in _plan(live):
-                    params = parts[0] if len(parts) == 1 else chain.from_iterable(parts)
-                    cursor = await conn.executemany(sql, params)
+                self._sync_now = None  # unknown until the batch returns
+                counts = await _in_thread(self._conn, _run_batch, pragma, plan, trims)
+                self._sync_now = sync
+                for (_sql, _parts, owner), n in zip(plan, counts, strict=True):
                     if owner is not None:
-                        owner.rowcount += max(cursor.rowcount, 0)
-                for sql, args in dict.fromkeys(t for w in live for t in w.trims):
-                    await conn.execute(sql, args)
-                await conn.execute("COMMIT")
+                        owner.rowcount += n
             except BaseException as exc:
                 # The waiters first: nothing below (rollback, logging) may leave them waiting.
                 for w in live:  # one exception object per waiter: each gets its own traceback
@@ -477,17 +561,20 @@ class Store:
 
     # ------------------------------------------------------------------ cells
 
-    async def write_cells(self, origin: str, arrays: Mapping[str, np.ndarray]) -> None:
+    async def write_cells(self, origin: str, arrays: Mapping[str, np.ndarray], *,
+                          relaxed: bool = False) -> None:
         """Upsert ``origin``'s cells, newer version wins; returns once committed.
 
         ``arrays`` holds every field of ``CELL_DTYPES`` (e.g. ``Delta.arrays()``);
         other dtypes are accepted only if they cast safely. Replaying cells is
         harmless: a cell whose version is not greater than the stored one is
-        ignored, exactly as in the in-memory merge.
+        ignored, exactly as in the in-memory merge. ``relaxed``: cells received
+        from a peer, which a power loss may take back (module docstring); a
+        node's own cells never are.
         """
         m, rows = _cell_rows(origin, arrays)
         if m:
-            await self._submit(((_UPSERT_CELL, rows),))
+            await self._submit(((_UPSERT_CELL, rows),), relaxed=relaxed)
 
     async def load_cells(self) -> dict[str, dict[str, np.ndarray]]:
         """Every origin's cells as ``CELL_DTYPES`` arrays, sorted by unsigned ``(key, action)``."""
@@ -556,28 +643,39 @@ class Store:
         """Keep an origin's signed payload (``kind`` birth or delta), and forget ``drop``
         (payloads of that kind superseded by it); one transaction. A birth replaces the
         origin's earlier ones."""
-        origin, kind = str(origin), str(kind)
-        steps: list[tuple[str, Params]] = []
-        if kind == "birth":
-            steps.append(("DELETE FROM relay_payloads WHERE origin = ? AND kind = 'birth'",
-                          ((origin,),)))
-        if drop:
-            steps.append(("DELETE FROM relay_payloads WHERE origin = ? AND kind = ? "
-                          "AND epoch = ? AND seq = ?",
-                          tuple((origin, kind, int(e), int(s)) for e, s in drop)))
-        steps.append(("INSERT OR IGNORE INTO relay_payloads (origin, kind, epoch, seq, payload) "
-                      "VALUES (?, ?, ?, ?, ?)",
-                      ((origin, kind, int(stamp[0]), int(stamp[1]), bytes(payload)),)))
-        await self._submit(tuple(steps))
+        await self._submit(_relay_steps(origin, kind, stamp, payload, drop))
+
+    def keep_relay_payload_soon(self, origin: str, kind: str, stamp: tuple[int, int],
+                                payload: bytes, *, drop: Sequence[tuple[int, int]] = ()) -> None:
+        """``keep_relay_payload`` without waiting: it joins the next commit (``_defer``).
+
+        For payloads a crash may lose (a relay is then smaller, never wrong): a
+        node keeping every received delta pays no fsync of its own for them.
+        """
+        self._defer(_relay_steps(origin, kind, stamp, payload, drop))
+
+    def drop_relay_payloads_soon(self, origin: str, kind: str,
+                                 stamps: Sequence[tuple[int, int]]) -> None:
+        """``drop_relay_payloads`` without waiting: it joins the next commit."""
+        if stamps:
+            self._defer(_drop_relay_steps(origin, kind, stamps))
 
     async def drop_relay_payloads(self, origin: str, kind: str,
                                   stamps: Sequence[tuple[int, int]]) -> None:
         """Forget kept payloads that newer ones made unnecessary."""
         if stamps:
-            await self._submit((("DELETE FROM relay_payloads WHERE origin = ? AND kind = ? "
-                                 "AND epoch = ? AND seq = ?",
-                                 tuple((str(origin), str(kind), int(e), int(s))
-                                       for e, s in stamps)),))
+            await self._submit(_drop_relay_steps(origin, kind, stamps))
+
+
+    async def relay_payloads(self, origin: str, kind: str,
+                             stamps: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        """The kept payloads of ``origin`` of that kind among ``stamps``, by stamp (missing: left out)."""
+        want = {(int(e), int(q)) for e, q in stamps}
+        if not want:
+            return {}
+        rows = await self._read("SELECT epoch, seq, payload FROM relay_payloads "
+                                "WHERE origin = ? AND kind = ?", (str(origin), str(kind)))
+        return {(int(r[0]), int(r[1])): bytes(r[2]) for r in rows if (int(r[0]), int(r[1])) in want}
 
     async def load_relay_payloads(self) -> list[tuple[str, str, tuple[int, int], bytes]]:
         """Every kept payload as ``(origin, kind, (epoch, seq), payload)``, oldest first per origin."""
@@ -617,7 +715,7 @@ class Store:
         row = (float(ts), str(stats.origin), int(stats.cells), int(stats.new), int(stats.updated),
                int(stats.conflicts), int(stats.rejected), int(stats.total_visits),
                float(stats.confidence))
-        await self._submit(((_LOG_MERGE, (row,)),),
+        await self._submit(((_LOG_MERGE, (row,)),), relaxed=True,
                            trims=((_TRIM_MERGE_LOG, (MERGE_LOG_KEPT,)),))
 
     # ------------------------------------------------------------------ status
@@ -634,6 +732,28 @@ class Store:
         out.update(schema_version=self.schema_version, synchronous=self.synchronous,
                    commits=self.commits, writes=self.writes)
         return out
+
+
+def _relay_steps(origin: str, kind: str, stamp: tuple[int, int], payload: bytes,
+                 drop: Sequence[tuple[int, int]]) -> tuple[tuple[str, Params], ...]:
+    """The statements of ``keep_relay_payload`` (arguments converted now, before queueing)."""
+    origin, kind = str(origin), str(kind)
+    steps: list[tuple[str, Params]] = []
+    if kind == "birth":
+        steps.append(("DELETE FROM relay_payloads WHERE origin = ? AND kind = 'birth'",
+                      ((origin,),)))
+    if drop:
+        steps.extend(_drop_relay_steps(origin, kind, drop))
+    steps.append(("INSERT OR IGNORE INTO relay_payloads (origin, kind, epoch, seq, payload) "
+                  "VALUES (?, ?, ?, ?, ?)",
+                  ((origin, kind, int(stamp[0]), int(stamp[1]), bytes(payload)),)))
+    return tuple(steps)
+
+
+def _drop_relay_steps(origin: str, kind: str,
+                      stamps: Sequence[tuple[int, int]]) -> tuple[tuple[str, Params], ...]:
+    return (("DELETE FROM relay_payloads WHERE origin = ? AND kind = ? AND epoch = ? AND seq = ?",
+             tuple((str(origin), str(kind), int(e), int(s)) for e, s in stamps)),)
 
 
 def _size(path: Path) -> int:

@@ -75,11 +75,11 @@ _END_OF_SECOND = 255
 _END = 254
 
 
-def node_config(state_dir: str, peers: int, synchronous: str) -> NodeConfig:
+def node_config(state_dir: str, peers: int, synchronous: str, relay: bool = True) -> NodeConfig:
     return NodeConfig(federation=FED, node_id="host", actions=ACTIONS, secret=SECRET,
                       state_dir=state_dir, api_listen="", half_life=HALF_LIFE,
                       heartbeat_interval=HEARTBEAT, max_origins=max(1024, peers),
-                      synchronous=synchronous, seed=1)
+                      synchronous=synchronous, seed=1, relay=relay)
 
 
 # ------------------------------------------------------------------ the peers (generator process)
@@ -218,14 +218,15 @@ class VirtualClock:
         return self.t
 
 
-async def run_node(peers: int, seconds: int, seed: int, synchronous: str) -> dict[str, Any]:
+async def run_node(peers: int, seconds: int, seed: int, synchronous: str,
+                   relay: bool = True) -> dict[str, Any]:
     gen = subprocess.Popen([sys.executable, __file__, "--generator", str(peers), "--seconds",
                             str(seconds), "--seed", str(seed)], stdout=subprocess.PIPE)
     assert gen.stdout is not None
     result: dict[str, Any] = {"peers": peers, "fleet_seconds": seconds}
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
         clock = VirtualClock(T0)
-        cfg = node_config(tmp, peers, synchronous)
+        cfg = node_config(tmp, peers, synchronous, relay)
         node = Node(cfg, clock=clock, monotonic=clock)
         await node.open()
         task = cfg.task
@@ -302,10 +303,11 @@ async def run_node(peers: int, seconds: int, seed: int, synchronous: str) -> dic
     return result
 
 
-def node_child(peers: int, seconds: int, seed: int, synchronous: str, limit_mb: int) -> None:
+def node_child(peers: int, seconds: int, seed: int, synchronous: str, limit_mb: int,
+               relay: bool = True) -> None:
     if limit_mb > 0:  # a layout that cannot hold P fails here, not by taking the machine down
         resource.setrlimit(resource.RLIMIT_AS, (limit_mb << 20, limit_mb << 20))
-    print(json.dumps(asyncio.run(run_node(peers, seconds, seed, synchronous))), flush=True)
+    print(json.dumps(asyncio.run(run_node(peers, seconds, seed, synchronous, relay))), flush=True)
 
 
 # ------------------------------------------------------------------ orchestration
@@ -332,6 +334,8 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10.0, help="fleet time simulated (≥ 10)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"])
+    ap.add_argument("--no-relay", action="store_true",
+                    help="[gossip] relay = false: the node keeps no payloads to relay (its share)")
     ap.add_argument("--limit-mb", type=int, default=4096,
                     help="address-space limit of each node process (0: none)")
     ap.add_argument("--json", action="store_true", help="print only the JSON")
@@ -343,14 +347,16 @@ def main() -> None:
         generate(args.generator, args.seconds, args.seed)
         return
     if args.node is not None:
-        node_child(args.node, args.seconds, args.seed, args.synchronous, args.limit_mb)
+        node_child(args.node, args.seconds, args.seed, args.synchronous, args.limit_mb,
+                   not args.no_relay)
         return
     seconds = round(args.minutes * 60)
     points = []
     for p in (int(x) for x in args.peers.split(",")):
         proc = subprocess.run([sys.executable, __file__, "--node", str(p), "--seconds",
                                str(seconds), "--seed", str(args.seed), "--synchronous",
-                               args.synchronous, "--limit-mb", str(args.limit_mb)],
+                               args.synchronous, "--limit-mb", str(args.limit_mb)]
+                              + (["--no-relay"] if args.no_relay else []),
                               capture_output=True, text=True, env={**os.environ})
         lines = proc.stdout.strip().splitlines()
         if proc.returncode != 0 or not lines:
@@ -363,7 +369,8 @@ def main() -> None:
         "bench": "fleet", "cadence": {"interactions_per_s": 1, "publish_every": PUBLISH_EVERY,
                                       "states": STATES, "actions": len(ACTIONS),
                                       "heartbeat_s": HEARTBEAT, "signatures": SIGNATURES},
-        "fleet_minutes": seconds / 60, "synchronous": args.synchronous, "runs": points,
+        "fleet_minutes": seconds / 60, "synchronous": args.synchronous,
+        "relay": not args.no_relay, "runs": points,
         "targets_at_1000": {"cpu_s_per_fleet_s": 0.25, "rss_mb": 300},
         "half_core": half_core(points),
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},

@@ -131,16 +131,32 @@ def start(config: Path, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
 
 
-def wait_healthy(client: PeerdClient, proc: subprocess.Popen[bytes], deadline: float) -> None:
+class BindLost(RuntimeError):
+    """The daemon's API port, free when picked, was taken before the daemon bound it."""
+
+
+def wait_healthy(client: PeerdClient, proc: subprocess.Popen[bytes], log: Path,
+                 deadline: float) -> None:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"daemon exited with {proc.returncode} before it was ready")
+            text = log.read_text(errors="replace")
+            if "api_bind_failed" in text:
+                raise BindLost(f"{log.stem}: its API port was taken")
+            tail = " | ".join(text.strip().splitlines()[-2:])
+            raise RuntimeError(f"daemon exited with {proc.returncode} before it was ready: {tail}")
         try:
             client.healthz()
             return
         except ApiError:
             time.sleep(0.1)  # polling the readiness condition, with a deadline
     raise RuntimeError("daemon not healthy in time")
+
+
+def launch(root: Path, node: str, fed: str, url: str, heartbeat: float,
+           log: Path) -> tuple[subprocess.Popen[bytes], PeerdClient]:
+    port = free_port()
+    cfg = write_config(root, node, fed, url, port, heartbeat)
+    return start(cfg, log), PeerdClient(f"http://127.0.0.1:{port}", timeout=30.0)
 
 
 def settle(clients: list[PeerdClient], heartbeat: float, deadline: float) -> bool:
@@ -324,12 +340,22 @@ def main() -> int:
         clients = []
         t0 = time.monotonic()
         for k in range(args.nodes):
-            port = free_port()
-            cfg = write_config(root, f"node{k}", fed, url, port, args.heartbeat)
-            procs.append(start(cfg, logs[k]))
-            clients.append(PeerdClient(f"http://127.0.0.1:{port}", timeout=30.0))
-        for c, pr in zip(clients, procs, strict=True):
-            wait_healthy(c, pr, t0 + args.timeout)
+            pr, c = launch(root, f"node{k}", fed, url, args.heartbeat, logs[k])
+            procs.append(pr)
+            clients.append(c)
+        for k in range(args.nodes):
+            # A port picked free here can be taken (by another daemon's broker connection, an
+            # ephemeral port from the same range) before the daemon binds it: it then exits with
+            # api_bind_failed. Start that one again on a fresh port, up to 3 times.
+            for attempt in range(4):
+                try:
+                    wait_healthy(clients[k], procs[k], logs[k], t0 + args.timeout)
+                    break
+                except BindLost:
+                    if attempt == 3:
+                        raise
+                    procs[k], clients[k] = launch(root, f"node{k}", fed, url, args.heartbeat,
+                                                  logs[k])
         out["ready_s"] = round(time.monotonic() - t0, 2)
         pids = [pr.pid for pr in procs]
         out["settled"] = settle(clients, args.heartbeat, time.monotonic() + 4 * args.timeout)

@@ -54,3 +54,23 @@ def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) 
     """`peerd` alone lists the commands and exits 2."""
     assert cli.main([]) == 2
     assert "keygen" in capsys.readouterr().out
+
+
+def test_run_imports_no_other_command_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``peerd run`` builds the daemon's parser only: the other commands stay out of the daemon."""
+    from peerd import daemon
+
+    imported: list[str] = []
+    real = importlib.import_module
+    monkeypatch.setattr(cli.importlib, "import_module", lambda m: imported.append(m) or real(m))
+    monkeypatch.setattr(daemon, "run", lambda args: 0)
+    parser_modules: list[tuple[str, ...]] = []
+    real_build = cli.build_parser
+
+    def build(modules: tuple[str, ...] = cli.COMMAND_MODULES) -> argparse.ArgumentParser:
+        parser_modules.append(modules)
+        return real_build(modules)
+
+    monkeypatch.setattr(cli, "build_parser", build)
+    assert cli.main(["run", "--config", "x.toml"]) == 0
+    assert parser_modules == [("peerd.daemon",)] and imported == ["peerd.daemon"]

@@ -129,3 +129,19 @@ def test_held_visits_plus_new_ones_never_exceed_the_newest_version():
         check_budget("p", 10, 20, 10, n_new=np.array([3]), v_new=np.array([12]),
                      v_held=np.array([10]), held_total=0, top_version=10,
                      **{**kw, "n_held": np.array([0])})
+
+
+def test_version_rate_limit_is_computed_once_per_refresh_window():
+    """The O(peers) median is reused by check() for ``refresh`` seconds, then recomputed."""
+    vr = VersionRate(cap=1e9, multiple=1.0, burst=0, floor=0.0, refresh=1.0)
+    for peer in ("a", "b", "c"):
+        vr.observe(peer, 0, now=0.0)
+        vr.observe(peer, 100, now=100.0)  # 1 version/s
+    vr.observe("p", 0, now=0.0)
+    vr.check("p", 100, now=100.0)  # computes and keeps 1/s
+    for peer in ("a", "b", "c"):
+        vr.observe(peer, 300, now=100.5)  # the median jumps to ~3/s
+    with pytest.raises(VersionRateExceeded):
+        vr.check("p", 101, now=100.5)  # still the kept 1/s
+    vr.check("p", 200, now=101.0)  # a second later: recomputed
+    assert vr.limit() == pytest.approx(300 / 100.5)

@@ -451,3 +451,29 @@ async def test_acknowledged_writes_survive_sigkill(db: Path, synchronous: str) -
     assert not missing, f"{len(missing)} of {len(acks)} acknowledged writes lost"
     last_counter = max(int(i) for o, k, i in acks if int(k) < 10**6)  # writer 0 is o0, key < 1e6
     assert counter >= last_counter
+
+
+async def test_deferred_writes_cost_no_commit_of_their_own(db: Path) -> None:
+    """A payload kept "soon" is committed with the next write (one commit, not two), and at close."""
+    async with await open_store(db) as store:
+        store.keep_relay_payload_soon("x", "delta", (1, 2), b"d2")
+        assert await store.load_relay_payloads() == []  # not committed: nothing woke the writer
+        commits = store.commits
+        await store.set_meta("seq", 1)
+        assert store.commits == commits + 1
+        assert [r[3] for r in await store.load_relay_payloads()] == [b"d2"]
+        store.keep_relay_payload_soon("x", "delta", (1, 3), b"d3", drop=[(1, 2)])
+    async with await open_store(db) as store:  # close committed what was still deferred
+        assert [(r[2], r[3]) for r in await store.load_relay_payloads()] == [((1, 3), b"d3")]
+        assert await store.relay_payloads("x", "delta", [(1, 3), (9, 9)]) == {(1, 3): b"d3"}
+
+
+async def test_relaxed_batches_commit_without_fsync_and_others_at_the_configured_level(db: Path) -> None:
+    """Peers' cells alone commit at NORMAL (SIGKILL-safe); a batch with own cells at FULL again."""
+    async with await open_store(db, synchronous="FULL") as store:
+        await store.write_cells("peer", cells([1], version=[1]), relaxed=True)
+        assert await store._read("PRAGMA synchronous") == [(1,)]
+        await asyncio.gather(store.write_cells("peer", cells([2], version=[2]), relaxed=True),
+                             store.write_cells("me", cells([3], version=[1])))
+        assert await store._read("PRAGMA synchronous") == [(2,)]
+        assert sorted((await store.load_cells()).keys()) == ["me", "peer"]
