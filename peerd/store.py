@@ -212,15 +212,52 @@ def _plan(batch: list[_Write]) -> list[tuple[str, list[Params], _Write | None]]:
     return plan
 
 
-async def _in_thread(conn: aiosqlite.Connection, fn: Callable[..., Any], *args: Any) -> Any:
-    """Run ``fn(sqlite3_connection, *args)`` in the connection's own thread: one hop.
+async def _commit_batch(conn: aiosqlite.Connection, pragma: str | None,
+                        plan: list[tuple[str, list[Params], _Write | None]],
+                        trims: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
+    """Run ``_run_batch`` in the connection's own thread: one hop.
 
     aiosqlite hops to its thread and back for every statement (~30 µs of CPU
     each, and a loop iteration); a batch is 5-7 statements, received deltas
     come one batch each. ``Connection._execute`` and ``_conn`` are aiosqlite's
-    own primitives (0.17-0.22): every store test fails should an upgrade drop them.
+    own primitives (0.17-0.22); should an upgrade drop them, the batch runs through
+    the public API instead, one hop per statement (slower, same transaction).
     """
-    return await conn._execute(fn, conn._conn, *args)
+    private = _private_api(conn)
+    if private is not None:
+        execute, raw = private
+        return list(await execute(_run_batch, raw, pragma, plan, trims))
+    return await _run_batch_public(conn, pragma, plan, trims)
+
+
+def _private_api(conn: aiosqlite.Connection) -> tuple[Callable[..., Any], sqlite3.Connection] | None:
+    """aiosqlite's ``(_execute, _conn)`` when this version has them, else None."""
+    execute = getattr(conn, "_execute", None)
+    raw = getattr(conn, "_conn", None)
+    return (execute, raw) if callable(execute) and isinstance(raw, sqlite3.Connection) else None
+
+
+async def _run_batch_public(conn: aiosqlite.Connection, pragma: str | None,
+                            plan: list[tuple[str, list[Params], _Write | None]],
+                            trims: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
+    """``_run_batch`` through aiosqlite's public API: the fallback of ``_in_thread``."""
+    if pragma is not None:
+        await conn.execute(pragma)
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        counts = []
+        for sql, parts, _owner in plan:
+            params = parts[0] if len(parts) == 1 else list(chain.from_iterable(parts))
+            counts.append(max((await conn.executemany(sql, params)).rowcount, 0))
+        for sql, args in trims:
+            await conn.execute(sql, args)
+        await conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                await conn.execute("ROLLBACK")
+        raise
+    return counts
 
 
 def _run_batch(db: sqlite3.Connection, pragma: str | None,
@@ -498,7 +535,7 @@ class Store:
         async with self._lock:
             try:
                 self._sync_now = None  # unknown until the batch returns
-                counts = await _in_thread(self._conn, _run_batch, pragma, plan, trims)
+                counts = await _commit_batch(self._conn, pragma, plan, trims)
                 self._sync_now = sync
                 for (_sql, _parts, owner), n in zip(plan, counts, strict=True):
                     if owner is not None:

@@ -138,6 +138,29 @@ async def test_writes_of_all_kinds_share_one_transaction_in_order(db: Path) -> N
         assert await store.get_meta("version") == 2
 
 
+async def test_batches_commit_through_the_public_api_when_aiosqlite_internals_are_gone(
+        db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without aiosqlite's private ``_execute`` the same batch commits, statement by statement."""
+    public = []
+    fallback = store_module._run_batch_public
+
+    async def counting(*args: object) -> list[int]:
+        public.append(1)
+        return await fallback(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store_module, "_run_batch_public", counting)
+    monkeypatch.setattr(store_module, "_private_api", lambda conn: None)
+    async with await open_store(db) as store:
+        await asyncio.gather(store.set_meta("version", 7),
+                             store.write_cells("o", cells([1, 2, BIG], version=3, q=1.5)))
+        await store.write_cells("o", cells([1, 2, BIG], version=[2, 4, 3], q=2.5))
+        got = (await store.load_cells())["o"]
+        assert await store.get_meta("version") == 7
+    assert len(public) >= 2
+    np.testing.assert_array_equal(got["version"], [3, 4, 3])
+    np.testing.assert_allclose(got["q"], [1.5, 2.5, 1.5])
+
+
 async def test_reopening_gives_the_same_data(db: Path) -> None:
     """Everything written before close is there after reopening: cells, meta, peers, trust, log."""
     data = cells([5, BIG + 9, 2**64 - 1], [0, 1, 2], version=[1, 2, 3])
