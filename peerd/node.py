@@ -51,8 +51,8 @@ from peerd.liveness import ONLINE, UNKNOWN, LivenessPolicy
 from peerd.logs import get_logger
 from peerd.peers import TrustEvent
 from peerd.presence import PresenceState
-from peerd.qtable import QTable
 from peerd.probation import Probation
+from peerd.qtable import QTable
 from peerd.quarantine import (
     MAX_MATRIX_ENTRIES,
     Quarantine,

@@ -12,15 +12,19 @@ So an origin whose cells arrive for the first time is put on **probation**:
 its cells are stored, gossiped and judged like any other (its values speak in
 the references of the deviation round with its full trust), but it weighs
 nothing in the merged view until it has passed ``rounds`` deviation rounds
-well within the consensus (score at most ``pass_ratio`` × the median, where
-quarantine needs 3×) and was judged over at least ``release_cells`` shared
-cells (or, where a small task has fewer, passed ``3 × rounds`` rounds): a
+well within the consensus (score at most ``pass_ratio`` × the median: no
+worse than the typical origin, where quarantine needs 3×; a small lie such as
+``ipm``, −0.1 μ, is not an outlier early on but rarely better than typical)
+and was judged over at least ``release_cells`` shared cells (or, where a
+small task has fewer, passed ``3 × rounds`` rounds): a
 lie on one action per state (``extreme``) may miss the first twenty shared
 cells, rarely sixty. Quarantined on the way,
 it leaves probation for the quarantine, which restores it like any peer. An
-origin that cannot be judged (fewer shared cells than the round needs) is
-released after ``max_unjudged`` trust rounds: the window is bounded, and such an
-origin has few cells anyone else could compare, so little to poison with.
+origin that is never quarantined but does not pass either (it cannot be
+judged: fewer shared cells than the round needs; or it stays between the
+median and the quarantine threshold, as an honest node that found a reward
+first may) is released after ``max_rounds`` trust rounds: the hold is bounded,
+and by then the deviation quarantine has had as many rounds to judge it.
 
 The node runs extra deviation rounds while anyone is on probation
 (``due``: after as many deltas of probationers as there are of them), so an
@@ -39,12 +43,12 @@ from peerd.quarantine import Verdict
 
 #: deviation rounds within the consensus before a newcomer's cells count
 ROUNDS = 2
-#: periodic rounds without a verdict (too few shared cells) before a newcomer is released anyway
-MAX_UNJUDGED = 10
+#: trust rounds on probation before a newcomer that was never quarantined is released anyway
+MAX_ROUNDS = 10
 #: the merge weight of an origin on probation: below the default ``quarantine_below``
 WEIGHT = 0.1
 #: a round is passed when the origin's score is at most this many times the median score
-PASS_RATIO = 1.5
+PASS_RATIO = 1.0
 #: ... and released only once it was judged over at least this many shared cells
 RELEASE_CELLS = 60
 #: ... or, where fewer cells can be shared (a small task), after this many times ``rounds`` passes
@@ -54,7 +58,7 @@ SMALL_TASK_ROUNDS = 3
 @dataclass
 class _Entry:
     passed: int = 0
-    unjudged: int = 0
+    rounds: int = 0  # periodic (trust) rounds spent on probation
 
 
 @dataclass
@@ -62,7 +66,7 @@ class Probation:
     """Which origins are on probation, and how far each has come."""
 
     rounds: int = ROUNDS
-    max_unjudged: int = MAX_UNJUDGED
+    max_rounds: int = MAX_ROUNDS
     pass_ratio: float = PASS_RATIO
     release_cells: int = RELEASE_CELLS
     pending: dict[str, _Entry] = field(default_factory=dict)
@@ -73,8 +77,8 @@ class Probation:
     failed: int = 0
 
     def __post_init__(self) -> None:
-        if self.rounds < 0 or self.max_unjudged < 1:
-            raise ValueError("need rounds >= 0 and max_unjudged >= 1")
+        if self.rounds < 0 or self.max_rounds < 1:
+            raise ValueError("need rounds >= 0 and max_rounds >= 1")
 
     @property
     def enabled(self) -> bool:
@@ -109,7 +113,7 @@ class Probation:
 
         ``failed``: quarantined while on probation (the quarantine holds them now).
         Only ``periodic`` rounds (trust rounds, not the extra ones ``due`` asks
-        for) count toward ``max_unjudged``: the bound is in trust rounds.
+        for) count toward ``max_rounds``: the bound is in trust rounds.
         """
         self.deltas_since = 0
         released: list[str] = []
@@ -119,10 +123,11 @@ class Probation:
             if v is not None and v.quarantined:
                 failed.append(origin)
                 continue
+            e.rounds += periodic
+            if e.rounds >= self.max_rounds:
+                released.append(origin)  # never an outlier in max_rounds trust rounds
+                continue
             if v is None or v.score is None:
-                e.unjudged += periodic
-                if e.unjudged >= self.max_unjudged:
-                    released.append(origin)
                 continue
             if v.ratio is not None and v.ratio > self.pass_ratio:
                 continue  # judged, not an outlier, not clearly inside either: wait
@@ -152,4 +157,4 @@ class Probation:
         self.pending.pop(origin, None)
 
 
-__all__ = ["MAX_UNJUDGED", "ROUNDS", "WEIGHT", "Probation"]
+__all__ = ["MAX_ROUNDS", "ROUNDS", "WEIGHT", "Probation"]

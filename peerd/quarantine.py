@@ -334,6 +334,7 @@ def signature_mismatches(sig_keys: np.ndarray, sig_actions: np.ndarray, keys: np
     return checked, contradicted
 
 
-__all__ = ["ENTER_RATIO", "LEAVE_RATIO", "MAX_MATRIX_ENTRIES", "MIN_OTHERS", "OriginMatrix", "Quarantine", "Verdict",
+__all__ = ["ENTER_RATIO", "LEAVE_RATIO", "MAX_MATRIX_ENTRIES", "MIN_OTHERS", "OriginMatrix", "Quarantine",
+           "Verdict",
            "deviation_scores", "evidence_weights", "gather_origins", "judge_round", "signature_mismatches",
            "weighted_median_rows"]

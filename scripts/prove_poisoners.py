@@ -9,6 +9,12 @@ the slowdown against the all-honest run of the same build (same seeds), the
 trust rounds until every honest node has every liar out of its view, and the
 longest run of rounds an honest node spent quarantined by another.
 
+Rounds to quarantine count rounds until every honest node has *judged* every
+liar out (quarantined, or trust below ``quarantine_below``): newcomer probation
+alone keeps a liar out of the view but does not count. A run the federation
+stalls in (the broker stops delivering; seen with sybil churn) is recorded
+with its error, as not reached.
+
 Targets (issue 11): all-honest within 1.1× of the federated steps before the
 defences (5 500 on Taxi); 2 liars ≤ 1.3×; 3 liars ≤ 2×; invert, extreme, ipm,
 inflate and copycat liars out of every honest view within 10 rounds; in
@@ -33,6 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from peerd.errors import SimulationError
 from peerd.sim.attacks import ATTACKS, AttackSpec
 from peerd.sim.runner import SimSettings, Simulation
 from peerd.testing.broker import Broker, find_mosquitto
@@ -41,7 +48,9 @@ from peerd.testing.broker import Broker, find_mosquitto
 HONEST_BEFORE = {"taxi": 5500}
 QUARANTINE_JUDGED = ("invert", "extreme", "ipm", "inflate", "copycat")
 LIMITS = {2: 1.3, 3: 2.0}
-GIVE_UP = 3.0  # a run stops at GIVE_UP × the all-honest steps: "not reached"
+#: a run stops at GIVE_UP × the all-honest steps: "not reached" (above every slowdown target,
+#: 2×; 3× before, which cost the matrix hours on 2 shared cores)
+GIVE_UP = 2.1
 #: the issue sets only a slowdown target there (2 inverters ≤ 1.3×): the rest is reported
 SLOWDOWN_ONLY_ENVS = ("frozenlake8x8",)
 
@@ -57,13 +66,25 @@ async def _one(broker_url: str, env: str, nodes: int, attacks: list[AttackSpec],
                     attacks=tuple(attacks), trust_every=trust_every, step_cap=step_cap, seed=seed,
                     defences=defences)
     t0 = time.perf_counter()
-    r = (await Simulation(s).run())["federated"][0]
+    c0 = time.process_time()
+    try:
+        r = (await Simulation(s).run())["federated"][0]
+    except (TimeoutError, SimulationError) as exc:
+        # the federation stalled (the broker stopped delivering; seen with sybil churn, on main
+        # too): recorded as a failed run, not the end of the matrix
+        return {"steps": None, "rounds_to_quarantine": None, "honest_quarantine_rounds": 0,
+                "sybil_identities": 0, "error": f"{type(exc).__name__}: {exc}"[:200],
+                "attacker_excluded": [], "attacker_trust": [],
+                "wall_s": round(time.perf_counter() - t0, 1),
+                "cpu_s": round(time.process_time() - c0, 1)}
     return {"steps": r.steps_to_target, "rounds_to_quarantine": r.rounds_to_quarantine,
             "honest_quarantine_rounds": r.honest_quarantine_rounds,
             "sybil_identities": r.sybil_identities,
             "attacker_excluded": [(k, round(v, 3)) for k, v in r.attacker_excluded],
             "attacker_trust": [(k, round(v, 3)) for k, v in r.attacker_trust],
-            "wall_s": round(time.perf_counter() - t0, 1)}
+            "attacker_quarantined": [(k, round(v, 3)) for k, v in r.attacker_quarantined],
+            "wall_s": round(time.perf_counter() - t0, 1),
+            "cpu_s": round(time.process_time() - c0, 1)}
 
 
 def _median(xs: list[int | None]) -> float | None:

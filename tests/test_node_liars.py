@@ -103,7 +103,7 @@ async def test_a_newcomer_counts_only_after_passing_deviation_rounds(fleet: Flee
     await _round(fleet, honest, liar, "invert")
     h0 = honest[0]
     assert h0.probation.admitted >= 4  # every peer's first cells came on probation
-    for _ in range(6):  # founders pass their rounds; the inverter fails into the quarantine
+    for _ in range(h0.probation.max_rounds):  # founders pass (or time out); the inverter fails
         await h0.trust_round()
     assert not any(p.id in h0.probation for p in honest[1:]) and "liar" in h0.quarantine
     assert h0.probation.failed >= 1
@@ -117,11 +117,11 @@ async def test_a_newcomer_counts_only_after_passing_deviation_rounds(fleet: Flee
     assert "new" in h0.probation and h0.excluded("new")
     assert h0.status()["probation"]["peers"] == ["new"]
     rounds = 0
-    while "new" in h0.probation and rounds < 10:
+    while "new" in h0.probation and rounds < 20:
         await h0.deviation_round()
         rounds += 1
     assert "new" not in h0.probation and "new" not in h0.quarantine
-    assert h0.probation.rounds <= rounds <= 3 * h0.probation.rounds  # a small task: 3× the rounds
+    assert h0.probation.rounds <= rounds <= h0.probation.max_rounds  # bounded hold
     assert not h0.excluded("new")
 
 

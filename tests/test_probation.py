@@ -45,12 +45,15 @@ def test_quarantined_newcomer_fails_and_leaves_probation_for_the_quarantine():
     assert "x" not in p and p.failed == 1 and p.released == 0
 
 
-def test_unjudged_newcomer_is_released_after_max_unjudged_rounds():
-    p = Probation(rounds=2, max_unjudged=3)
+def test_a_newcomer_never_quarantined_is_released_after_max_rounds_trust_rounds():
+    p = Probation(rounds=2, max_rounds=3)
     p.admit("a")
-    for _ in range(2):
-        assert p.judge({"a": _v("a", None)}) == ([], [])
-    assert p.judge({}) == (["a"], [])
+    p.admit("b")
+    for _ in range(5):  # extra rounds (between trust rounds) do not count toward the bound
+        assert p.judge({"b": _v("b", 2.0, ratio=2.5)}, periodic=False) == ([], [])
+    assert p.judge({"a": _v("a", None), "b": _v("b", 2.0, ratio=2.5)}) == ([], [])
+    assert p.judge({}) == ([], [])
+    assert sorted(p.judge({"b": _v("b", 2.0, ratio=2.5)})[0]) == ["a", "b"]
     assert not len(p)
 
 
@@ -91,4 +94,4 @@ def test_bad_settings_raise():
     with pytest.raises(ValueError):
         Probation(rounds=-1)
     with pytest.raises(ValueError):
-        Probation(max_unjudged=0)
+        Probation(max_rounds=0)
