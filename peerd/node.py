@@ -51,7 +51,7 @@ from peerd.liveness import ONLINE, UNKNOWN, LivenessPolicy
 from peerd.logs import get_logger
 from peerd.peers import TrustEvent
 from peerd.presence import PresenceState
-from peerd.probation import Probation
+from peerd.probation import MIN_PEERS, Probation
 from peerd.qtable import QTable
 from peerd.quarantine import (
     MAX_MATRIX_ENTRIES,
@@ -842,7 +842,7 @@ class Node:
         The evidence budget is checked first, whoever carried the cells.
         """
         self._pending_gain = 0
-        if (self.probation.enabled and origin != self.id and len(self._registry) >= 2
+        if (self.probation.enabled and origin != self.id and len(self._registry) >= MIN_PEERS
                 and self.table.max_version(origin) == 0 and self.probation.admit(origin)):
             self.table.set_trusts(self.probation.weigh({origin: self.trust_of(origin)}))
         checked = bool(self.config.evidence_budget)
@@ -1065,9 +1065,11 @@ class Node:
         t = self.table
         origins = [o for o in t.origins
                    if o == self.id or (o in self._registry and t.max_version(o) > 0)]
-        if not self.config.deviation_ratio or len(self._registry) < 2:
-            # nobody can be judged: probation would only hold honest peers out
+        if len(self.probation) and (not self.config.deviation_ratio
+                                    or len(self._registry) < MIN_PEERS):
+            # nobody judged, or too few to judge by a median: probation would only hold honest out
             self._release(self.probation.release_all())
+        if not self.config.deviation_ratio or len(self._registry) < 2:
             return {}
         if len(origins) < 3 or not t.shared_cells():
             self._release(self.probation.judge({}, periodic=periodic)[0])

@@ -43,6 +43,9 @@ from peerd.quarantine import Verdict
 
 #: deviation rounds within the consensus before a newcomer's cells count
 ROUNDS = 2
+#: peers a node must know for probation to apply: with fewer, a median of the others is one or
+#: two origins' word (a 3-node federation is not judged strictly enough to hold anyone out)
+MIN_PEERS = 3
 #: trust rounds on probation before a newcomer that was never quarantined is released anyway
 MAX_ROUNDS = 10
 #: the merge weight of an origin on probation: below the default ``quarantine_below``
@@ -157,4 +160,4 @@ class Probation:
         self.pending.pop(origin, None)
 
 
-__all__ = ["MAX_ROUNDS", "ROUNDS", "WEIGHT", "Probation"]
+__all__ = ["MAX_ROUNDS", "MIN_PEERS", "ROUNDS", "WEIGHT", "Probation"]

@@ -46,6 +46,8 @@ from peerd.testing.broker import Broker, find_mosquitto
 
 #: federated all-honest steps on Taxi-v4 (8 nodes) before the defences (docs/prove.md §5)
 HONEST_BEFORE = {"taxi": 5500}
+#: all-honest steps to give up from (× GIVE_UP) in a part run with --no-honest (the 3-seed runs of 2026-11)
+HONEST_TYPICAL = {"taxi": 6500, "frozenlake8x8": 19500}
 QUARANTINE_JUDGED = ("invert", "extreme", "ipm", "inflate", "copycat")
 LIMITS = {2: 1.3, 3: 2.0}
 #: a run stops at GIVE_UP × the all-honest steps: "not reached" (above every slowdown target,
@@ -120,7 +122,7 @@ async def _series(broker_url: str, env: str, cfg: dict[str, Any], attack: str | 
 async def _run(quick: bool, broker_url: str, *, seeds: int | None = None,
                attacks: tuple[str, ...] | None = None, counts: tuple[int, ...] | None = None,
                frozenlake: bool | None = None, before: bool = False,
-               frozenlake_only: bool = False) -> dict[str, Any]:
+               frozenlake_only: bool = False, no_honest: bool = False) -> dict[str, Any]:
     cfg = dict(QUICK if quick else FULL)
     seed_list = [2024 + 101 * k for k in range(seeds or cfg["seeds"])]
     envs = [cfg["env"]] + (["frozenlake8x8"] if (cfg["frozenlake"] if frozenlake is None
@@ -131,9 +133,12 @@ async def _run(quick: bool, broker_url: str, *, seeds: int | None = None,
     for env in envs:
         if before and env == cfg["env"]:  # the same all-honest runs without the defences
             rows.append(await _series(broker_url, env, cfg, None, 0, seed_list, None, defences=False))
-        honest = await _series(broker_url, env, cfg, None, 0, seed_list, None)
-        rows.append(honest)
-        base = {r["seed"]: r["steps"] for r in honest["runs"]}
+        if no_honest and env in HONEST_TYPICAL:  # a part of a matrix whose baseline ran elsewhere
+            base = {seed: HONEST_TYPICAL[env] for seed in seed_list}
+        else:
+            honest = await _series(broker_url, env, cfg, None, 0, seed_list, None)
+            rows.append(honest)
+            base = {r["seed"]: r["steps"] for r in honest["runs"]}
         plan = ([(a, c) for a in (attacks or cfg["attacks"]) for c in (counts or cfg["counts"])]
                 if env == cfg["env"] else [("invert", 2)])
         for attack, count in plan:
@@ -243,6 +248,9 @@ if __name__ == "__main__":
     p.add_argument("--counts", default=None, help="comma-separated liar counts (default: 2,3)")
     p.add_argument("--no-frozenlake", action="store_true")
     p.add_argument("--frozenlake-only", action="store_true")
+    p.add_argument("--no-honest", action="store_true",
+                   help="skip the all-honest series (give up at GIVE_UP x the build-before steps); "
+                        "for parts of a matrix merged with --merge-logs")
     p.add_argument("--before", action="store_true",
                    help="also the all-honest runs without the defences (same seeds)")
     p.add_argument("--out", type=Path, default=None)
@@ -260,7 +268,7 @@ if __name__ == "__main__":
                   attacks=tuple(args.attacks.split(",")) if args.attacks else None,
                   counts=tuple(int(c) for c in args.counts.split(",")) if args.counts else None,
                   frozenlake=False if args.no_frozenlake else None, before=args.before,
-                  frozenlake_only=args.frozenlake_only)
+                  frozenlake_only=args.frozenlake_only, no_honest=args.no_honest)
     text = json.dumps(doc, indent=2)
     if args.out:
         args.out.write_text(text)
