@@ -81,6 +81,9 @@ class NodeConfig:
                                   "times the median deviation; 0 = no deviation quarantine")
     deviation_leave: float = _opt("trust", "deviation_leave", 2.0,
                                   "restore a quarantined peer below this many times the median")
+    probation_rounds: int = _opt("trust", "probation_rounds", 2,
+                                 "a new origin's cells count only after this many deviation "
+                                 "rounds within the consensus; 0 = off")
     version_rate_cap: float = _opt("trust", "version_rate_cap", 1000.0,
                                    "most versions (interactions) per second a peer may add")
     version_rate_multiple: float = _opt("trust", "version_rate_multiple", 10.0,
@@ -154,7 +157,8 @@ class NodeConfig:
             raise bad("max_origins", f"must be a positive integer, got {self.max_origins!r}")
         if not 0.0 <= self.quarantine_below <= 2.0:
             raise bad("quarantine_below", f"must be within [0, 2], got {self.quarantine_below}")
-        for key in ("sync_interval", "min_visits", "signatures", "eps_decay_steps"):
+        for key in ("sync_interval", "min_visits", "signatures", "eps_decay_steps",
+                    "probation_rounds"):
             if getattr(self, key) < 0:
                 raise bad(key, f"cannot be negative, got {getattr(self, key)}")
         if not (0.0 <= self.eps_end <= self.eps_start <= 1.0):

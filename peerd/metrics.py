@@ -115,6 +115,18 @@ class NodeCollector(Collector):
             peers.add_metric([state], float(counts.get(state, 0)))
         yield peers
 
+        probation = getattr(node, "probation", None)
+        if probation is not None:
+            yield GaugeMetricFamily("peerd_peers_on_probation",
+                                    "New origins whose cells do not count until judged.",
+                                    value=float(len(probation)))
+            for what, doc in (("admitted", "New origins put on probation."),
+                              ("released", "Origins released from probation (judged within "
+                                           "the consensus, or never judgeable)."),
+                              ("failed", "Origins quarantined while on probation.")):
+                yield CounterMetricFamily(f"peerd_probation_{what}", doc,
+                                          value=float(getattr(probation, what)))
+
         trust = GaugeMetricFamily("peerd_peer_trust", "Trust in each peer, in [0.1, 2].",
                                   labels=["peer"])
         for pid, value in sorted(node.trusts().items()):

@@ -57,6 +57,7 @@ from peerd.liveness import ONLINE, UNKNOWN, LivenessPolicy
 from peerd.logs import get_logger
 from peerd.peers import TrustEvent
 from peerd.presence import PresenceState
+from peerd.probation import MIN_PEERS, Probation
 from peerd.qtable import QTable
 from peerd.quarantine import (
     MAX_MATRIX_ENTRIES,
@@ -174,6 +175,8 @@ class Node:
                                      leave_ratio=min(config.deviation_leave,
                                                      config.deviation_ratio or 1.0))
         self.deviation: dict[str, Verdict] = {}
+        #: newcomers whose cells do not count until judged (``peerd.probation``)
+        self.probation = Probation(rounds=config.probation_rounds if config.deviation_ratio else 0)
         #: per-peer version rates (``peerd.evidence``), on the node's clock
         self.version_rate = VersionRate(cap=config.version_rate_cap,
                                         multiple=config.version_rate_multiple,
@@ -606,6 +609,7 @@ class Node:
             self.table.set_trusts({pid: 1.0})  # a returning peer starts afresh, in the table too
         dropped = self.table.forget(pid)
         self.quarantine.forget(pid)
+        self.probation.forget(pid)
         self.version_rate.forget(pid)
         self._visits_held.pop(pid, None)
         if self.store:
@@ -858,6 +862,9 @@ class Node:
         The evidence budget is checked first, whoever carried the cells.
         """
         self._pending_gain = 0
+        if (self.probation.enabled and origin != self.id and len(self._registry) >= MIN_PEERS
+                and self.table.max_version(origin) == 0 and self.probation.admit(origin)):
+            self.table.set_trusts(self.probation.weigh({origin: self.trust_of(origin)}))
         checked = bool(self.config.evidence_budget)
         if checked:
             self.check_evidence(delta)  # runs QTable.check first
@@ -873,6 +880,9 @@ class Node:
                                  self.store.log_merge(now, stats))
         self.counters.deltas_applied += 1
         self.counters.cells_applied += stats.changed
+        self.probation.note_delta(origin)
+        if self.probation.due():  # newcomers wait for a verdict a few publishes, not trust rounds
+            await self.deviation_round(periodic=False)
         return stats
 
     async def _apply(self, entry: Peer, msg: Any, now: float) -> None:
@@ -973,7 +983,7 @@ class Node:
         new = clamp_trust(old + INVALID)
         if new != old:
             entry.trust = new
-            self.table.set_trusts({sender: new})
+            self.table.set_trusts(self.probation.weigh({sender: new}))
             if self.store:
                 await self.store.add_trust_events([TrustEvent(sender, now, old, new, f"invalid:{reason}")])
 
@@ -1033,7 +1043,7 @@ class Node:
                                          f"consensus:+{j.agree}/-{j.disagree}"))
                 peer.trust = changes[peer.node_id] = new
         if changes:
-            self.table.set_trusts(changes)
+            self.table.set_trusts(self.probation.weigh(changes))
         self.counters.trust_rounds += 1
         if events and self.store:
             await self.store.add_trust_events(events)
@@ -1063,18 +1073,28 @@ class Node:
     def excluded(self, peer: str) -> bool:
         """True when ``peer``'s cells are left out of the merged view (quarantined or distrusted)."""
         q = self.table.quarantine_below
-        return peer in self.quarantine or (q > 0 and self.trust_of(peer) < q)
+        return (peer in self.quarantine or peer in self.probation
+                or (q > 0 and self.trust_of(peer) < q))
 
-    async def deviation_round(self) -> dict[str, Verdict]:
+    async def deviation_round(self, *, periodic: bool = True) -> dict[str, Verdict]:
         """Score every origin by how far its values deviate from the others'; (un)quarantine.
 
         Quarantine sets a peer's trust to the floor (below ``quarantine_below``:
         out of the view, its cells kept); leaving it restores trust to at least 1.
+        Newcomers on probation (``peerd.probation``) are judged here and released
+        or failed; ``periodic=False`` is an extra round for them between trust rounds.
         """
         t = self.table
         origins = [o for o in t.origins
                    if o == self.id or (o in self._registry and t.max_version(o) > 0)]
-        if not self.config.deviation_ratio or len(origins) < 3 or not t.shared_cells():
+        if len(self.probation) and (not self.config.deviation_ratio
+                                    or len(self._registry) < MIN_PEERS):
+            # nobody judged, or too few to judge by a median: probation would only hold honest out
+            self._release(self.probation.release_all())
+        if not self.config.deviation_ratio or len(self._registry) < 2:
+            return {}
+        if len(origins) < 3 or not t.shared_cells():
+            self._release(self.probation.judge({}, periodic=periodic)[0])
             return {}  # (no cell held by two origins: no value to compare, verdicts stand)
         # Shared cells only, and at most MAX_MATRIX_ENTRIES of them × origins: the round's
         # cost stays bounded however large the fleet (docs/architecture.md §4).
@@ -1084,9 +1104,16 @@ class Node:
         verdicts, entered, left = judge_round(matrix, trust, self.quarantine, own=self.id,
                                               now_over_h=self.clock() / t.half_life)
         self.deviation = verdicts
+        released, failed = self.probation.judge(verdicts, periodic=periodic)  # failed: quarantined
+        for pid in released + failed:
+            v = verdicts.get(pid)
+            self._log.info("probation_passed" if pid in released else "probation_failed", peer=pid,
+                           ratio=None if v is None or v.ratio is None else round(v.ratio, 2),
+                           cells=None if v is None else v.cells)
         now = self.clock()
         events = []
-        changes: dict[str, float] = {}
+        changes: dict[str, float] = {p: self.trust_of(p) for p in released
+                                     if p not in self.quarantine and p in self._registry}
         for pid, why in [(p, "quarantine") for p in entered] + [(p, "restored") for p in left]:
             entry = self._registry.get(pid)
             if entry is None:
@@ -1101,12 +1128,18 @@ class Node:
                 entry.trust = changes[pid] = new
                 events.append(TrustEvent(pid, now, old, new, f"{why}:deviation x{ratio:.1f}"))
         if changes:
-            self.table.set_trusts(changes)
+            self.table.set_trusts(self.probation.weigh(changes))
         self.counters.quarantined += len(entered)
         self.counters.restored += len(left)
         if events and self.store:
             await self.store.add_trust_events(events)
         return verdicts
+
+    def _release(self, peers: list[str]) -> None:
+        """Released from probation: their cells count with their trust."""
+        back = {p: self.trust_of(p) for p in peers if p in self._registry}
+        if back:
+            self.table.set_trusts(back)
 
     # ---------------------------------------------------------------- peers
     async def _save_peers(self) -> None:
@@ -1181,6 +1214,8 @@ class Node:
             "broker_reconnects": getattr(t, "reconnects", 0),
             "peers": self._registry.counts(), "convergence": self.convergence,
             "counters": {k: v for k, v in vars(self.counters).items()},
+            "probation": {"peers": sorted(self.probation.pending), "admitted": self.probation.admitted,
+                          "released": self.probation.released, "failed": self.probation.failed},
             "pid": os.getpid(),
         }
 
@@ -1194,6 +1229,7 @@ class Node:
                         "last_seen": p.life.last_seen, "trust": p.trust,
                         "alignment": p.alignment, "known_version": p.cursor.known,
                         "held_version": self.table.max_version(pid),
+                        "probation": pid in self.probation,
                         "public_key": key.hex() if key else None})
         return out
 

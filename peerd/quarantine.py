@@ -38,6 +38,8 @@ ENTER_RATIO = 3.0
 LEAVE_RATIO = 2.0
 MIN_CELLS = 20
 MIN_RELATIVE = 0.05
+#: a cell counts in an origin's score only where this many other counted origins hold it
+MIN_OTHERS = 2
 #: Bound on cells × origins of the deviation round's dense matrix (3 arrays of 8 B each: ~48 MB).
 MAX_MATRIX_ENTRIES = 1 << 21
 
@@ -146,8 +148,8 @@ def weighted_median_rows(q: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 def deviation_scores(q: np.ndarray, w: np.ndarray, trust: np.ndarray, active: np.ndarray, *,
-                     reference: str = "median", min_cells: int = MIN_CELLS
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     reference: str = "median", min_cells: int = MIN_CELLS,
+                     min_others: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Leave-one-out deviation of every origin (column) of ``q[m, k]``.
 
     ``w[m, k]``: evidence (0 where an origin holds nothing); ``trust[k]``;
@@ -155,12 +157,16 @@ def deviation_scores(q: np.ndarray, w: np.ndarray, trust: np.ndarray, active: np
     do not). Returns ``(score[k], cells[k], scale[k])``: NaN score where an
     origin shares fewer than ``min_cells`` cells with the others; ``scale`` is
     the evidence-weighted mean |reference| over those cells (the floor's unit).
+    ``min_others``: a cell counts only where at least that many other active
+    origins hold it — the "median" of one other is that one's word, and where
+    the only other holder is a liar, the honest node is the one that deviates.
     """
     m, k = q.shape
     score = np.full(k, np.nan)
     cells = np.zeros(k, np.int64)
     scale = np.zeros(k)
     tw = w * (np.asarray(trust, np.float64) * np.asarray(active, bool))[None, :]
+    holders = (tw > 0).sum(axis=1)
     if reference == "mean":
         num_all = (tw * q).sum(axis=1)
         den_all = tw.sum(axis=1)
@@ -180,7 +186,7 @@ def deviation_scores(q: np.ndarray, w: np.ndarray, trust: np.ndarray, active: np
             ref[rows] = weighted_median_rows(q[rows], others[rows])
         else:
             raise ValueError(f"unknown reference {reference!r}")
-        both = mine & np.isfinite(ref)
+        both = mine & np.isfinite(ref) & (holders - (tw[:, j] > 0) >= min_others)
         cells[j] = int(both.sum())
         if cells[j] < min_cells:
             continue
@@ -266,14 +272,18 @@ class Quarantine:
 
 def judge_round(matrix: OriginMatrix, trust: Mapping[str, float], state: Quarantine, *,
                 own: str, now_over_h: float, reference: str = "median",
-                min_cells: int = MIN_CELLS, passes: int = 3
+                min_cells: int = MIN_CELLS, passes: int = 3, min_others: int | None = None
                 ) -> tuple[dict[str, Verdict], list[str], list[str]]:
     """Score every origin of ``matrix`` and update ``state``; repeat while new outliers appear.
 
     Leaving a just-quarantined liar out of the references sharpens everyone
-    else's score: up to ``passes`` passes per round.
+    else's score: up to ``passes`` passes per round. ``min_others`` (default:
+    ``MIN_OTHERS``, at most k − 2 so that a small federation is still judged):
+    the other holders a cell needs to count (``deviation_scores``).
     """
     k = len(matrix.origins)
+    if min_others is None:
+        min_others = max(1, min(MIN_OTHERS, k - 2))
     w = evidence_weights(matrix.lw, matrix.valid, now_over_h)
     tr = np.array([1.0 if o == own else float(trust.get(o, 1.0)) for o in matrix.origins])
     all_entered: list[str] = []
@@ -282,7 +292,7 @@ def judge_round(matrix: OriginMatrix, trust: Mapping[str, float], state: Quarant
     for p in range(max(1, passes)):
         active = np.array([o not in state for o in matrix.origins], bool)
         score, cells, scale = deviation_scores(matrix.q, w, tr, active, reference=reference,
-                                               min_cells=min_cells)
+                                               min_cells=min_cells, min_others=min_others)
         scores = {o: (None if np.isnan(score[j]) else float(score[j]))
                   for j, o in enumerate(matrix.origins)}
         verdicts, entered, left = state.judge(
@@ -324,6 +334,7 @@ def signature_mismatches(sig_keys: np.ndarray, sig_actions: np.ndarray, keys: np
     return checked, contradicted
 
 
-__all__ = ["ENTER_RATIO", "LEAVE_RATIO", "MAX_MATRIX_ENTRIES", "OriginMatrix", "Quarantine", "Verdict",
+__all__ = ["ENTER_RATIO", "LEAVE_RATIO", "MAX_MATRIX_ENTRIES", "MIN_OTHERS", "OriginMatrix", "Quarantine",
+           "Verdict",
            "deviation_scores", "evidence_weights", "gather_origins", "judge_round", "signature_mismatches",
            "weighted_median_rows"]

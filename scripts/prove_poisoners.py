@@ -9,6 +9,12 @@ the slowdown against the all-honest run of the same build (same seeds), the
 trust rounds until every honest node has every liar out of its view, and the
 longest run of rounds an honest node spent quarantined by another.
 
+Rounds to quarantine count rounds until every honest node has *judged* every
+liar out (quarantined, or trust below ``quarantine_below``): newcomer probation
+alone keeps a liar out of the view but does not count. A run the federation
+stalls in (the broker stops delivering; seen with sybil churn) is recorded
+with its error, as not reached.
+
 Targets (issue 11): all-honest within 1.1× of the federated steps before the
 defences (5 500 on Taxi); 2 liars ≤ 1.3×; 3 liars ≤ 2×; invert, extreme, ipm,
 inflate and copycat liars out of every honest view within 10 rounds; in
@@ -33,15 +39,20 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from peerd.errors import SimulationError
 from peerd.sim.attacks import ATTACKS, AttackSpec
 from peerd.sim.runner import SimSettings, Simulation
 from peerd.testing.broker import Broker, find_mosquitto
 
 #: federated all-honest steps on Taxi-v4 (8 nodes) before the defences (docs/prove.md §5)
 HONEST_BEFORE = {"taxi": 5500}
+#: all-honest steps to give up from (× GIVE_UP) in a part run with --no-honest (the 3-seed runs of 2026-11)
+HONEST_TYPICAL = {"taxi": 6500, "frozenlake8x8": 19500}
 QUARANTINE_JUDGED = ("invert", "extreme", "ipm", "inflate", "copycat")
 LIMITS = {2: 1.3, 3: 2.0}
-GIVE_UP = 3.0  # a run stops at GIVE_UP × the all-honest steps: "not reached"
+#: a run stops at GIVE_UP × the all-honest steps: "not reached" (above every slowdown target,
+#: 2×; 3× before, which cost the matrix hours on 2 shared cores)
+GIVE_UP = 2.1
 #: the issue sets only a slowdown target there (2 inverters ≤ 1.3×): the rest is reported
 SLOWDOWN_ONLY_ENVS = ("frozenlake8x8",)
 
@@ -57,13 +68,25 @@ async def _one(broker_url: str, env: str, nodes: int, attacks: list[AttackSpec],
                     attacks=tuple(attacks), trust_every=trust_every, step_cap=step_cap, seed=seed,
                     defences=defences)
     t0 = time.perf_counter()
-    r = (await Simulation(s).run())["federated"][0]
+    c0 = time.process_time()
+    try:
+        r = (await Simulation(s).run())["federated"][0]
+    except (TimeoutError, SimulationError) as exc:
+        # the federation stalled (the broker stopped delivering; seen with sybil churn, on main
+        # too): recorded as a failed run, not the end of the matrix
+        return {"steps": None, "rounds_to_quarantine": None, "honest_quarantine_rounds": 0,
+                "sybil_identities": 0, "error": f"{type(exc).__name__}: {exc}"[:200],
+                "attacker_excluded": [], "attacker_trust": [],
+                "wall_s": round(time.perf_counter() - t0, 1),
+                "cpu_s": round(time.process_time() - c0, 1)}
     return {"steps": r.steps_to_target, "rounds_to_quarantine": r.rounds_to_quarantine,
             "honest_quarantine_rounds": r.honest_quarantine_rounds,
             "sybil_identities": r.sybil_identities,
             "attacker_excluded": [(k, round(v, 3)) for k, v in r.attacker_excluded],
             "attacker_trust": [(k, round(v, 3)) for k, v in r.attacker_trust],
-            "wall_s": round(time.perf_counter() - t0, 1)}
+            "attacker_quarantined": [(k, round(v, 3)) for k, v in r.attacker_quarantined],
+            "wall_s": round(time.perf_counter() - t0, 1),
+            "cpu_s": round(time.process_time() - c0, 1)}
 
 
 def _median(xs: list[int | None]) -> float | None:
@@ -99,7 +122,7 @@ async def _series(broker_url: str, env: str, cfg: dict[str, Any], attack: str | 
 async def _run(quick: bool, broker_url: str, *, seeds: int | None = None,
                attacks: tuple[str, ...] | None = None, counts: tuple[int, ...] | None = None,
                frozenlake: bool | None = None, before: bool = False,
-               frozenlake_only: bool = False) -> dict[str, Any]:
+               frozenlake_only: bool = False, no_honest: bool = False) -> dict[str, Any]:
     cfg = dict(QUICK if quick else FULL)
     seed_list = [2024 + 101 * k for k in range(seeds or cfg["seeds"])]
     envs = [cfg["env"]] + (["frozenlake8x8"] if (cfg["frozenlake"] if frozenlake is None
@@ -110,9 +133,12 @@ async def _run(quick: bool, broker_url: str, *, seeds: int | None = None,
     for env in envs:
         if before and env == cfg["env"]:  # the same all-honest runs without the defences
             rows.append(await _series(broker_url, env, cfg, None, 0, seed_list, None, defences=False))
-        honest = await _series(broker_url, env, cfg, None, 0, seed_list, None)
-        rows.append(honest)
-        base = {r["seed"]: r["steps"] for r in honest["runs"]}
+        if no_honest and env in HONEST_TYPICAL:  # a part of a matrix whose baseline ran elsewhere
+            base = {seed: HONEST_TYPICAL[env] for seed in seed_list}
+        else:
+            honest = await _series(broker_url, env, cfg, None, 0, seed_list, None)
+            rows.append(honest)
+            base = {r["seed"]: r["steps"] for r in honest["runs"]}
         plan = ([(a, c) for a in (attacks or cfg["attacks"]) for c in (counts or cfg["counts"])]
                 if env == cfg["env"] else [("invert", 2)])
         for attack, count in plan:
@@ -222,6 +248,9 @@ if __name__ == "__main__":
     p.add_argument("--counts", default=None, help="comma-separated liar counts (default: 2,3)")
     p.add_argument("--no-frozenlake", action="store_true")
     p.add_argument("--frozenlake-only", action="store_true")
+    p.add_argument("--no-honest", action="store_true",
+                   help="skip the all-honest series (give up at GIVE_UP x the build-before steps); "
+                        "for parts of a matrix merged with --merge-logs")
     p.add_argument("--before", action="store_true",
                    help="also the all-honest runs without the defences (same seeds)")
     p.add_argument("--out", type=Path, default=None)
@@ -239,7 +268,7 @@ if __name__ == "__main__":
                   attacks=tuple(args.attacks.split(",")) if args.attacks else None,
                   counts=tuple(int(c) for c in args.counts.split(",")) if args.counts else None,
                   frozenlake=False if args.no_frozenlake else None, before=args.before,
-                  frozenlake_only=args.frozenlake_only)
+                  frozenlake_only=args.frozenlake_only, no_honest=args.no_honest)
     text = json.dumps(doc, indent=2)
     if args.out:
         args.out.write_text(text)

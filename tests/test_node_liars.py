@@ -95,3 +95,51 @@ async def test_copied_signatures_contradicting_the_copiers_cells_cost_trust(flee
         assert h.counters.rejected.get("contradicting_signatures", 0) >= 1
         assert h.excluded("liar")
         assert all(h.trust_of(p.id) >= 1.0 for p in honest if p is not h)
+
+
+async def test_a_newcomer_counts_only_after_passing_deviation_rounds(fleet: Fleet) -> None:
+    honest = [await fleet.add(f"h{i}") for i in range(4)]
+    liar = await fleet.add("liar")
+    await _round(fleet, honest, liar, "invert")
+    h0 = honest[0]
+    assert h0.probation.admitted >= 4  # every peer's first cells came on probation
+    for _ in range(h0.probation.max_rounds):  # founders pass (or time out); the inverter fails
+        await h0.trust_round()
+    assert not any(p.id in h0.probation for p in honest[1:]) and "liar" in h0.quarantine
+    assert h0.probation.failed >= 1
+    # a newcomer (an honest one, a fresh identity): stored, judged, but not counted at first
+    new = await fleet.add("new")
+    await _until(lambda: all(n.peer_count() == len(fleet.nodes) - 1 for n in fleet.nodes))
+    rng = np.random.default_rng(5)
+    await _learn(new, rng)
+    await new.flush()
+    await _until(lambda: h0.known_version("new") == new.table.version)
+    assert "new" in h0.probation and h0.excluded("new")
+    assert h0.status()["probation"]["peers"] == ["new"]
+    rounds = 0
+    while "new" in h0.probation and rounds < 20:
+        await h0.deviation_round()
+        rounds += 1
+    assert "new" not in h0.probation and "new" not in h0.quarantine
+    assert h0.probation.rounds <= rounds <= h0.probation.max_rounds  # bounded hold
+    assert not h0.excluded("new")
+
+
+async def test_a_lying_newcomer_never_counts(fleet: Fleet) -> None:
+    honest = [await fleet.add(f"h{i}") for i in range(4)]
+    liar = await fleet.add("liar")
+    await _round(fleet, honest, liar, "invert")
+    h0 = honest[0]
+    before = h0.table.values("s0").copy()
+    sybil = await fleet.add("sybil")
+    sybil.table = LyingTable(sybil.table, "invert", sybil,  # type: ignore[assignment]
+                             np.random.default_rng(3))
+    await _until(lambda: all(n.peer_count() == len(fleet.nodes) - 1 for n in fleet.nodes))
+    await _learn(sybil, np.random.default_rng(6))
+    await sybil.flush()
+    await _until(lambda: h0.known_version("sybil") == sybil.table.version)
+    assert "sybil" in h0.probation
+    assert h0.table.values("s0") == pytest.approx(before)  # its lies weigh nothing yet
+    await h0.deviation_round()
+    assert "sybil" in h0.quarantine and "sybil" not in h0.probation
+    assert h0.table.values("s0").argmax() == 2

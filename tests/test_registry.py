@@ -262,7 +262,7 @@ def sigs(key: int, action: int) -> tuple[PatternSignature, ...]:
 
 async def test_trust_round_pushes_all_changes_in_one_batched_call() -> None:
     """A round judging several peers calls ``QTable.set_trusts`` once, and never ``set_trust``."""
-    node = await open_node()
+    node = await open_node(probation_rounds=0)  # signatures only: probation would weigh them 0.1
     key = node.table.key("shared")
     peers = [SignedPeer(n, node.task.fingerprint) for n in ("h1", "h2", "h3", "liar")]
     for p in peers:

@@ -110,7 +110,10 @@ class RunResult:
     #: with attackers: tick → share of (honest node, attacker) pairs where the attacker is out
     #: of the honest node's view (quarantined or distrusted)
     attacker_excluded: list[tuple[int, float]] = field(default_factory=list)
-    #: trust rounds until every honest node excluded every attacker (None: never)
+    #: with attackers: tick → share of (honest node, attacker) pairs where the attacker is judged
+    #: out (quarantined or distrusted; probation alone does not count)
+    attacker_quarantined: list[tuple[int, float]] = field(default_factory=list)
+    #: trust rounds until every honest node judged every attacker out (None: never)
     rounds_to_quarantine: int | None = None
     #: the longest run of consecutive rounds any honest node spent quarantined by another
     honest_quarantine_rounds: int = 0
@@ -297,16 +300,21 @@ class Simulation:
         lag_wait = 0.0
         trust_log: list[tuple[int, float]] = []
         excluded_log: list[tuple[int, float]] = []
+        judged_log: list[tuple[int, float]] = []
         honest_run: dict[tuple[str, str], int] = {}
         honest_worst = 0
         sybils = {"identities": sum(k == "sybil" for k in kinds), "next": 0}
 
         async def replace_sybils() -> None:
-            """A sybil out of most honest views comes back under a new identity (strict = false)."""
+            """A sybil quarantined by most honest nodes comes back under a new identity (strict = false).
+
+            Probation alone does not send it away: a patient sybil waits to be judged.
+            """
             for j, a in enumerate(list(attackers)):
                 if kinds[j] != "sybil":
                     continue
-                if sum(h.excluded(a.id) for h in honest) * 2 <= len(honest):
+                if sum(h.excluded(a.id) and a.id not in h.probation for h in honest) * 2 \
+                        <= len(honest):
                     continue
                 sybils["next"] += 1
                 sybils["identities"] += 1
@@ -347,6 +355,9 @@ class Simulation:
                         [h.trust_of(a.id) for h in honest for a in attackers]))))
                     excluded_log.append((tick, float(np.mean(
                         [h.excluded(a.id) for h in honest for a in attackers]))))
+                    judged_log.append((tick, float(np.mean(
+                        [h.excluded(a.id) and a.id not in h.probation
+                         for h in honest for a in attackers]))))
                 for h in honest:
                     for p in honest:
                         if p is not h:
@@ -379,8 +390,9 @@ class Simulation:
             res.lag_wait_s = lag_wait
             res.attacker_trust = trust_log
             res.attacker_excluded = excluded_log
+            res.attacker_quarantined = judged_log
             res.rounds_to_quarantine = next(
-                (i for i, (_, x) in enumerate(excluded_log, start=1) if x >= 1.0), None)
+                (i for i, (_, x) in enumerate(judged_log, start=1) if x >= 1.0), None)
             res.honest_quarantine_rounds = honest_worst
             res.sybil_identities = sybils["identities"]
             if not isolated:
