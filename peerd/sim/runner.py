@@ -332,7 +332,7 @@ class Simulation:
                 nonlocal lag_wait
                 t = time.perf_counter()
                 # a hang guard, not a deadline: a fleet's first rounds queue behind the
-                # births every node answers (N³ deliveries), 262 k at N = 64
+                # births every node answers (coalesced per burst, still ~N² deliveries, each verified)
                 await _wait_delivered(nodes, self.max_lag, senders=honest,
                                       timeout=max(60.0, 0.05 * len(nodes) ** 2))
                 lag_wait += time.perf_counter() - t
