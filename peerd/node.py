@@ -514,8 +514,10 @@ class Node:
         """Publish own deltas on trigger; answer sync requests, coalesced."""
         tick = min(1.0, self.config.publish_interval)
         while True:
+            at = self.presence.answer_at()  # a coalesced birth answer falls due before the tick
+            wait = tick if at is None else min(tick, max(0.05, at - self.monotonic()))
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(tick):
+                async with asyncio.timeout(wait):
                     await self._wake.wait()
             self._wake.clear()
             await self._repair_durability()
@@ -812,7 +814,10 @@ class Node:
             # A live birth of a new peer (life) is answered with ours, once (DESIGN §4):
             # on a broker that keeps no retained messages, or a cluster member that has
             # not replicated our retained birth yet, the newcomer would never see it.
-            if not retain and self.presence.on_live_birth(pid, h.epoch):
+            # Not when its retained birth of that life came first: it then has ours live.
+            if retain:
+                self.presence.on_retained_birth(pid, h.epoch)
+            elif self.presence.on_live_birth(pid, h.epoch, self.monotonic()):
                 self._wake.set()
                 self._offer_relays(pid)
             # A node asks every origin it hears of and holds nothing of: the retained
@@ -837,7 +842,7 @@ class Node:
             self._heard(peer, h.epoch, now)
             self.presence.known(pid)
             if msg.to == self.id:
-                self.presence.on_rebirth_request()
+                self.presence.on_rebirth_request(self.monotonic())
                 self._wake.set()
             self._ask(pid, gossip.on_advert(peer.cursor, msg.version, now, sync))
         elif isinstance(msg, wire.SyncRequest):

@@ -44,7 +44,8 @@ def run_n(env: str, nodes: int, seeds: int, broker_kind: str, seed: int,
     for mode in MODES:  # one Simulation per mode, to time each including its setup
         s = SimSettings(env=env, nodes=nodes, seeds=seeds, modes=[mode], broker_kind=broker_kind,
                         seed=seed, publish_every=publish_every, trust_every=trust_every,
-                        # every node answers every birth: N³ presence deliveries to meet
+                        # N births, each answered by every node that saw it live (coalesced per burst),
+                        # each delivered to N nodes by one broker: meeting grows faster than N
                         peer_timeout=max(30.0, 0.05 * nodes**2))
         t0 = time.perf_counter()
         out = summarize(asyncio.run(Simulation(s).run()))["modes"][mode]

@@ -38,16 +38,61 @@ def test_asks_are_limited_per_sender_and_in_total_with_bounded_memory() -> None:
 
 def test_answers_are_coalesced_and_a_live_birth_is_answered_once_per_life() -> None:
     """Many reasons to answer within the interval make one birth; a (peer, epoch) is answered once."""
-    p = PresenceState(answer_interval=1.0)
-    assert p.on_live_birth("b", 1)
-    assert not p.on_live_birth("b", 1)
-    p.on_rebirth_request()
+    p = PresenceState(answer_interval=1.0, answer_delay=0.0)
+    assert p.on_live_birth("b", 1, 9.0)
+    assert not p.on_live_birth("b", 1, 9.0)
+    p.on_rebirth_request(9.5)
     assert p.take_answer(10.0)
     assert not p.take_answer(10.1)  # nothing due
-    p.on_rebirth_request()
+    p.on_rebirth_request(10.2)
     assert not p.take_answer(10.5)  # due, but within the interval
     assert p.take_answer(11.0)
-    assert p.on_live_birth("b", 2)  # a new life of b
+    assert p.on_live_birth("b", 2, 11.0)  # a new life of b
+
+
+def test_a_burst_of_live_births_is_answered_by_one_birth_once_it_passes() -> None:
+    """Peers born in a burst share one answer, sent once the burst is quiet for ``answer_delay``."""
+    p = PresenceState(answer_interval=1.0, answer_delay=0.5, answer_max_delay=2.0)
+    assert p.answer_at() is None
+    answers = 0
+    for i in range(64):  # 64 newcomers 7 ms apart, each checked at once
+        t = 100.0 + i * 0.007
+        assert p.on_live_birth(f"p{i}", 1, t)
+        answers += p.take_answer(t)
+    assert answers == 0  # nothing while the burst is still arriving
+    last = 100.0 + 63 * 0.007
+    assert p.answer_at() == pytest.approx(last + 0.5)  # the publisher wakes then
+    assert not p.take_answer(last + 0.4)
+    assert p.take_answer(last + 0.5)
+    assert not p.take_answer(last + 0.6)  # all 64 answered by that one birth
+    # a later newcomer gets its own answer, once the interval since the last has passed
+    assert p.on_live_birth("late", 1, last + 0.7)
+    assert p.answer_at() == pytest.approx(last + 1.5)
+    assert not p.take_answer(last + 1.3) and p.take_answer(last + 1.5)
+    # a life whose retained birth came first was subscribed before ours went out: no answer
+    p.on_retained_birth("old", 3)
+    assert p.on_live_birth("old", 3, 105.0)  # first live sighting (relays are offered) ...
+    assert p.answer_at() is None  # ... but nothing to answer
+    assert p.on_live_birth("old", 4, 105.0) and p.answer_at() is not None  # its next life: answer
+    assert p.take_answer(106.0)
+    # a (re)connect birth answers whatever was due
+    p.on_rebirth_request(110.0)
+    p.answered(110.1)
+    assert p.answer_at() is None and not p.take_answer(120.0)
+
+
+def test_a_trickle_of_births_is_answered_every_max_delay_not_every_interval() -> None:
+    """Newcomers that never stop arriving still get answers, one per ``answer_max_delay``."""
+    p = PresenceState(answer_interval=1.0, answer_delay=0.5, answer_max_delay=2.0)
+    sent = []
+    for i in range(100):  # one newcomer every 0.1 s for 10 s: never 0.5 s quiet
+        t = 200.0 + i * 0.1
+        p.on_live_birth(f"q{i}", 1, t)
+        if p.take_answer(t):
+            sent.append(t)
+    assert len(sent) == 4  # at 202, 204.x, 206.x, 208.x: not 10 (one per answer_interval)
+    assert all(b - a >= 2.0 - 1e-9 for a, b in itertools.pairwise(sent))
+    assert p.take_answer(200.0 + 99 * 0.1 + 0.5)  # the last ones, once quiet
 
 
 # -- the wire message ----------------------------------------------------------------------------
@@ -126,7 +171,7 @@ async def test_nodes_started_one_after_the_other_converge_without_retained_deliv
 async def test_rebirth_request_alone_brings_in_a_missed_peer(
         no_retain_broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
     """With births not answered, the newcomer asks the unknown sender for a rebirth and converges."""
-    monkeypatch.setattr(PresenceState, "on_live_birth", lambda self, peer, epoch: False)
+    monkeypatch.setattr(PresenceState, "on_live_birth", lambda self, peer, epoch, now: False)
     fed = f"rb{next(_FEDS)}-{os.getpid()}"
     nodes = await _converge_one_after_the_other(no_retain_broker, fed)
     try:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peerd.sim.runner import federation_problem
+import pytest
+
+from peerd.sim.runner import _wait_delivered, federation_problem
 from peerd.testing.broker import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,3 +93,37 @@ def test_an_unknown_attack_is_one_line_and_exit_2() -> None:
         assert proc.returncode == 2, proc.stderr
         err = [line for line in proc.stderr.splitlines() if line.strip()]
         assert len(err) == 1 and err[0].startswith("peerd sim: ") and says in err[0], err
+
+
+class _Holder:
+    """A node for ``_wait_delivered``: what it knows of others, what it has published."""
+
+    def __init__(self, node_id: str, published: int) -> None:
+        self.id = node_id
+        self.published_version = published
+        self.known: dict[str, int] = {}
+        self.applied_event = asyncio.Event()
+
+    def known_version(self, origin: str) -> int:
+        return self.known.get(origin, 0)
+
+
+async def test_delivery_wait_gives_up_only_without_progress() -> None:
+    """The hang guard counts seconds without progress: a slow round passes, a stuck one raises."""
+    a, b = _Holder("a", 10), _Holder("b", 10)
+    nodes: list[Any] = [a, b]
+
+    async def trickle() -> None:  # one version every 0.3 s: 10 versions take ~3 s > timeout
+        for v in range(1, 11):
+            await asyncio.sleep(0.3)
+            a.known["b"] = b.known["a"] = v
+            a.applied_event.set()
+            b.applied_event.set()
+
+    task = asyncio.ensure_future(trickle())
+    await _wait_delivered(nodes, 0, timeout=1.5)  # returns: progress all along
+    assert a.known_version("b") == b.known_version("a") == 10
+    await task
+    b.published_version = 20  # nobody will ever deliver versions 11..20
+    with pytest.raises(TimeoutError):
+        await _wait_delivered(nodes, 0, timeout=1.5)

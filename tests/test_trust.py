@@ -8,6 +8,7 @@ from peerd.delta import PatternSignature
 from peerd.trust import (
     AGREE,
     DISAGREE,
+    MIN_RELATIVE_NODES,
     TRUST_MAX,
     TRUST_MIN,
     Judgement,
@@ -117,10 +118,66 @@ def test_clamp_trust_bounds_and_judgement_arithmetic() -> None:
 
 
 def test_trust_change_scales_with_the_judged_signatures_confidence() -> None:
-    """A thinly visited (low-confidence) disagreement costs less trust than a confident one."""
-    honest = {"h1": sigs(0, confidence=0.9), "h2": sigs(0, confidence=0.9)}
+    """A thinly visited (low-confidence) disagreement costs less trust than a confident one.
+
+    Three honest nodes: with two, the sure dissenter (1.0) would outvote each
+    one's single honest co-voter (0.9), every node would disagree, and the
+    median node's disagreement is then tolerated (no penalty for anyone).
+    """
+    honest = {f"h{i}": sigs(0, confidence=0.9) for i in range(3)}
     unsure = consensus_round({**honest, "x": sigs(1, confidence=0.1)}, {})["x"]
     sure = consensus_round({**honest, "x": sigs(1, confidence=1.0)}, {})["x"]
     assert unsure.disagree == sure.disagree == 3
     assert sure.change == pytest.approx(3 * DISAGREE)
     assert unsure.change == pytest.approx(0.1 * sure.change)
+
+
+def learning_fleet(n: int = 6) -> dict[str, list[PatternSignature]]:
+    """Honest nodes mid-learning: they mostly disagree with the consensus, and every one alike.
+
+    On key k node k is sure (confidence 1.0) of action 0 and the others guess
+    different actions thinly (0.15); on key 100 all agree, unsure (0.3). Each
+    node's weighted alignment is 0.3 / 1.05 ≈ 0.29: an absolute penalty
+    (−0.03 per disagreement against +0.05 per agreement) would lower the trust
+    of every one of them, every round.
+    """
+    fleet: dict[str, list[PatternSignature]] = {}
+    for i in range(n):
+        mine = [PatternSignature(k, 0 if k == i else 1 + (i - k) % n, 1.0 if k == i else 0.15, 10)
+                for k in range(n)]
+        fleet[f"h{i}"] = [*mine, PatternSignature(100, 0, 0.3, 10)]
+    return fleet
+
+
+def test_ordinary_learning_disagreement_costs_honest_nodes_no_trust() -> None:
+    """Disagreeing as much as the median node does is tolerated: honest trust only grows."""
+    j = consensus_round(learning_fleet(), {})
+    for x in j.values():
+        assert x.disagree > x.agree and x.alignment is not None and x.alignment < 0.375
+        # the absolute rule would have cost trust ...
+        assert AGREE * x.agree_weight + DISAGREE * x.disagree_weight < 0
+        # ... the relative one tolerates the federation's typical share
+        assert x.tolerated == pytest.approx(x.disagree_weight)
+        assert x.change == pytest.approx(AGREE * x.agree_weight) and x.change > 0
+
+
+def test_a_liar_among_learning_honest_nodes_still_falls_to_the_floor() -> None:
+    """The tolerance is the median's: a liar disagreeing everywhere keeps losing, the honest gain."""
+    fleet = learning_fleet()
+    fleet["liar"] = [PatternSignature(k, 5, 1.0, 10) for k in [*range(6), 100]]
+    trust = dict.fromkeys(fleet, 1.0)
+    for _ in range(200):
+        for node, j in consensus_round(fleet, trust).items():
+            trust[node] = clamp_trust(trust[node] + j.change)
+            if node != "liar":
+                assert trust[node] >= 1.0  # never lowered on the way
+    assert trust["liar"] == TRUST_MIN
+    assert all(trust[f"h{i}"] == TRUST_MAX for i in range(6))
+
+
+def test_below_min_relative_nodes_disagreement_costs_in_full() -> None:
+    """Two nodes that contradict each other: no median to compare with, both lose (absolute rule)."""
+    assert MIN_RELATIVE_NODES == 3
+    j = consensus_round({"a": sigs(0), "b": sigs(1)}, {})
+    for x in j.values():
+        assert x.tolerated == 0.0 and x.change == pytest.approx(3 * 0.8 * DISAGREE)

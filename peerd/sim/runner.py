@@ -339,8 +339,8 @@ class Simulation:
             async def backpressure() -> None:
                 nonlocal lag_wait
                 t = time.perf_counter()
-                # a hang guard, not a deadline: a fleet's first rounds queue behind the
-                # births every node answers (N³ deliveries), 262 k at N = 64
+                # a hang guard (seconds without progress), not a deadline: a fleet's first
+                # rounds queue behind the births every node answers (~N² deliveries, each verified)
                 await _wait_delivered(nodes, self.max_lag, senders=honest,
                                       timeout=max(60.0, 0.05 * len(nodes) ** 2))
                 lag_wait += time.perf_counter() - t
@@ -535,26 +535,42 @@ async def _wait_delivered(nodes: list[Node], max_lag: int, timeout: float = 60.0
     """Wait until every node holds every other node's published cells up to ``max_lag`` versions.
 
     ``senders``: only their cells are waited for (the honest nodes: a liar's
-    deltas may be rightly rejected, and then never arrive).
+    deltas may be rightly rejected, and then never arrive). ``timeout`` is a
+    hang guard: ``TimeoutError`` after that many seconds *without progress*
+    (no node learning a newer version of anyone). A fixed deadline stopped an
+    N = 64 run whose round was still arriving, slowly, on a machine at load 40.
     """
-    async with asyncio.timeout(timeout):
-        while True:
-            behind = False
-            for nd in nodes:
-                for other in (nodes if senders is None else senders):
-                    if other is nd:
-                        continue
-                    if nd.known_version(other.id) < other.published_version - max_lag:
-                        behind = True
-                        break
-                if behind:
+    loop = asyncio.get_running_loop()
+    watched = nodes if senders is None else senders
+
+    def progress() -> int:
+        return sum(nd.known_version(o.id) for nd in nodes for o in watched if o is not nd)
+
+    seen, idle_since, checked = progress(), loop.time(), loop.time()
+    while True:
+        behind = False
+        for nd in nodes:
+            for other in watched:
+                if other is nd:
+                    continue
+                if nd.known_version(other.id) < other.published_version - max_lag:
+                    behind = True
                     break
-            if not behind:
-                return
-            nd.applied_event.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.05):
-                    await nd.applied_event.wait()
+            if behind:
+                break
+        if not behind:
+            return
+        now = loop.time()
+        if now - checked >= 1.0:  # O(N²): once a second, not per wake
+            checked, p = now, progress()
+            if p > seen:
+                seen, idle_since = p, now
+            elif now - idle_since >= timeout:
+                raise TimeoutError(f"no delivery progress for {timeout:g} s")
+        nd.applied_event.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await nd.applied_event.wait()
 
 
 def summarize(results: dict[str, list[RunResult]]) -> dict[str, Any]:
