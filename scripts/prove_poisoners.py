@@ -74,12 +74,17 @@ async def _one(broker_url: str, env: str, nodes: int, attacks: list[AttackSpec],
     except (TimeoutError, SimulationError) as exc:
         # the federation stalled (the broker stopped delivering; seen with sybil churn, on main
         # too): recorded as a failed run, not the end of the matrix
-        return {"steps": None, "rounds_to_quarantine": None, "honest_quarantine_rounds": 0,
+        return {"steps": None, "rounds_to_quarantine": None, "rounds_to_exclusion": None,
+                "honest_quarantine_rounds": 0,
                 "sybil_identities": 0, "error": f"{type(exc).__name__}: {exc}"[:200],
                 "attacker_excluded": [], "attacker_trust": [],
                 "wall_s": round(time.perf_counter() - t0, 1),
                 "cpu_s": round(time.process_time() - c0, 1)}
+    # out of every honest view: quarantined, distrusted or still on probation (a liar whose
+    # every delta the evidence budget rejects is never judged by its values, yet never counts)
+    excluded = next((i for i, (_, x) in enumerate(r.attacker_excluded, start=1) if x >= 1.0), None)
     return {"steps": r.steps_to_target, "rounds_to_quarantine": r.rounds_to_quarantine,
+            "rounds_to_exclusion": excluded,
             "honest_quarantine_rounds": r.honest_quarantine_rounds,
             "sybil_identities": r.sybil_identities,
             "attacker_excluded": [(k, round(v, 3)) for k, v in r.attacker_excluded],
@@ -114,6 +119,8 @@ async def _series(broker_url: str, env: str, cfg: dict[str, Any], attack: str | 
             "steps_per_seed": [r["steps"] for r in runs],
             "steps": steps, "rounds_to_quarantine_per_seed": rq,
             "rounds_to_quarantine": _median(rq) if attack else None,
+            "rounds_to_exclusion": (_median([r.get("rounds_to_exclusion") for r in runs])
+                                    if attack else None),
             "honest_quarantine_rounds": max(r["honest_quarantine_rounds"] for r in runs),
             "sybil_identities": max(r["sybil_identities"] for r in runs),
             "runs": runs}
@@ -177,7 +184,7 @@ def judge(rows: list[dict[str, Any]], *, quick: bool = False) -> dict[str, Any]:
                 r["meets_no_false_quarantine"] = r["honest_quarantine_rounds"] <= 1
         table.append({k: r.get(k) for k in (
             "env", "attack", "count", "steps", "slowdown", "before_defences", "vs_before_defences",
-            "rounds_to_quarantine",
+            "rounds_to_quarantine", "rounds_to_exclusion",
             "honest_quarantine_rounds", "steps_per_seed", "rounds_to_quarantine_per_seed",
             "meets_slowdown", "meets_quarantine", "meets_no_false_quarantine") if k in r})
     checks = [v for row in table for k, v in row.items() if k.startswith("meets_")]

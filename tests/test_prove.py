@@ -106,7 +106,9 @@ def test_hostile_flood_changes_nothing_and_every_message_is_counted() -> None:
                     reason="scripts/prove_poisoners.py not present")
 def test_poisoners_are_quarantined_and_honest_nodes_still_learn() -> None:
     """With 20 % validly signed liars (invert, inflate) on the routing bandit, honest nodes reach the
-    target within 3× the all-honest steps and every liar is out of every honest view within 10 rounds.
+    target within 3× the all-honest steps and every liar is out of every honest view within 10 rounds;
+    inverters are also judged out by their values (quarantine). An inflater's every delta may be
+    rejected by the evidence budget, leaving nothing to judge: it is out of the views all the same.
 
     The full matrix (Taxi, every attack, 2 and 3 liars, 3 seeds) is measured by
     ``scripts/prove.py --only poisoners`` and reported in docs/prove.md.
@@ -119,7 +121,9 @@ def test_poisoners_are_quarantined_and_honest_nodes_still_learn() -> None:
     assert {row["attack"] for row in attacked} == {"invert", "inflate"}
     for row in attacked:
         assert row["slowdown"] is not None and row["slowdown"] <= 3.0, row
-        assert row["rounds_to_quarantine"] is not None and row["rounds_to_quarantine"] <= 10, row
+        assert row["rounds_to_exclusion"] is not None and row["rounds_to_exclusion"] <= 10, row
+        if row["attack"] == "invert":
+            assert row["rounds_to_quarantine"] is not None and row["rounds_to_quarantine"] <= 10, row
 
 
 def test_unknown_scenarios_are_refused() -> None:
