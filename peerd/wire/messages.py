@@ -27,6 +27,16 @@ PUBLIC_KEY_LEN = 32
 _INT_LIMIT = 2**63
 
 
+def _public_key(value: object) -> bytes:
+    """A signer's Ed25519 public key as carried by births and rebirth requests."""
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise MalformedMessage("public_key must be bytes")
+    pk = bytes(value)
+    if len(pk) != PUBLIC_KEY_LEN:
+        raise MalformedMessage(f"public_key has {len(pk)} bytes, expected {PUBLIC_KEY_LEN}")
+    return pk
+
+
 def _as_uint(value: object, what: str) -> int:
     """An int in [0, 2^63): booleans and floats are not counters."""
     if isinstance(value, bool) or not isinstance(value, Integral):
@@ -92,12 +102,7 @@ class Birth:
     version: int = 0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.public_key, (bytes, bytearray, memoryview)):
-            raise MalformedMessage("public_key must be bytes")
-        pk = bytes(self.public_key)
-        if len(pk) != PUBLIC_KEY_LEN:
-            raise MalformedMessage(f"public_key has {len(pk)} bytes, expected {PUBLIC_KEY_LEN}")
-        object.__setattr__(self, "public_key", pk)
+        object.__setattr__(self, "public_key", _public_key(self.public_key))
         object.__setattr__(self, "version", _as_uint(self.version, "version"))
 
 
@@ -156,12 +161,7 @@ class Rebirth:
 
     def __post_init__(self) -> None:
         check_id(self.to, "to")
-        if not isinstance(self.public_key, (bytes, bytearray, memoryview)):
-            raise MalformedMessage("public_key must be bytes")
-        pk = bytes(self.public_key)
-        if len(pk) != PUBLIC_KEY_LEN:
-            raise MalformedMessage(f"public_key has {len(pk)} bytes, expected {PUBLIC_KEY_LEN}")
-        object.__setattr__(self, "public_key", pk)
+        object.__setattr__(self, "public_key", _public_key(self.public_key))
         object.__setattr__(self, "version", _as_uint(self.version, "version"))
 
 
