@@ -693,16 +693,9 @@ class Store:
 
     def drop_relay_payloads_soon(self, origin: str, kind: str,
                                  stamps: Sequence[tuple[int, int]]) -> None:
-        """``drop_relay_payloads`` without waiting: it joins the next commit."""
+        """Forget kept payloads that newer ones made unnecessary; joins the next commit."""
         if stamps:
             self._defer(_drop_relay_steps(origin, kind, stamps))
-
-    async def drop_relay_payloads(self, origin: str, kind: str,
-                                  stamps: Sequence[tuple[int, int]]) -> None:
-        """Forget kept payloads that newer ones made unnecessary."""
-        if stamps:
-            await self._submit(_drop_relay_steps(origin, kind, stamps))
-
 
     async def relay_payloads(self, origin: str, kind: str,
                              stamps: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
