@@ -778,6 +778,8 @@ class Node:
             return
         topic = wire.topic(self.fed, "relay", self.id)
         kept = self.relays.kept(origin, since)
+        if all(kind != "delta" for kind, _stamp, _p in kept):
+            return  # its deltas were superseded meanwhile: a birth alone brings nobody anything
         stored: dict[tuple[int, int], bytes] = {}
         missing = [stamp for kind, stamp, p in kept if p is None and kind == "delta"]
         if missing and self.store is not None:
@@ -850,7 +852,7 @@ class Node:
             if msg.origin == self.id:
                 self._gossip.on_sync_request(msg.since)
                 self._wake.set()
-            elif self.relays.kept(msg.origin, msg.since):
+            elif self.relays.reaches_past(msg.origin, msg.since):
                 # Relayed catch-up: answer for a silent origin now (after a jitter), for a
                 # live one only if it has not answered within a few sync intervals.
                 wait = 0.0 if self._silent(msg.origin) else 3 * sync

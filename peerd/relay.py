@@ -188,6 +188,14 @@ class RelayStore:
                 if f.to_version > since]
         return out
 
+    def reaches_past(self, origin: str, since: int) -> bool:
+        """Whether a delta payload of ``origin`` reaches past version ``since``: what a sync
+        request for it lacks. A kept birth alone answers nothing (whoever asks for an origin
+        has heard of it); relaying one to every request for an origin that has published
+        nothing yet made each holder re-send births at a fleet's start, N² of them."""
+        s = self._origins.get(origin)
+        return s is not None and any(f.to_version > since for f in s.frames.values())
+
     def payloads(self, origin: str, since: int = 0) -> list[bytes]:
         """The payloads of ``kept`` that are held in memory (all of them with ``keep_payloads``)."""
         return [p for _kind, _stamp, p in self.kept(origin, since) if p is not None]

@@ -10,6 +10,7 @@ from typing import Any
 import msgpack
 import numpy as np
 from support import eventually, fast_config
+from test_registry import FED, SignedPeer, fresh_lw, open_node
 
 from peerd import wire
 from peerd.node import Node
@@ -34,6 +35,40 @@ def test_newer_payloads_supersede_older_ones_and_dead_payloads_are_dropped() -> 
     assert store.payloads("x", since=3) == [b"birth", b"d4"]
     store.add_delta("x", (1, 1), b"old", 1, [(1, 0, 1)])  # late and stale: not kept
     assert b"old" not in store.payloads("x")
+
+
+def test_only_a_delta_past_since_answers_a_sync_request() -> None:
+    """A kept birth alone reaches past no version: nothing to relay for an origin that has
+    published nothing (at a fleet's start, every holder relayed every birth otherwise)."""
+    store = RelayStore()
+    store.add_birth("x", (1, 1), b"birth")
+    assert not store.reaches_past("x", 0) and not store.reaches_past("nobody", 0)
+    store.add_delta("x", (1, 2), b"d3", 3, [(1, 0, 3)])
+    assert store.reaches_past("x", 0) and store.reaches_past("x", 2)
+    assert not store.reaches_past("x", 3)
+
+
+async def test_a_sync_request_for_an_origin_that_published_nothing_plans_no_relay() -> None:
+    """The node holds X's birth only: B's sync request for X since 0 plans nothing. Once X's
+    delta is held, the same request (X gone silent) plans a relay."""
+    node = await open_node()
+    x, b = SignedPeer("X", node.task.fingerprint), SignedPeer("B", node.task.fingerprint)
+    try:
+        await x.birth(node)
+        await b.birth(node)
+
+        async def ask(since: int) -> None:
+            msg = wire.SyncRequest(b.header(), origin="X", since=since)
+            await node.receive(wire.topic(FED, "sync", "B"), b.payload(msg))
+
+        await ask(0)
+        assert node.relay_plan.pending() == 0
+        await x.delta(node, 11, lw=fresh_lw(node))
+        await x.death(node)
+        await ask(0)
+        assert node.relay_plan.pending() == 1
+    finally:
+        await node.close()
 
 
 def test_array_cells_with_many_actions_supersede_per_cell() -> None:
