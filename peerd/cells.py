@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import mmap
+from types import ModuleType
 
 import numpy as np
 
@@ -271,6 +272,28 @@ class CellStore:
                 p = p + 1 if p + 1 < size else 0
         return out, gaps
 
+    def lookup_old(self, cell: np.ndarray, slot: int, version: np.ndarray, kern: ModuleType
+                   ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, np.ndarray, int]:
+        """The merge's look-up with the compiled kernels: ``lookup``, the version test and the
+        held records, in one loop over the cells.
+
+        Returns ``(entries, gaps, q_old, lw_old, n_old, newer)``: as ``lookup``
+        (entry 0 and the sentinel's values where absent), the held ``q``,
+        ``lw``, ``n``, and how many ``version``s are greater than the held ones.
+        """
+        m = cell.shape[0]
+        h = self.hashes.get(slot)
+        if h is None or h.n == 0:  # nothing held: every cell absent, every (validated) version newer
+            rec0 = self.rec[0]
+            return (np.zeros(m, np.int64), None, np.full(m, rec0["q"]), np.full(m, rec0["lw"]),
+                    np.zeros(m, np.uint32), int(np.count_nonzero(version > rec0["version"])))
+        e, gaps = np.empty(m, np.int64), np.empty(m, np.int64)
+        q_old, lw_old, n_old = np.empty(m, np.float32), np.empty(m), np.empty(m, np.uint32)
+        f = self.fields
+        newer = kern.cell_probe(h.table, self.cell, f["q"], f["lw"], f["n"], f["version"], cell,
+                                version, e, gaps, q_old, lw_old, n_old)
+        return e, gaps, q_old, lw_old, n_old, int(newer)
+
     def find_one(self, cell: int, slot: int) -> int:
         """``find`` for one cell in plain Python ints: the own-update hot path (no array set-up)."""
         h = self.hashes.get(slot)
@@ -317,7 +340,8 @@ class CellStore:
             table[p] = e
 
     # --------------------------------------------------------------- insert
-    def insert(self, slot: int, cell: np.ndarray, gaps: np.ndarray | None = None) -> np.ndarray:
+    def insert(self, slot: int, cell: np.ndarray, gaps: np.ndarray | None = None,
+               kern: ModuleType | None = None) -> np.ndarray:
         """New entries for distinct cells that ``slot`` does not hold yet; returns their ids.
 
         The caller writes ``q``, ``lw``, ``n`` and ``version`` (``succ`` and
@@ -335,6 +359,8 @@ class CellStore:
             self._reserve(self.used + k - reuse)
             ids[reuse:] = np.arange(self.used, self.used + k - reuse)
             self.used += k - reuse
+        if kern is not None:
+            return self._insert_compiled(slot, cell, ids, gaps, kern)
         at: np.ndarray | slice = ids
         if not reuse:  # fresh entries are one run: slices write them sequentially
             at = slice(int(ids[0]), int(ids[0]) + k) if k else slice(0, 0)
@@ -363,6 +389,28 @@ class CellStore:
                 self._insert_hash(h, ids[lose], _step(gaps[lose], h.size))
         else:
             self._insert_hash(h, ids)
+        return ids
+
+    def _insert_compiled(self, slot: int, cell: np.ndarray, ids: np.ndarray, gaps: np.ndarray | None,
+                         kern: ModuleType) -> np.ndarray:
+        """``insert``'s linking and hashing as compiled loops (the entries are allocated)."""
+        k = ids.shape[0]
+        if self.has_outcomes:
+            self.fields["succ"][ids] = 0
+            self.fields["fail"][ids] = 0
+        kern.link_new(ids, cell, slot, self.cell, self.next, self.slot, self.head)
+        h = self.hashes.get(slot)
+        if h is None:
+            h = self.hashes[slot] = _OriginHash(k)
+            gaps = None
+        if h.n + k > _MAX_LOAD * h.size:  # grow: rebuild at 1/4 full, every probe from home
+            old = h.ids().astype(np.int64)
+            h = self.hashes[slot] = _OriginHash(h.n + k)
+            kern.hash_put(h.table, self.cell, old, np.full(old.shape[0], -1, np.int64))
+            h.n = old.shape[0]
+            gaps = None
+        kern.hash_put(h.table, self.cell, ids, np.full(k, -1, np.int64) if gaps is None else gaps)
+        h.n += k
         return ids
 
     def _reserve(self, n: int) -> None:

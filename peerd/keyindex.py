@@ -15,6 +15,7 @@ that all collide. A merged cell is addressed by its flat id
 from __future__ import annotations
 
 import secrets
+from types import ModuleType
 
 import numpy as np
 
@@ -56,12 +57,16 @@ class KeyIndex:
                 return r - 1
             pos = (pos + 1) & mask
 
-    def lookup(self, keys: np.ndarray) -> np.ndarray:
-        """Rows of many keys, -1 where unknown."""
+    def lookup(self, keys: np.ndarray, kern: ModuleType | None = None) -> np.ndarray:
+        """Rows of many keys, -1 where unknown. ``kern``: the compiled kernels (``peerd.kernels``)."""
         keys = np.asarray(keys, np.uint64)
         m = keys.shape[0]
         if self.size == 0 or m == 0:
             return np.full(m, -1, np.int64)
+        if kern is not None:
+            rows = np.empty(m, np.int64)
+            kern.key_lookup(self._tab, np.uint64(self._mult), np.uint64(64 - self._bits), keys, rows)
+            return rows
         mask = (1 << self._bits) - 1
         pos = self._home(keys)
         blk = self._slots.take(pos).view(np.uint64).reshape(m, 2)
@@ -97,9 +102,13 @@ class KeyIndex:
                 p = (p + 1) & mask
         return rows
 
-    def _put(self, keys: np.ndarray, rows: np.ndarray) -> None:
+    def _put(self, keys: np.ndarray, rows: np.ndarray, kern: ModuleType | None = None) -> None:
         """Put distinct keys, known absent, into the hash (room is the caller's job)."""
         tab, mask = self._tab, (1 << self._bits) - 1
+        if kern is not None:
+            kern.key_put(tab, np.uint64(self._mult), np.uint64(64 - self._bits), keys,
+                         rows.astype(np.int64, copy=False))
+            return
         pos = self._home(keys)
         tag = rows.astype(np.uint64) + np.uint64(1)
         while keys.shape[0] > _TAIL:
@@ -116,7 +125,7 @@ class KeyIndex:
                 p = (p + 1) & mask
             tab[p, 0], tab[p, 1] = k, t
 
-    def _grow(self, need: int) -> None:
+    def _grow(self, need: int, kern: ModuleType | None = None) -> None:
         """Rebuild the hash with the keys held, doubling until ``need`` keys fill it at most half."""
         bits = self._bits
         while need > (1 << bits) // 2:
@@ -126,21 +135,21 @@ class KeyIndex:
         self._bits = bits
         self._tab = np.zeros((1 << bits, 2), np.uint64)
         self._slots = self._tab.view("V16").reshape(-1)
-        self._put(self.row_keys[: self.size].copy(), np.arange(self.size, dtype=np.int64))
+        self._put(self.row_keys[: self.size].copy(), np.arange(self.size, dtype=np.int64), kern)
 
     # ----------------------------------------------------------------- adds
-    def ensure(self, keys: np.ndarray) -> np.ndarray:
-        """Rows of many keys, appending rows for unknown ones."""
+    def ensure(self, keys: np.ndarray, kern: ModuleType | None = None) -> np.ndarray:
+        """Rows of many keys, appending rows for unknown ones (``kern``: as ``lookup``)."""
         keys = np.asarray(keys, np.uint64)
-        rows = self.lookup(keys)
+        rows = self.lookup(keys, kern)
         missing = rows < 0
         if missing.any():
             new_keys, inv = np.unique(keys[missing], return_inverse=True)
             first = self.size
             new_rows = np.arange(first, first + new_keys.shape[0], dtype=np.int64)
-            self._grow(first + new_keys.shape[0])  # rehashes the keys held so far
+            self._grow(first + new_keys.shape[0], kern)  # rehashes the keys held so far
             self._append_rows(new_keys)
-            self._put(new_keys, new_rows)
+            self._put(new_keys, new_rows, kern)
             rows[missing] = new_rows[inv.reshape(-1)]
         return rows
 
