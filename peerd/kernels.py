@@ -11,8 +11,8 @@ numba is an optional dependency (``pip install "peerd[fast]"``), and it is
 **never imported unless used**: importing numba and loading the compiled
 kernels costs ~100 MB of RSS (LLVM), more than an idle daemon. So
 ``QTable`` asks ``load()`` only for a delta of at least ``MIN_CELLS`` cells
-(catch-up, restore, a fleet's bench), and a daemon that only sees small
-deltas never pays. Disabled with ``PEERD_NO_NUMBA=1`` (any value but
+that is not a restore from the node's own store, and a daemon that only sees
+small deltas never pays. Disabled with ``PEERD_NO_NUMBA=1`` (any value but
 ``""``/``"0"``) or ``QTable(kernel="numpy")``.
 
 The module is pure: no I/O, no logging. ``status()`` tells what happened
@@ -25,9 +25,11 @@ import importlib.util
 import os
 from types import ModuleType
 
-#: a delta this large (cells) loads the kernels in ``kernel="auto"`` mode; smaller ones
-#: use them only once loaded. ~0.5 ms of numpy work: below it, numba's import is not worth it.
-MIN_CELLS = 2048
+#: a delta this large (cells) loads the kernels in ``kernel="auto"`` mode; smaller ones use
+#: them only once loaded. Loading costs ~1 s of CPU and ~100 MB of RSS and saves ~1 ms per
+#: delta of this size: only a process that merges many such deltas (a fleet's aggregator,
+#: a simulation, the benchmarks) gains, not a daemon catching up once.
+MIN_CELLS = 8192
 KERNELS = ("auto", "numba", "numpy")
 
 _loaded: ModuleType | None = None

@@ -71,31 +71,6 @@ def _cell_home(c: int, size: int) -> int:
 
 
 @njit(cache=True, nogil=True)
-def key_lookup(tab, mult, shift, keys, rows):  # type: ignore[no-untyped-def]
-    """``KeyIndex.lookup``: rows of ``keys`` into ``rows`` (-1 where unknown); returns how many."""
-    mask = tab.shape[0] - 1
-    flat = tab.reshape(-1)
-    m = keys.shape[0]
-    missing = 0
-    for i in range(m):
-        if i + _AHEAD < m:
-            _prefetch(flat, 2 * np.int64((keys[i + _AHEAD] * mult) >> shift))
-        k = keys[i]
-        p = np.int64((k * mult) >> shift)
-        while True:
-            r = tab[p, 1]
-            if r == 0:
-                rows[i] = -1
-                missing += 1
-                break
-            if tab[p, 0] == k:
-                rows[i] = np.int64(r) - 1
-                break
-            p = (p + 1) & mask
-    return missing
-
-
-@njit(cache=True, nogil=True)
 def key_put(tab, mult, shift, keys, rows):  # type: ignore[no-untyped-def]
     """``KeyIndex._put``: distinct keys, known absent, at the end of their probes."""
     mask = tab.shape[0] - 1
@@ -113,17 +88,57 @@ def key_put(tab, mult, shift, keys, rows):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
+def key_ensure(tab, mult, shift, keys, actions, n_actions, row_keys, size, cells):  # type: ignore[no-untyped-def]
+    """``KeyIndex.ensure`` and the flat cell ids ``row · n_actions + action``, one loop.
+
+    A key not found is given the next row (appended to ``row_keys``) and put
+    in the hash at the end of its probe, so a later cell of the same key finds
+    it. The caller has made room: ``row_keys`` for ``size + len(keys)`` rows,
+    the hash at most half full with that many. For sorted keys (a merge's
+    are), new rows come in key order, as ``np.unique`` gives them on the
+    numpy path. Returns the new size.
+    """
+    mask = tab.shape[0] - 1
+    flat = tab.reshape(-1)
+    m = keys.shape[0]
+    for i in range(m):
+        if i + _AHEAD < m:
+            _prefetch(flat, 2 * np.int64((keys[i + _AHEAD] * mult) >> shift))
+        k = keys[i]
+        p = np.int64((k * mult) >> shift)
+        row = -1
+        while True:
+            r = tab[p, 1]
+            if r == 0:
+                break
+            if tab[p, 0] == k:
+                row = np.int64(r) - 1
+                break
+            p = (p + 1) & mask
+        if row < 0:  # p: the empty slot that ended the probe
+            row = size
+            row_keys[size] = k
+            size += 1
+            tab[p, 0] = k
+            tab[p, 1] = np.uint64(row + 1)
+        cells[i] = row * n_actions + np.int64(actions[i])
+    return size
+
+
+@njit(cache=True, nogil=True)
 def cell_probe(table, cellcol, rec_q, rec_lw, rec_n, rec_version, cells, version,
-               e, gaps, q_old, lw_old, n_old):  # type: ignore[no-untyped-def]
+               e, gaps, q_old, lw_old, n_old, absent):  # type: ignore[no-untyped-def]
     """``CellStore.lookup`` + the version test + the gather of the old records, in one loop.
 
     Writes each cell's entry (0: absent), the empty hash slot its probe
     ended at (-1 where present), and the held ``q``, ``lw``, ``n`` (the
-    sentinel's where absent). Returns how many incoming versions are newer.
+    sentinel's where absent), and the indices of the absent cells into
+    ``absent``. Returns ``(how many incoming versions are newer, how many absent)``.
     """
     size = table.shape[0]
     m = cells.shape[0]
     newer = 0
+    na = 0
     for i in range(m):
         # two stages ahead: the hash slot of cell i + 2·AHEAD, the record its slot names for i + AHEAD
         if i + 2 * _AHEAD < m:
@@ -146,18 +161,21 @@ def cell_probe(table, cellcol, rec_q, rec_lw, rec_n, rec_version, cells, version
             if p == size:
                 p = 0
         x = e[i]
+        if x == 0:
+            absent[na] = i
+            na += 1
         q_old[i] = rec_q[x]
         lw_old[i] = rec_lw[x]
         n_old[i] = rec_n[x]
         if version[i] > rec_version[x]:
             newer += 1
-    return newer
+    return newer, na
 
 
 @njit(cache=True, nogil=True)
 def hash_put(table, cellcol, ids, gaps):  # type: ignore[no-untyped-def]
-    """Put entries (known absent) into an origin's hash; each probe starts at ``gaps[i]``
-    (where its look-up ended, the hash unchanged since) or, where that is -1, at home."""
+    """Put entries (known absent) into an origin's hash (its rebuild): each probe starts at
+    ``gaps[i]`` (where its look-up ended, the hash unchanged since) or, where -1, at home."""
     size = table.shape[0]
     m = ids.shape[0]
     for i in range(m):
@@ -176,19 +194,34 @@ def hash_put(table, cellcol, ids, gaps):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def link_new(ids, cells, slot, cellcol, nextcol, slots, head):  # type: ignore[no-untyped-def]
-    """New entries' cell and slot, linked at the head of their cells' holder chains."""
-    m = ids.shape[0]
-    for i in range(m):
-        if i + _AHEAD < m:
-            _prefetch(head, cells[i + _AHEAD])
-            _prefetch(cellcol, ids[i + _AHEAD])
-        x = ids[i]
+def insert_new(ids, at, cells, gaps, slot, cellcol, nextcol, slots, head, table, e):  # type: ignore[no-untyped-def]
+    """New entries ``ids`` for cells ``cells[at]``: cell, slot, holder chain, origin hash
+    (from ``gaps[at]`` where the look-up's probe ended; from home where that is -1 or
+    ``gaps`` is empty), and ``e[at] = ids``. One loop: ``link_new`` + ``hash_put``."""
+    size = table.shape[0]
+    k = ids.shape[0]
+    use_gaps = gaps.shape[0] > 0
+    for j in range(k):
+        if j + _AHEAD < k:
+            _prefetch(head, cells[at[j + _AHEAD]])
+            if use_gaps:
+                _prefetch(table, gaps[at[j + _AHEAD]])
+        x = ids[j]
+        i = at[j]
         c = cells[i]
         cellcol[x] = c
         slots[x] = slot
         nextcol[x] = head[c]
         head[c] = x
+        e[i] = x
+        p = gaps[i] if use_gaps else -1
+        if p < 0:
+            p = _cell_home(c, size)
+        while table[p] != 0:
+            p += 1
+            if p == size:
+                p = 0
+        table[p] = x
 
 
 @njit(cache=True, nogil=True)
@@ -295,19 +328,69 @@ def warm() -> None:
     keys = np.array([3], np.uint64)
     rows = np.zeros(1, np.int64)
     mult, shift = np.uint64(0x9E3779B97F4A7C15), np.uint64(58)
-    key_lookup(tab, mult, shift, keys, rows)
     key_put(tab, mult, shift, keys, rows)
     table = np.zeros(64, np.int32)
     cells, ids, gaps = np.array([5], np.int64), np.array([1], np.int64), np.full(1, -1, np.int64)
     e = np.zeros(1, np.int64)
     q_old, lw_old, n_old = np.zeros(1, np.float32), np.zeros(1), np.zeros(1, np.uint32)
     head = np.full(8, -1, np.int32)
-    link_new(ids, cells, 1, cellcol, nextcol, np.zeros(4, np.uint16), head)
     hash_put(table, cellcol, ids, gaps)
     cell_probe(table, cellcol, q, lw, n, ver, cells, np.ones(1, np.uint64), e, gaps, q_old, lw_old,
-               n_old)
+               n_old, np.empty(1, np.int64))
+    insert_new(ids, np.zeros(1, np.int64), cells, gaps, 1, cellcol, nextcol, np.zeros(4, np.uint16),
+               head, table, e)
+    key_ensure(tab, mult, shift, keys, np.zeros(1, np.uint16), 4, np.zeros(4, np.uint64), 1, rows)
     acc = np.zeros((8, 5))
     acc[:, 2] = -np.inf
+    one16, one32 = np.zeros(1, np.uint16), np.ones(1, np.uint32)
+    delta_scan(one16, np.ones(1, np.float32), np.ones(1), one32, one32, one32, np.ones(1, np.uint64))
+    strictly_sorted(keys, one16)
     merge_swap(acc, acc.reshape(-1), acc.view(np.int64), cells, ids, q, lw, n, ver,
                np.ones(1, np.float32), np.ones(1), np.ones(1, np.uint32), np.full(1, 2, np.uint64),
                q_old, lw_old, n_old, 1.0, 1, 0.0, np.empty(1, np.int64))
+
+
+@njit(cache=True, nogil=True)
+def delta_scan(actions, q, lw, n, succ, fail, version):  # type: ignore[no-untyped-def]
+    """Every value ``Delta.validate`` checks, in one pass instead of ten reductions.
+
+    Returns ``(finite, q_lo, q_hi, a_max, v_min, v_max, n_min, over)``:
+    whether every ``q`` and ``lw`` is finite, the extremes, and whether some
+    ``succ + fail`` exceeds ``n``.
+    """
+    finite = True
+    q_lo, q_hi = np.inf, -np.inf
+    a_max = np.uint16(0)
+    v_min, v_max = version[0], version[0]
+    n_min = n[0]
+    over = False
+    for i in range(q.shape[0]):
+        x = np.float64(q[i])
+        if not (np.isfinite(x) and np.isfinite(lw[i])):
+            finite = False
+        if x < q_lo:
+            q_lo = x
+        if x > q_hi:
+            q_hi = x
+        if actions[i] > a_max:
+            a_max = actions[i]
+        v = version[i]
+        if v < v_min:
+            v_min = v
+        if v > v_max:
+            v_max = v
+        if n[i] < n_min:
+            n_min = n[i]
+        if np.uint64(succ[i]) + np.uint64(fail[i]) > np.uint64(n[i]):
+            over = True
+    return finite, q_lo, q_hi, a_max, v_min, v_max, n_min, over
+
+
+@njit(cache=True, nogil=True)
+def strictly_sorted(keys, actions):  # type: ignore[no-untyped-def]
+    """``qtable._strictly_sorted``: (key, action) pairs strictly increasing, so no duplicates."""
+    for i in range(1, keys.shape[0]):
+        k0, k1 = keys[i - 1], keys[i]
+        if k1 < k0 or (k1 == k0 and actions[i] <= actions[i - 1]):
+            return False
+    return True

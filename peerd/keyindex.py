@@ -57,16 +57,12 @@ class KeyIndex:
                 return r - 1
             pos = (pos + 1) & mask
 
-    def lookup(self, keys: np.ndarray, kern: ModuleType | None = None) -> np.ndarray:
-        """Rows of many keys, -1 where unknown. ``kern``: the compiled kernels (``peerd.kernels``)."""
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """Rows of many keys, -1 where unknown."""
         keys = np.asarray(keys, np.uint64)
         m = keys.shape[0]
         if self.size == 0 or m == 0:
             return np.full(m, -1, np.int64)
-        if kern is not None:
-            rows = np.empty(m, np.int64)
-            kern.key_lookup(self._tab, np.uint64(self._mult), np.uint64(64 - self._bits), keys, rows)
-            return rows
         mask = (1 << self._bits) - 1
         pos = self._home(keys)
         blk = self._slots.take(pos).view(np.uint64).reshape(m, 2)
@@ -138,20 +134,45 @@ class KeyIndex:
         self._put(self.row_keys[: self.size].copy(), np.arange(self.size, dtype=np.int64), kern)
 
     # ----------------------------------------------------------------- adds
-    def ensure(self, keys: np.ndarray, kern: ModuleType | None = None) -> np.ndarray:
-        """Rows of many keys, appending rows for unknown ones (``kern``: as ``lookup``)."""
+    def ensure(self, keys: np.ndarray) -> np.ndarray:
+        """Rows of many keys, appending rows for unknown ones."""
         keys = np.asarray(keys, np.uint64)
-        rows = self.lookup(keys, kern)
+        rows = self.lookup(keys)
         missing = rows < 0
         if missing.any():
             new_keys, inv = np.unique(keys[missing], return_inverse=True)
             first = self.size
             new_rows = np.arange(first, first + new_keys.shape[0], dtype=np.int64)
-            self._grow(first + new_keys.shape[0], kern)  # rehashes the keys held so far
+            self._grow(first + new_keys.shape[0])  # rehashes the keys held so far
             self._append_rows(new_keys)
-            self._put(new_keys, new_rows, kern)
+            self._put(new_keys, new_rows)
             rows[missing] = new_rows[inv.reshape(-1)]
         return rows
+
+    def ensure_cells(self, keys: np.ndarray, actions: np.ndarray, n_actions: int,
+                     kern: ModuleType) -> np.ndarray:
+        """``ensure`` with the compiled kernels, returning flat cell ids ``row · n_actions + action``.
+
+        Room is made first for every key to be new (the hash may double one
+        batch earlier than ``ensure`` would: at most ``len(keys)`` keys
+        sooner); then one loop finds or adds each key. ``keys`` sorted (a
+        merge's are): new rows in key order, as ``ensure`` numbers them.
+        """
+        keys = np.asarray(keys, np.uint64)
+        m = keys.shape[0]
+        self._grow(self.size + m, kern)
+        need = self.size + m
+        if need > self.row_keys.shape[0]:
+            grown = np.empty(max(need, 2 * self.row_keys.shape[0]), np.uint64)
+            grown[: self.size] = self.row_keys[: self.size]
+            self.row_keys = grown
+        cells = np.empty(m, np.int64)
+        size = int(kern.key_ensure(self._tab, np.uint64(self._mult), np.uint64(64 - self._bits), keys,
+                                   actions, n_actions, self.row_keys, self.size, cells))
+        if size != self.size:
+            self.size = size
+            self._sorted = None
+        return cells
 
     def add(self, key: int) -> int:
         """Row of one key, appending it if unknown."""

@@ -101,8 +101,9 @@ class QTable:
         #: merge path: "auto" (the compiled kernels once a delta of ``kernels.MIN_CELLS``
         #: cells loads them, if numba is installed), "numba", or "numpy" (the reference)
         self.kernel_mode = kernel
-        #: the path the last merged delta took: "numba" or "numpy" (for benchmarks and tests)
-        self.last_kernel = "numpy"
+        #: the path the last merged delta took: "numba", "numpy", or None before any
+        self.last_kernel: str | None = None
+        self._restoring = False  # in ``load``: a restore does not load the kernels by itself
         self.task = task
         self.node_id = node_id
         self.secret = secret
@@ -469,7 +470,11 @@ class QTable:
         """
         keys, acts = delta.keys, delta.actions
         src = {f: getattr(delta, f) for f in ("q", "lw", "n", "succ", "fail", "version")}
-        if not _strictly_sorted(keys, acts):  # duplicates possible: keep the newest per cell
+        kern = self._kernels(keys.shape[0])
+        self.last_kernel = "numpy" if kern is None else "numba"
+        ordered = (_strictly_sorted(keys, acts) if kern is None or keys.shape[0] < 2
+                   else kern.strictly_sorted(keys, acts))
+        if not ordered:  # duplicates possible: keep the newest per cell
             m = keys.shape[0]
             order = np.lexsort((delta.version, acts, keys))
             k2, a2 = keys[order], acts[order]
@@ -478,8 +483,6 @@ class QTable:
             sel = order[last]
             keys, acts = keys[sel], acts[sel]
             src = {f: v[sel] for f, v in src.items()}
-        kern = self._kernels(keys.shape[0])
-        self.last_kernel = "numpy" if kern is None else "numba"
         if kern is not None:
             return self._merge_compiled(s, keys, acts, src, stats, kern)
         rows = self._index.ensure(keys)
@@ -544,21 +547,19 @@ class QTable:
                         stats: MergeStats, kern: ModuleType) -> np.ndarray:
         """``_merge`` with the compiled kernels (``peerd.kernels``): the same steps and
         arithmetic, each stage one loop over the (distinct) cells instead of ~20 numpy passes."""
-        rows = self._index.ensure(keys, kern)
+        cells = self._index.ensure_cells(keys, acts, self._a, kern)
         self._reserve()
-        cells = rows * self._a
-        cells += acts
         st = self._store
-        e, gaps, q_old, lw_old, n_old, newer = st.lookup_old(cells, s, src["version"], kern)
+        e, gaps, q_old, lw_old, n_old, absent, newer = st.lookup_old(cells, s, src["version"], kern)
         if newer < cells.shape[0]:
             sel = np.flatnonzero(src["version"] > st.fields["version"][e])
             cells, e, q_old, lw_old, n_old = cells[sel], e[sel], q_old[sel], lw_old[sel], n_old[sel]
             gaps = None if gaps is None else gaps[sel]
             src = {k: v[sel] for k, v in src.items()}
+            absent = np.flatnonzero(e == 0)
         k = cells.shape[0]
         if k == 0:
             return cells
-        absent = np.flatnonzero(e == 0)
         n_new = absent.shape[0]
         stats.new += n_new
         stats.updated += k - n_new
@@ -568,7 +569,7 @@ class QTable:
         if st.has_outcomes:
             old_of = {o: st.fields[o][e].astype(np.int64) for o in ("succ", "fail")}  # 0 at the sentinel
         if n_new:
-            e[absent] = st.insert(s, cells[absent], None if gaps is None else gaps[absent], kern)
+            st.insert_at(s, cells, absent, gaps, e, kern)
         floor = 1 if s == OWN else max(self.min_visits, 1)
         now = self.clock() / self.half_life
         view = self._view
@@ -595,16 +596,25 @@ class QTable:
         return cells
 
     def load(self, origin: str, arrays: dict[str, np.ndarray]) -> None:
-        """Restore one origin's cells from the durable store (trusted; no evidence guard)."""
-        d = Delta.build(origin, self.task.fingerprint, 0,
-                        int(arrays["version"].max()) if len(arrays["version"]) else 0, **arrays)
-        if origin != self.node_id:
-            self.apply(d, guard=False)
-            return
-        d.validate(fingerprint=self.task.fingerprint, n_actions=self._a, q_bound=self.q_bound)
-        if len(d):
-            self._merge(OWN, d, MergeStats(origin=origin, cells=len(d)))
-            self._own.version = max(self._own.version, int(d.version.max()))
+        """Restore one origin's cells from the durable store (trusted; no evidence guard).
+
+        A restore never loads the compiled kernels by itself (it happens once,
+        at start: not worth numba's ~100 MB of RSS for the rest of the
+        process's life); it uses them if they are loaded already.
+        """
+        self._restoring = True
+        try:
+            d = Delta.build(origin, self.task.fingerprint, 0,
+                            int(arrays["version"].max()) if len(arrays["version"]) else 0, **arrays)
+            if origin != self.node_id:
+                self.apply(d, guard=False)
+                return
+            d.validate(fingerprint=self.task.fingerprint, n_actions=self._a, q_bound=self.q_bound)
+            if len(d):
+                self._merge(OWN, d, MergeStats(origin=origin, cells=len(d)))
+                self._own.version = max(self._own.version, int(d.version.max()))
+        finally:
+            self._restoring = False
 
     def forget(self, origin: str) -> int:
         """Free an origin's cells and slot for good (``origin_ttl`` expiry); returns cells dropped.
@@ -777,13 +787,13 @@ class QTable:
         """The compiled kernels for a batch of ``m`` cells, or None for the numpy path.
 
         ``auto`` imports numba only for a batch of ``kernels.MIN_CELLS`` cells
-        or more (its import costs ~100 MB of RSS); once loaded, every batch
-        uses it.
+        or more that is not a restore (``load``): its import costs ~100 MB of
+        RSS. Once loaded, every batch uses it.
         """
         mode = self.kernel_mode
         if mode == "numpy":
             return None
-        if mode == "numba" or m >= kernels.MIN_CELLS:
+        if mode == "numba" or (m >= kernels.MIN_CELLS and not self._restoring):
             return kernels.load()
         return kernels.loaded()
 
