@@ -88,20 +88,23 @@ def key_put(tab, mult, shift, keys, rows):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def key_ensure(tab, mult, shift, keys, actions, n_actions, row_keys, size, cells):  # type: ignore[no-untyped-def]
+def key_ensure(tab, mult, shift, keys, actions, n_actions, row_keys, size, limit, start,
+               cells):  # type: ignore[no-untyped-def]
     """``KeyIndex.ensure`` and the flat cell ids ``row · n_actions + action``, one loop.
 
-    A key not found is given the next row (appended to ``row_keys``) and put
-    in the hash at the end of its probe, so a later cell of the same key finds
-    it. The caller has made room: ``row_keys`` for ``size + len(keys)`` rows,
-    the hash at most half full with that many. For sorted keys (a merge's
-    are), new rows come in key order, as ``np.unique`` gives them on the
-    numpy path. Returns the new size.
+    From cell ``start`` on: a key not found is given the next row (appended
+    to ``row_keys``) and put in the hash at the end of its probe, so a later
+    cell of the same key finds it. A new key that would make the index hold
+    more than ``limit`` keys (the hash half full, or ``row_keys`` full) stops
+    the loop: the caller grows what is full and calls again from there, so
+    the index grows exactly when ``ensure``'s would. For sorted keys (a
+    merge's are) new rows come in key order, as ``np.unique`` gives them on
+    the numpy path. Returns ``(size, where it stopped)``.
     """
     mask = tab.shape[0] - 1
     flat = tab.reshape(-1)
     m = keys.shape[0]
-    for i in range(m):
+    for i in range(start, m):
         if i + _AHEAD < m:
             _prefetch(flat, 2 * np.int64((keys[i + _AHEAD] * mult) >> shift))
         k = keys[i]
@@ -116,13 +119,15 @@ def key_ensure(tab, mult, shift, keys, actions, n_actions, row_keys, size, cells
                 break
             p = (p + 1) & mask
         if row < 0:  # p: the empty slot that ended the probe
+            if size >= limit:
+                return size, i
             row = size
             row_keys[size] = k
             size += 1
             tab[p, 0] = k
             tab[p, 1] = np.uint64(row + 1)
         cells[i] = row * n_actions + np.int64(actions[i])
-    return size
+    return size, m
 
 
 @njit(cache=True, nogil=True)
@@ -339,7 +344,7 @@ def warm() -> None:
                n_old, np.empty(1, np.int64))
     insert_new(ids, np.zeros(1, np.int64), cells, gaps, 1, cellcol, nextcol, np.zeros(4, np.uint16),
                head, table, e)
-    key_ensure(tab, mult, shift, keys, np.zeros(1, np.uint16), 4, np.zeros(4, np.uint64), 1, rows)
+    key_ensure(tab, mult, shift, keys, np.zeros(1, np.uint16), 4, np.zeros(4, np.uint64), 1, 2, 0, rows)
     acc = np.zeros((8, 5))
     acc[:, 2] = -np.inf
     one16, one32 = np.zeros(1, np.uint16), np.ones(1, np.uint32)

@@ -153,26 +153,29 @@ class KeyIndex:
                      kern: ModuleType) -> np.ndarray:
         """``ensure`` with the compiled kernels, returning flat cell ids ``row · n_actions + action``.
 
-        Room is made first for every key to be new (the hash may double one
-        batch earlier than ``ensure`` would: at most ``len(keys)`` keys
-        sooner); then one loop finds or adds each key. ``keys`` sorted (a
+        One loop finds or adds each key; it stops when the hash would pass
+        half full or ``row_keys`` is full, and goes on after the growth, so
+        the index grows when and as ``ensure``'s would. ``keys`` sorted (a
         merge's are): new rows in key order, as ``ensure`` numbers them.
         """
         keys = np.asarray(keys, np.uint64)
         m = keys.shape[0]
-        self._grow(self.size + m, kern)
-        need = self.size + m
-        if need > self.row_keys.shape[0]:
-            grown = np.empty(max(need, 2 * self.row_keys.shape[0]), np.uint64)
-            grown[: self.size] = self.row_keys[: self.size]
-            self.row_keys = grown
         cells = np.empty(m, np.int64)
-        size = int(kern.key_ensure(self._tab, np.uint64(self._mult), np.uint64(64 - self._bits), keys,
-                                   actions, n_actions, self.row_keys, self.size, cells))
-        if size != self.size:
-            self.size = size
-            self._sorted = None
-        return cells
+        at, size = 0, self.size
+        while True:
+            limit = min((1 << self._bits) // 2, self.row_keys.shape[0])
+            size, at = kern.key_ensure(self._tab, np.uint64(self._mult), np.uint64(64 - self._bits),
+                                       keys, actions, n_actions, self.row_keys, size, limit, at, cells)
+            if size != self.size:
+                self.size = int(size)
+                self._sorted = None
+            if at == m:
+                return cells
+            if self.size >= self.row_keys.shape[0]:  # as ``_append_rows``
+                grown = np.empty(max(self.size + 1, 2 * self.row_keys.shape[0]), np.uint64)
+                grown[: self.size] = self.row_keys[: self.size]
+                self.row_keys = grown
+            self._grow(self.size + 1, kern)
 
     def add(self, key: int) -> int:
         """Row of one key, appending it if unknown."""
