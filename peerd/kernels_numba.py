@@ -32,7 +32,7 @@ _REBASE = 64.0  # peerd.view.REBASE
 _CANCEL = 2.0 ** -8  # peerd.view._CANCEL
 _EXP_MIN, _EXP_MAX = -1021.0, 1000.0  # peerd.view._EXP_MIN, _EXP_MAX
 #: how many cells ahead a loop asks for the memory it will touch (``_prefetch``)
-_AHEAD = 16
+_AHEAD = 32
 
 
 @intrinsic

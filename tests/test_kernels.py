@@ -21,7 +21,8 @@ from peerd.task import Task
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_NUMBA = kernels.available()
-needs_numba = pytest.mark.skipif(not HAS_NUMBA, reason="numba not installed (the [fast] extra)")
+needs_numba = pytest.mark.skipif(not HAS_NUMBA,
+                                 reason="numba not installed (the [fast] extra) or PEERD_NO_NUMBA set")
 
 # Applies a small delta, restores MIN_CELLS cells, then (if asked) applies a delta of MIN_CELLS
 # cells and another small one, and reports which path each took and whether numba was imported.
