@@ -322,36 +322,51 @@ def warm() -> None:
     Loads each one from numba's cache (or compiles it, the first time on a
     machine) now, at ``peerd.kernels.load()``, rather than in the middle of
     some later delta that happens to need, say, the first key-index insert.
+    Twice: a delta decoded from the wire holds read-only arrays
+    (``np.frombuffer``), a type of its own for numba.
     """
+    for readonly in (False, True):
+        _warm(readonly)
+
+
+def _warm(readonly: bool) -> None:
+    """``warm`` with the delta's arrays writable or not."""
     from peerd.cells import REC  # here: peerd.cells does not need this module
 
     rec = np.zeros(4, REC)
     rec["lw"][0] = -np.inf
     cellcol, nextcol = rec["cell"], rec["next"]
     q, lw, n, ver = rec["q"], rec["lw"], rec["n"], rec["version"]
+
+    def src(a: np.ndarray) -> np.ndarray:  # an array as a delta holds it
+        a.setflags(write=not readonly)
+        return a
+
     tab = np.zeros((64, 2), np.uint64)
-    keys = np.array([3], np.uint64)
+    keys = src(np.array([3], np.uint64))
     rows = np.zeros(1, np.int64)
     mult, shift = np.uint64(0x9E3779B97F4A7C15), np.uint64(58)
-    key_put(tab, mult, shift, keys, rows)
+    key_put(tab, mult, shift, np.array([3], np.uint64), rows)  # the index's own copy: writable
     table = np.zeros(64, np.int32)
     cells, ids, gaps = np.array([5], np.int64), np.array([1], np.int64), np.full(1, -1, np.int64)
     e = np.zeros(1, np.int64)
     q_old, lw_old, n_old = np.zeros(1, np.float32), np.zeros(1), np.zeros(1, np.uint32)
     head = np.full(8, -1, np.int32)
     hash_put(table, cellcol, ids, gaps)
-    cell_probe(table, cellcol, q, lw, n, ver, cells, np.ones(1, np.uint64), e, gaps, q_old, lw_old,
+    cell_probe(table, cellcol, q, lw, n, ver, cells, src(np.ones(1, np.uint64)), e, gaps, q_old, lw_old,
                n_old, np.empty(1, np.int64))
     insert_new(ids, np.zeros(1, np.int64), cells, gaps, 1, cellcol, nextcol, np.zeros(4, np.uint16),
                head, table, e)
-    key_ensure(tab, mult, shift, keys, np.zeros(1, np.uint16), 4, np.zeros(4, np.uint64), 1, 2, 0, rows)
+    key_ensure(tab, mult, shift, keys, src(np.zeros(1, np.uint16)), 4, np.zeros(4, np.uint64), 1, 2, 0,
+               rows)
     acc = np.zeros((8, 5))
     acc[:, 2] = -np.inf
-    one16, one32 = np.zeros(1, np.uint16), np.ones(1, np.uint32)
-    delta_scan(one16, np.ones(1, np.float32), np.ones(1), one32, one32, one32, np.ones(1, np.uint64))
+    one16, one32 = src(np.zeros(1, np.uint16)), src(np.ones(1, np.uint32))
+    delta_scan(one16, src(np.ones(1, np.float32)), src(np.ones(1)), one32, one32, one32,
+               src(np.ones(1, np.uint64)))
     strictly_sorted(keys, one16)
     merge_swap(acc, acc.reshape(-1), acc.view(np.int64), cells, ids, q, lw, n, ver,
-               np.ones(1, np.float32), np.ones(1), np.ones(1, np.uint32), np.full(1, 2, np.uint64),
+               src(np.ones(1, np.float32)), src(np.ones(1)), one32, src(np.full(1, 2, np.uint64)),
                q_old, lw_old, n_old, 1.0, 1, 0.0, np.empty(1, np.int64))
 
 
