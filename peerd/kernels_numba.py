@@ -364,7 +364,7 @@ def _warm(readonly: bool) -> None:
     one16, one32 = src(np.zeros(1, np.uint16)), src(np.ones(1, np.uint32))
     delta_scan(one16, src(np.ones(1, np.float32)), src(np.ones(1)), one32, one32, one32,
                src(np.ones(1, np.uint64)))
-    strictly_sorted(keys, one16)
+    scan_order(keys, one16, one32, one32)
     merge_swap(acc, acc.reshape(-1), acc.view(np.int64), cells, ids, q, lw, n, ver,
                src(np.ones(1, np.float32)), src(np.ones(1)), one32, src(np.full(1, 2, np.uint64)),
                q_old, lw_old, n_old, 1.0, 1, 0.0, np.empty(1, np.int64))
@@ -407,10 +407,19 @@ def delta_scan(actions, q, lw, n, succ, fail, version):  # type: ignore[no-untyp
 
 
 @njit(cache=True, nogil=True)
-def strictly_sorted(keys, actions):  # type: ignore[no-untyped-def]
-    """``qtable._strictly_sorted``: (key, action) pairs strictly increasing, so no duplicates."""
+def scan_order(keys, actions, succ, fail):  # type: ignore[no-untyped-def]
+    """``(strictly sorted, some outcome)``: whether the (key, action) pairs strictly increase
+    (``qtable._strictly_sorted``: then there are no duplicates) and whether some cell
+    reports a success or failure, in one pass instead of five numpy passes and two."""
+    ordered = True
     for i in range(1, keys.shape[0]):
         k0, k1 = keys[i - 1], keys[i]
         if k1 < k0 or (k1 == k0 and actions[i] <= actions[i - 1]):
-            return False
-    return True
+            ordered = False
+            break
+    outcomes = False
+    for i in range(succ.shape[0]):
+        if succ[i] != 0 or fail[i] != 0:
+            outcomes = True
+            break
+    return ordered, outcomes

@@ -472,8 +472,11 @@ class QTable:
         src = {f: getattr(delta, f) for f in ("q", "lw", "n", "succ", "fail", "version")}
         kern = self._kernels(keys.shape[0])
         self.last_kernel = "numpy" if kern is None else "numba"
-        ordered = (_strictly_sorted(keys, acts) if kern is None or keys.shape[0] < 2
-                   else kern.strictly_sorted(keys, acts))
+        outcomes: bool | None = None  # whether some cell reports succ/fail (None: not known yet)
+        if kern is None or keys.shape[0] < 2:
+            ordered = _strictly_sorted(keys, acts)
+        else:
+            ordered, outcomes = kern.scan_order(keys, acts, delta.succ, delta.fail)
         if not ordered:  # duplicates possible: keep the newest per cell
             m = keys.shape[0]
             order = np.lexsort((delta.version, acts, keys))
@@ -483,8 +486,9 @@ class QTable:
             sel = order[last]
             keys, acts = keys[sel], acts[sel]
             src = {f: v[sel] for f, v in src.items()}
+            outcomes = None  # a dropped duplicate may have been the one with outcomes
         if kern is not None:
-            return self._merge_compiled(s, keys, acts, src, stats, kern)
+            return self._merge_compiled(s, keys, acts, src, stats, kern, outcomes)
         rows = self._index.ensure(keys)
         self._reserve()
         cells = rows * self._a
@@ -544,9 +548,10 @@ class QTable:
         return cells
 
     def _merge_compiled(self, s: int, keys: np.ndarray, acts: np.ndarray, src: dict[str, np.ndarray],
-                        stats: MergeStats, kern: ModuleType) -> np.ndarray:
+                        stats: MergeStats, kern: ModuleType, outcomes: bool | None) -> np.ndarray:
         """``_merge`` with the compiled kernels (``peerd.kernels``): the same steps and
-        arithmetic, each stage one loop over the (distinct) cells instead of ~20 numpy passes."""
+        arithmetic, each stage one loop over the (distinct) cells instead of ~20 numpy passes.
+        ``outcomes``: whether some cell reports succ/fail, if ``scan_order`` found out."""
         cells = self._index.ensure_cells(keys, acts, self._a, kern)
         self._reserve()
         st = self._store
@@ -563,7 +568,9 @@ class QTable:
         n_new = absent.shape[0]
         stats.new += n_new
         stats.updated += k - n_new
-        if src["succ"].any() or src["fail"].any():
+        if outcomes is None:
+            outcomes = bool(src["succ"].any() or src["fail"].any())
+        if outcomes:
             st.enable_outcomes()
             self._view.enable_outcomes()
         if st.has_outcomes:
