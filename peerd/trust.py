@@ -27,7 +27,6 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from statistics import median
 
 from peerd.delta import PatternSignature
 
@@ -128,7 +127,9 @@ def median_alignment(tallies: Iterable[tuple[int, int, float, float]]) -> float:
     shares = [aw / (aw + dw) for _, _, aw, dw in tallies if aw + dw > 0]
     if len(shares) < MIN_RELATIVE_NODES:
         return 1.0
-    return float(median(shares))
+    shares.sort()
+    mid = len(shares) // 2  # statistics.median would import decimal and fractions into every daemon
+    return shares[mid] if len(shares) % 2 else 0.5 * (shares[mid - 1] + shares[mid])
 
 
 def _unique_winner(tally: Mapping[int, float]) -> int | None:

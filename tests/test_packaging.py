@@ -49,6 +49,27 @@ def test_daemon_import_path_imports_no_simulator_or_test_broker() -> None:
     assert imported == []
 
 
+def test_daemon_loads_no_module_it_needs_only_for_convenience() -> None:
+    """Every daemon pays for each module it loads (~2.5 MB for numpy.random, ~0.6 MB for
+    statistics with decimal and fractions); with 50 daemons on a host that is the RSS budget.
+    Importing the daemon and choosing actions with every policy loads none of them."""
+    code = (
+        "import json, sys\n"
+        "import numpy as np\n"
+        "import peerd.node, peerd.daemon, peerd.api, peerd.metrics, peerd.store, peerd.transport\n"
+        "from peerd.policy import POLICIES\n"
+        "row = np.array([1.0, 2.0, 0.5]), np.array([3, 1, 2]), np.array([1, 0, 2]), np.array([2, 1, 0])\n"
+        "for cls in POLICIES.values():\n"
+        "    for step in range(20):\n"
+        "        cls(seed=step).choose(*row, step=step)\n"
+        "print(json.dumps([m for m in ('numpy.random', 'statistics', 'decimal', 'fractions')\n"
+        "                  if m in sys.modules]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=REPO)
+    assert json.loads(out.stdout) == []
+
+
 @pytest.mark.parametrize("missing", SIM_ONLY)
 def test_sim_without_the_extra_prints_the_install_line_and_exits_2(
         missing: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

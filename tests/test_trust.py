@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import statistics
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from peerd.delta import PatternSignature
 from peerd.trust import (
@@ -15,6 +19,7 @@ from peerd.trust import (
     clamp_trust,
     consensus_round,
     convergence_score,
+    median_alignment,
 )
 
 
@@ -181,3 +186,12 @@ def test_below_min_relative_nodes_disagreement_costs_in_full() -> None:
     j = consensus_round({"a": sigs(0), "b": sigs(1)}, {})
     for x in j.values():
         assert x.tolerated == 0.0 and x.change == pytest.approx(3 * 0.8 * DISAGREE)
+
+
+@given(st.lists(st.tuples(st.floats(0.0, 10.0), st.floats(0.0, 10.0)), min_size=0, max_size=12))
+def test_median_alignment_is_the_median_share_of_the_judged_nodes(weights: list[tuple[float, float]]) -> None:
+    """Odd and even counts alike: the statistics module's median over the judged nodes' shares."""
+    tallies = [(0, 0, aw, dw) for aw, dw in weights]
+    shares = [aw / (aw + dw) for aw, dw in weights if aw + dw > 0]
+    expected = statistics.median(shares) if len(shares) >= MIN_RELATIVE_NODES else 1.0
+    assert median_alignment(tallies) == pytest.approx(expected, rel=1e-12, abs=1e-12)
