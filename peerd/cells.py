@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import mmap
+from types import ModuleType
 
 import numpy as np
 
@@ -66,6 +67,7 @@ _SMALL = 16  # batches up to this size are probed in plain Python
 _TAIL = 48  # a vectorised probe loop finishes its last this-many cells in plain Python
 _ALIGN = 64  # a cache line
 _HUGE = 2 << 20  # a transparent huge page
+_NO_GAPS = np.empty(0, np.int64)  # ``insert_at`` without gaps: every probe from home
 
 
 def _map_bytes(cap: int) -> int:
@@ -271,6 +273,29 @@ class CellStore:
                 p = p + 1 if p + 1 < size else 0
         return out, gaps
 
+    def lookup_old(self, cell: np.ndarray, slot: int, version: np.ndarray, kern: ModuleType
+                   ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, np.ndarray,
+                              np.ndarray, int]:
+        """The merge's look-up with the compiled kernels: ``lookup``, the version test and the
+        held records, in one loop over the cells.
+
+        Returns ``(entries, gaps, q_old, lw_old, n_old, absent, newer)``: as
+        ``lookup`` (entry 0 and the sentinel's values where absent), the held
+        ``q``, ``lw``, ``n``, the indices of the absent cells, and how many
+        ``version``s are greater than the held ones.
+        """
+        m = cell.shape[0]
+        h = self.hashes.get(slot)
+        if h is None or h.n == 0:  # nothing held: every cell absent, every (validated) version newer
+            return (np.zeros(m, np.int64), None, np.zeros(m, np.float32), np.full(m, -np.inf),
+                    np.zeros(m, np.uint32), np.arange(m), int(np.count_nonzero(version > 0)))
+        e, gaps, absent = np.empty(m, np.int64), np.empty(m, np.int64), np.empty(m, np.int64)
+        q_old, lw_old, n_old = np.empty(m, np.float32), np.empty(m), np.empty(m, np.uint32)
+        f = self.fields
+        newer, na = kern.cell_probe(h.table, self.cell, f["q"], f["lw"], f["n"], f["version"], cell,
+                                    version, e, gaps, q_old, lw_old, n_old, absent)
+        return e, gaps, q_old, lw_old, n_old, absent[:na], int(newer)
+
     def find_one(self, cell: int, slot: int) -> int:
         """``find`` for one cell in plain Python ints: the own-update hot path (no array set-up)."""
         h = self.hashes.get(slot)
@@ -326,15 +351,7 @@ class CellStore:
         ``lookup``, the hash unchanged since) unless the hash must grow.
         """
         k = cell.shape[0]
-        reuse = min(k, self.free.shape[0])
-        ids = np.empty(k, np.int64)
-        if reuse:
-            ids[:reuse] = self.free[self.free.shape[0] - reuse :]
-            self.free = self.free[: self.free.shape[0] - reuse]
-        if k > reuse:
-            self._reserve(self.used + k - reuse)
-            ids[reuse:] = np.arange(self.used, self.used + k - reuse)
-            self.used += k - reuse
+        ids, reuse = self._allocate(k)
         at: np.ndarray | slice = ids
         if not reuse:  # fresh entries are one run: slices write them sequentially
             at = slice(int(ids[0]), int(ids[0]) + k) if k else slice(0, 0)
@@ -364,6 +381,46 @@ class CellStore:
         else:
             self._insert_hash(h, ids)
         return ids
+
+    def _allocate(self, k: int) -> tuple[np.ndarray, int]:
+        """Ids for ``k`` new entries: freed ones first, then fresh ones; and how many were freed."""
+        reuse = min(k, self.free.shape[0])
+        ids = np.empty(k, np.int64)
+        if reuse:
+            ids[:reuse] = self.free[self.free.shape[0] - reuse :]
+            self.free = self.free[: self.free.shape[0] - reuse]
+        if k > reuse:
+            self._reserve(self.used + k - reuse)
+            ids[reuse:] = np.arange(self.used, self.used + k - reuse)
+            self.used += k - reuse
+        return ids, reuse
+
+    def insert_at(self, slot: int, cells: np.ndarray, at: np.ndarray, gaps: np.ndarray | None,
+                  e: np.ndarray, kern: ModuleType) -> None:
+        """``insert`` of the cells ``cells[at]`` with the compiled kernels; ``e[at]`` = their ids.
+
+        ``gaps``: ``lookup_old``'s, for all of ``cells`` (the hash unchanged
+        since), or None. One loop links, hashes and records the new entries;
+        only the id allocation and a hash's growth stay in Python.
+        """
+        k = at.shape[0]
+        ids, _ = self._allocate(k)
+        if self.has_outcomes:  # a recycled entry may hold old counts; the caller writes the rest
+            self.fields["succ"][ids] = 0
+            self.fields["fail"][ids] = 0
+        h = self.hashes.get(slot)
+        if h is None:
+            h = self.hashes[slot] = _OriginHash(k)
+            gaps = None
+        if h.n + k > _MAX_LOAD * h.size:  # grow: rebuild at 1/4 full, every probe from home
+            old = h.ids().astype(np.int64)
+            h = self.hashes[slot] = _OriginHash(h.n + k)
+            kern.hash_put(h.table, self.cell, old, np.full(old.shape[0], -1, np.int64))
+            h.n = old.shape[0]
+            gaps = None
+        kern.insert_new(ids, at, cells, _NO_GAPS if gaps is None else gaps, slot, self.cell, self.next,
+                        self.slot, self.head, h.table, e)
+        h.n += k
 
     def _reserve(self, n: int) -> None:
         if n <= self.cap:

@@ -15,6 +15,7 @@ that all collide. A merged cell is addressed by its flat id
 from __future__ import annotations
 
 import secrets
+from types import ModuleType
 
 import numpy as np
 
@@ -97,9 +98,13 @@ class KeyIndex:
                 p = (p + 1) & mask
         return rows
 
-    def _put(self, keys: np.ndarray, rows: np.ndarray) -> None:
+    def _put(self, keys: np.ndarray, rows: np.ndarray, kern: ModuleType | None = None) -> None:
         """Put distinct keys, known absent, into the hash (room is the caller's job)."""
         tab, mask = self._tab, (1 << self._bits) - 1
+        if kern is not None:
+            kern.key_put(tab, np.uint64(self._mult), np.uint64(64 - self._bits), keys,
+                         rows.astype(np.int64, copy=False))
+            return
         pos = self._home(keys)
         tag = rows.astype(np.uint64) + np.uint64(1)
         while keys.shape[0] > _TAIL:
@@ -116,7 +121,7 @@ class KeyIndex:
                 p = (p + 1) & mask
             tab[p, 0], tab[p, 1] = k, t
 
-    def _grow(self, need: int) -> None:
+    def _grow(self, need: int, kern: ModuleType | None = None) -> None:
         """Rebuild the hash with the keys held, doubling until ``need`` keys fill it at most half."""
         bits = self._bits
         while need > (1 << bits) // 2:
@@ -126,7 +131,7 @@ class KeyIndex:
         self._bits = bits
         self._tab = np.zeros((1 << bits, 2), np.uint64)
         self._slots = self._tab.view("V16").reshape(-1)
-        self._put(self.row_keys[: self.size].copy(), np.arange(self.size, dtype=np.int64))
+        self._put(self.row_keys[: self.size].copy(), np.arange(self.size, dtype=np.int64), kern)
 
     # ----------------------------------------------------------------- adds
     def ensure(self, keys: np.ndarray) -> np.ndarray:
@@ -143,6 +148,34 @@ class KeyIndex:
             self._put(new_keys, new_rows)
             rows[missing] = new_rows[inv.reshape(-1)]
         return rows
+
+    def ensure_cells(self, keys: np.ndarray, actions: np.ndarray, n_actions: int,
+                     kern: ModuleType) -> np.ndarray:
+        """``ensure`` with the compiled kernels, returning flat cell ids ``row · n_actions + action``.
+
+        One loop finds or adds each key; it stops when the hash would pass
+        half full or ``row_keys`` is full, and goes on after the growth, so
+        the index grows when and as ``ensure``'s would. ``keys`` sorted (a
+        merge's are): new rows in key order, as ``ensure`` numbers them.
+        """
+        keys = np.asarray(keys, np.uint64)
+        m = keys.shape[0]
+        cells = np.empty(m, np.int64)
+        at, size = 0, self.size
+        while True:
+            limit = min((1 << self._bits) // 2, self.row_keys.shape[0])
+            size, at = kern.key_ensure(self._tab, np.uint64(self._mult), np.uint64(64 - self._bits),
+                                       keys, actions, n_actions, self.row_keys, size, limit, at, cells)
+            if size != self.size:
+                self.size = int(size)
+                self._sorted = None
+            if at == m:
+                return cells
+            if self.size >= self.row_keys.shape[0]:  # as ``_append_rows``
+                grown = np.empty(max(self.size + 1, 2 * self.row_keys.shape[0]), np.uint64)
+                grown[: self.size] = self.row_keys[: self.size]
+                self.row_keys = grown
+            self._grow(self.size + 1, kern)
 
     def add(self, key: int) -> int:
         """Row of one key, appending it if unknown."""

@@ -220,6 +220,12 @@ class MergedView:
         bad = np.flatnonzero(den < mass * _CANCEL)
         return cells[bad], n, den, ref
 
+    def rows_for_kernels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The ``[cap, 5]`` row block, flat, and as int64 (merged n): ``kernels_numba.merge_swap``'s
+        view of the same memory (``swap``'s arithmetic, as one compiled loop)."""
+        acc = self._acc
+        return acc, acc.reshape(-1), acc.view(np.int64)
+
     def replace_one(self, cell: int, t_old: float, q_old: float, lw_old: float, t_new: float,
                     q_new: float, lw_new: float) -> bool:
         """``replace`` for one cell in Python floats (the own-update path); True: recompute it."""

@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.metadata
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -43,6 +45,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from peerd import kernels
 from peerd.delta import Delta
 from peerd.qtable import QTable
 from peerd.task import Task
@@ -52,6 +55,14 @@ HALF_LIFE = 600.0
 HOLD = 0.10  # share of the table each origin holds
 TARGETS = {"rate_largest_over_smallest_min": 0.7, "ratio_min": 10.0, "bytes_per_pair_max": 64.0,
            "bytes_per_cell_max": 64.0}
+
+
+def _numba_version() -> str | None:
+    """numba's installed version (without importing it), or None."""
+    try:
+        return importlib.metadata.version("numba")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def rss_peak_mb() -> float:
@@ -127,9 +138,10 @@ class Baseline:
 
 
 def run_one(args: argparse.Namespace, origins: int) -> dict[str, object]:
-    """One origin count, in this process."""
+    """One origin count and merge path (``args.kernel``), in this process."""
     sc = Scenario(args)
-    table = QTable(sc.task, "bench-node", secret="bench", half_life=HALF_LIFE, clock=lambda: NOW)
+    table = QTable(sc.task, "bench-node", secret="bench", half_life=HALF_LIFE, clock=lambda: NOW,
+                   kernel=args.kernel)
     table.load("bench-node", sc.cells(sc.held(), 0))
     peers = [f"peer-{p:04d}" for p in range(1, origins)]
     held: dict[str, np.ndarray] = {}
@@ -170,6 +182,7 @@ def run_one(args: argparse.Namespace, origins: int) -> dict[str, object]:
     cells = sum(len(d) for d in deltas)
     return {
         "origins": len(table.origins),
+        "kernel": table.last_kernel,
         "peerd_cells_per_s": round(cells / t_peerd.cpu),
         "baseline_cells_per_s": round(cells / t_base.cpu),
         "ratio": round(t_base.cpu / t_peerd.cpu, 2),
@@ -197,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--delta-cells", type=int, default=10_000)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--quick", action="store_true", help="a small run: 100 k cells, 200 k delta cells")
+    ap.add_argument("--kernel", choices=["auto", "numba", "numpy"], default="auto",
+                    help="merge path: auto (numba if installed, and numpy as well for reference)")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child: one origin count
     args = ap.parse_args(argv)
     if args.quick:
@@ -207,16 +222,25 @@ def main(argv: list[str] | None = None) -> int:
     counts = sorted({int(x) for x in args.origins.split(",")})
     if counts[0] < 2:
         ap.error("--origins must all be >= 2")
-    runs = []
-    for n in counts:  # a fresh process per count: its peak RSS is its own
+    paths = [args.kernel]
+    if args.kernel == "auto":
+        paths = ["numba", "numpy"] if kernels.available() else ["numpy"]
+
+    def child(n: int, kernel: str) -> dict[str, object]:
         cmd = [sys.executable, __file__, "--one", str(n), "--cells", str(args.cells),
                "--actions", str(args.actions), "--work", str(args.work),
-               "--delta-cells", str(args.delta_cells), "--seed", str(args.seed)]
+               "--delta-cells", str(args.delta_cells), "--seed", str(args.seed), "--kernel", kernel]
         res = subprocess.run(cmd, check=True, capture_output=True, text=True)
-        runs.append(json.loads(res.stdout))
+        return json.loads(res.stdout)
+
+    # A fresh process per (count, path): its peak RSS is its own, and numba's import
+    # does not weigh on the numpy run. Each ratio is against the dict loop in that process.
+    by_path = {k: [child(n, k) for n in counts] for k in paths}
+    runs = by_path[paths[0]]
     small, large = runs[0], runs[-1]
     scaling = large["peerd_cells_per_s"] / small["peerd_cells_per_s"]
     out = {
+        "kernel": runs[0]["kernel"],
         "runs": runs,
         "rate_largest_over_smallest": round(scaling, 3),
         "targets": TARGETS,
@@ -229,17 +253,28 @@ def main(argv: list[str] | None = None) -> int:
         "table_cells": args.cells, "actions": args.actions, "work_cells": args.work,
         "delta_cells": args.delta_cells, "hold": HOLD,
         "python": platform.python_version(), "numpy": np.__version__,
+        "numba": _numba_version(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
+    if len(paths) > 1:  # the numpy path, the reference, measured in the same run
+        ref = by_path["numpy"]
+        out["numpy_runs"] = ref
+        out["numpy_rate_largest_over_smallest"] = round(
+            ref[-1]["peerd_cells_per_s"] / ref[0]["peerd_cells_per_s"], 3)
+        out["numba_over_numpy"] = [round(a["peerd_cells_per_s"] / b["peerd_cells_per_s"], 2)
+                                   for a, b in zip(runs, ref, strict=True)]
     if args.json:
         print(json.dumps(out))
     else:
-        for r in runs:
-            print(f"{r['origins']:5d} origins: peerd {r['peerd_cells_per_s'] / 1e6:6.2f} M cells/s, "
-                  f"dict {r['baseline_cells_per_s'] / 1e6:5.2f} M cells/s ({r['ratio']:.1f}x), "
-                  f"peak RSS {r['peak_rss_mb']:.0f} MiB, {r['bytes_per_stored_pair']:.1f} B/pair, "
-                  f"{r['bytes_per_merged_cell']:.1f} B/cell")
-        print(f"rate at {large['origins']} ÷ rate at {small['origins']}: {scaling:.2f}; "
-              f"targets met: {out['meets_targets']}")
+        for path in paths:
+            for r in by_path[path]:
+                print(f"[{r['kernel']:5s}] {r['origins']:5d} origins: "
+                      f"peerd {r['peerd_cells_per_s'] / 1e6:6.2f} M cells/s, "
+                      f"dict {r['baseline_cells_per_s'] / 1e6:5.2f} M cells/s ({r['ratio']:.1f}x), "
+                      f"peak RSS {r['peak_rss_mb']:.0f} MiB, {r['bytes_per_stored_pair']:.1f} B/pair, "
+                      f"{r['bytes_per_merged_cell']:.1f} B/cell")
+        print(f"[{out['kernel']}] rate at {large['origins']} ÷ rate at {small['origins']}: {scaling:.2f}; "
+              f"targets met: {out['meets_targets']}; load average {out['load_average']}")
     return 0
 
 

@@ -9,10 +9,12 @@ what ``QTable.apply`` spends outside the wrapped pieces (its own numpy glue
 and Python). ``--warm`` also times, before each stage, one bare gather of the
 rows that stage will touch (key-index slots, view rows, the origin's hash
 slots and records, holder-chain heads): what a cache miss per cell costs on
-this machine, apart from the numpy passes around it. ``--cprofile`` prints
-the top functions instead.
+this machine, apart from the numpy passes around it. ``--kernel numba``
+times each compiled kernel (``peerd/kernels_numba.py``) as a stage instead.
+``--cprofile`` prints the top functions instead.
 
     python scripts/profile_merge.py --origins 64 --deltas 100
+    python scripts/profile_merge.py --origins 64 --deltas 100 --kernel numba
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import cProfile
 import functools
 import gc
 import json
+import os
 import pstats
 import resource
 import sys
@@ -38,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench_merge as bm
 
-from peerd import cells, keyindex, qtable, view
+from peerd import cells, kernels, keyindex, qtable, view
 from peerd.delta import Delta
 from peerd.qtable import QTable
 
@@ -60,6 +63,27 @@ def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
             T[name] += time.process_time() - c
             _depth[0] -= 1
     return wrapper
+
+
+#: the compiled kernels, each its own stage (``--kernel numba``)
+KERNEL_STAGES = {
+    "delta_scan": "validate (kernels: delta_scan)",
+    "scan_order": "sorted + outcomes check (kernels: scan_order)",
+    "key_ensure": "key index + cell ids (kernels: key_ensure)",
+    "cell_probe": "origin hash + version test + old records (kernels: cell_probe)",
+    "insert_new": "new entries: link + hash (kernels: insert_new)",
+    "hash_put": "origin hash rebuilds (kernels: hash_put)",
+    "merge_swap": "field writes + view rows + stats (kernels: merge_swap)",
+}
+
+
+def instrument_kernels() -> None:
+    """Wrap the compiled kernels (module attributes: the merge path calls them through it)."""
+    kern = kernels.load()
+    if kern is None:
+        raise SystemExit(f"--kernel numba: the kernels cannot load: {kernels.status()['error']}")
+    for name, label in KERNEL_STAGES.items():
+        setattr(kern, name, timed(label, getattr(kern, name)))
 
 
 def instrument(warm: bool) -> None:
@@ -115,12 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warm", action="store_true", help="time a bare cold gather before each stage")
     ap.add_argument("--cprofile", action="store_true", help="print cProfile's top functions instead")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--kernel", choices=["numpy", "numba"], default="numpy",
+                    help="merge path to profile (numba: per compiled kernel; --warm is numpy's)")
     args = ap.parse_args(argv)
     delta_cells = 10_000
     ns = argparse.Namespace(seed=args.seed, actions=6, cells=args.cells,
                             work=args.deltas * delta_cells, delta_cells=delta_cells)
     sc = bm.Scenario(ns)
-    table = QTable(sc.task, "bench-node", secret="bench", half_life=bm.HALF_LIFE, clock=lambda: bm.NOW)
+    table = QTable(sc.task, "bench-node", secret="bench", half_life=bm.HALF_LIFE, clock=lambda: bm.NOW,
+                   kernel=args.kernel)
     table.load("bench-node", sc.cells(sc.held(), 0))
     peers = [f"peer-{p:04d}" for p in range(1, args.origins)]
     held: dict[str, np.ndarray] = {}
@@ -143,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     del anyone
     gc.collect()
     prof = cProfile.Profile(time.process_time) if args.cprofile else None
-    if prof is None:
+    if prof is None and args.kernel == "numba":
+        instrument_kernels()
+    elif prof is None:
         instrument(args.warm)
     t_peerd = t_base = 0.0
     flt_p = flt_b = 0  # minor page faults: fresh memory touched (allocator churn would show here)
@@ -171,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     warm = sum(v for k, v in T.items() if k.startswith("cold"))
     stages = dict(T)
     stages["rest (apply's own glue and Python)"] = t_peerd - staged - warm
-    out = {"origins": args.origins, "deltas": len(deltas), "cells": n,
+    out = {"origins": args.origins, "kernel": table.last_kernel, "deltas": len(deltas), "cells": n,
+           "load_average": [round(x, 2) for x in os.getloadavg()],
            "peerd_cells_per_s": round(n / (t_peerd - warm)), "baseline_cells_per_s": round(n / t_base),
            "ratio": round(t_base / (t_peerd - warm), 2),
            "us_per_delta_total": round((t_peerd - warm) / len(deltas) * 1e6),
@@ -182,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"{args.origins} origins: peerd {out['peerd_cells_per_s'] / 1e6:.2f} M cells/s, dict "
+        print(f"[{out['kernel']}] {args.origins} origins: "
+              f"peerd {out['peerd_cells_per_s'] / 1e6:.2f} M cells/s, dict "
               f"{out['baseline_cells_per_s'] / 1e6:.2f} M cells/s ({out['ratio']:.1f}x); "
               f"{out['us_per_delta_total']} us per 10 k-cell delta (process CPU time); minor page "
               f"faults per delta: peerd {out['page_faults_per_delta']['peerd']}, dict "

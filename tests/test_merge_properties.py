@@ -26,6 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from peerd import kernels
 from peerd.delta import Delta
 from peerd.qtable import QTable
 from peerd.task import Task
@@ -374,27 +375,40 @@ INCREMENTAL_SETTINGS = [{}, {"min_visits": 2}, {"quarantine_below": 0.3},
                         {"strategy": "trimmed_mean:0.25"}, {"strategy": "max", "min_visits": 2}]
 
 
+#: merge paths: the numpy reference, and the compiled kernels where numba is installed
+KERNELS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(
+    not kernels.available(), reason="numba not installed (the [fast] extra) or PEERD_NO_NUMBA set"))]
+
+
+def _probe(t: QTable, clock: VirtualClock) -> None:
+    """A last peer adds a cell everywhere, so that no cell's sums can hide a broken state
+    behind the default value."""
+    keys = sorted(t.key(s) for s in range(N_STATES))
+    m = len(keys) * TASK.n_actions
+    t.apply(Delta.build("probe", TASK.fingerprint, 0, m,
+                        keys=np.repeat(np.array(keys, np.uint64), TASK.n_actions),
+                        actions=np.tile(np.arange(TASK.n_actions), len(keys)),
+                        q=np.full(m, 0.5), lw=np.full(m, clock.t - 3.0), n=np.full(m, 2),
+                        succ=np.zeros(m), fail=np.zeros(m), version=np.arange(1, m + 1)))
+
+
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # a NaN or overflow in the sums is a bug
+@pytest.mark.parametrize("kernel", KERNELS)
 @PROPS
 @given(ops=st.lists(_op, min_size=1, max_size=30), kwargs=st.sampled_from(INCREMENTAL_SETTINGS),
        probe=st.booleans())
-def test_the_incremental_view_equals_an_exact_recompute(ops: list[tuple],
+def test_the_incremental_view_equals_an_exact_recompute(kernel: str, ops: list[tuple],
                                                         kwargs: dict[str, object], probe: bool) -> None:
     """After any sequence of deltas, own updates, trust changes and forgets, the view that was
     maintained term by term equals one recomputed from the stored cells: values within 1e-9
-    relative, visits, successes and failures exactly. ``probe``: a last peer then adds a cell
-    everywhere, so that no cell's sums can hide a broken state behind the default value."""
+    relative, visits, successes and failures exactly; on either merge path. ``probe``: see
+    ``_probe``."""
     clock = VirtualClock(T0)
-    t = QTable(TASK, "me", secret=SECRET, half_life=1.0, clock=clock, seed=0, **kwargs)
+    t = QTable(TASK, "me", secret=SECRET, half_life=1.0, clock=clock, seed=0, kernel=kernel, **kwargs)
     _run_ops(t, clock, ops)
     if probe:
-        keys = sorted(t.key(s) for s in range(N_STATES))
-        m = len(keys) * TASK.n_actions
-        t.apply(Delta.build("probe", TASK.fingerprint, 0, m,
-                            keys=np.repeat(np.array(keys, np.uint64), TASK.n_actions),
-                            actions=np.tile(np.arange(TASK.n_actions), len(keys)),
-                            q=np.full(m, 0.5), lw=np.full(m, clock.t - 3.0), n=np.full(m, 2),
-                            succ=np.zeros(m), fail=np.zeros(m), version=np.arange(1, m + 1)))
+        _probe(t, clock)
+    assert t.last_kernel in (kernel, None)  # None: no delta was merged
     keys, q, n, succ, fail = _snapshot(t)
     t.recompute_all()
     ek, eq, en, esucc, efail = _snapshot(t)
@@ -404,6 +418,39 @@ def test_the_incremental_view_equals_an_exact_recompute(ops: list[tuple],
     np.testing.assert_array_equal(fail, efail)
     np.testing.assert_allclose(q, eq, rtol=1e-9, atol=1e-9 * 10.0)  # |q| ≤ 10 here
     assert sum(t.origin_cells(o) for o in t.origins) == t.memory()["pairs"]
+
+
+@pytest.mark.skipif(not kernels.available(),
+                    reason="numba not installed (the [fast] extra) or PEERD_NO_NUMBA set")
+@PROPS
+@given(ops=st.lists(_op, min_size=1, max_size=40), kwargs=st.sampled_from(INCREMENTAL_SETTINGS),
+       probe=st.booleans())
+def test_the_compiled_kernels_give_the_numpy_paths_view(ops: list[tuple], kwargs: dict[str, object],
+                                                         probe: bool) -> None:
+    """The same random deltas (duplicates, stale versions, rebases, cancellations, outcomes),
+    own updates, trust changes and forgets, on a table merging with the numba kernels and one
+    merging with numpy: values within 1e-9 relative, visits, successes, failures, stored pairs
+    and each origin's stored cells exactly equal."""
+    views = []
+    for kernel in ("numpy", "numba"):
+        clock = VirtualClock(T0)
+        t = QTable(TASK, "me", secret=SECRET, half_life=1.0, clock=clock, seed=0, kernel=kernel,
+                   **kwargs)
+        _run_ops(t, clock, ops)
+        if probe:
+            _probe(t, clock)
+        views.append((_snapshot(t), {o: t.delta_of(o, 0) for o in t.origins}))
+    (keys, q, n, succ, fail), held = views[0]
+    (k2, q2, n2, succ2, fail2), held2 = views[1]
+    np.testing.assert_array_equal(keys, k2)
+    np.testing.assert_array_equal(n, n2)
+    np.testing.assert_array_equal(succ, succ2)
+    np.testing.assert_array_equal(fail, fail2)
+    np.testing.assert_allclose(q2, q, rtol=1e-9, atol=1e-9 * 10.0)  # |q| ≤ 10 here
+    assert held.keys() == held2.keys()
+    for o, d in held.items():
+        for f in ("keys", "actions", "q", "lw", "n", "succ", "fail", "version"):
+            np.testing.assert_array_equal(getattr(d, f), getattr(held2[o], f))
 
 
 @PROPS

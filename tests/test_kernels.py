@@ -1,0 +1,132 @@
+"""The merge path is chosen safely: numba is imported only when installed, enabled and needed;
+otherwise (missing, disabled, small deltas) the numpy path runs and nothing else changes.
+
+Each case runs in a fresh interpreter: whether numba is loaded is per-process state. That the
+two paths give the same view is a property in ``test_merge_properties.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from peerd import kernels
+from peerd.qtable import QTable
+from peerd.task import Task
+
+REPO = Path(__file__).resolve().parents[1]
+HAS_NUMBA = kernels.available()
+needs_numba = pytest.mark.skipif(not HAS_NUMBA,
+                                 reason="numba not installed (the [fast] extra) or PEERD_NO_NUMBA set")
+
+# Applies a small delta, restores MIN_CELLS cells, then (if asked) applies a delta of MIN_CELLS
+# cells and another small one, and reports which path each took and whether numba was imported.
+_SCRIPT = """
+import json, sys
+{hide}
+import numpy as np
+import peerd, peerd.node, peerd.daemon
+from peerd import kernels
+from peerd.delta import Delta
+from peerd.qtable import QTable
+from peerd.task import Task
+
+task = Task(4, gamma=0.9, name="k")
+t = QTable(task, "me", secret="s", clock=lambda: 1e6, half_life=600.0)
+
+def delta(origin, m):
+    keys = np.arange(1, m + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    return Delta.build(origin, task.fingerprint, 0, m, keys=np.sort(keys), actions=np.zeros(m),
+                       q=np.ones(m), lw=np.full(m, 1e6 / 600.0), n=np.ones(m), succ=np.zeros(m),
+                       fail=np.zeros(m), version=np.arange(1, m + 1))
+
+out = {{}}
+t.apply(delta("small", 100))
+out["small"] = [t.last_kernel, sys.modules.get("numba") is not None]
+t.load("restored", delta("restored", kernels.MIN_CELLS).arrays())
+out["restore"] = [t.last_kernel, sys.modules.get("numba") is not None]
+if {large}:
+    t.apply(delta("large", kernels.MIN_CELLS))
+    out["large"] = [t.last_kernel, sys.modules.get("numba") is not None]
+    t.apply(delta("small2", 100))
+    out["after"] = [t.last_kernel, sys.modules.get("numba") is not None]
+out["status"] = kernels.status()
+try:
+    QTable(task, "me", secret="s", kernel="numba")
+    out["forced"] = "ok"
+except ValueError as exc:
+    out["forced"] = str(exc)
+print(json.dumps(out))
+"""
+
+
+def _run(*, large: bool, hide_numba: bool = False, env: dict[str, str] | None = None) -> dict:
+    hide = "sys.modules['numba'] = None  # as if not installed" if hide_numba else ""
+    code = _SCRIPT.format(hide=hide, large=large)
+    full_env = {k: v for k, v in os.environ.items() if k != "PEERD_NO_NUMBA"} | (env or {})
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=REPO, env=full_env)
+    return json.loads(res.stdout)
+
+
+def test_importing_peerd_and_merging_small_deltas_never_imports_numba() -> None:
+    """peerd, peerd.node and peerd.daemon import, a 100-cell delta merges and a restore of
+    ``MIN_CELLS`` cells loads, without numba being imported (installed or not): a daemon that
+    sees only small deltas, or restarts with a large table, pays nothing."""
+    out = _run(large=False)
+    assert out["small"] == ["numpy", False]
+    assert out["restore"] == ["numpy", False]
+    assert out["status"]["loaded"] is False
+
+
+def test_without_numba_every_delta_takes_the_numpy_path() -> None:
+    """With numba not importable, a delta of ``MIN_CELLS`` cells merges on the numpy path,
+    ``kernel='numba'`` is refused with the install line, and the status says why."""
+    out = _run(large=True, hide_numba=True)
+    assert out["large"] == ["numpy", False]
+    assert out["after"] == ["numpy", False]
+    assert "peerd[fast]" in out["forced"]
+    assert "not installed" in out["status"]["error"]
+
+
+def test_peerd_no_numba_disables_the_kernels() -> None:
+    """``PEERD_NO_NUMBA=1``: numba is never imported, even for a large delta, and
+    ``kernel='numba'`` is refused."""
+    out = _run(large=True, env={"PEERD_NO_NUMBA": "1"})
+    assert out["large"] == ["numpy", False]
+    assert out["status"]["disabled"] is True
+    assert out["forced"].startswith("kernel='numba'")
+
+
+@needs_numba
+def test_a_large_delta_loads_the_kernels_and_later_deltas_use_them() -> None:
+    """With numba installed: a small delta leaves it unimported; the first delta of
+    ``MIN_CELLS`` cells imports it and merges on the kernels, and so do later small deltas."""
+    out = _run(large=True)
+    assert out["small"] == ["numpy", False]
+    assert out["large"] == ["numba", True]
+    assert out["after"] == ["numba", True]
+    assert out["forced"] == "ok"
+
+
+def test_an_unknown_kernel_is_refused() -> None:
+    """``kernel`` is one of auto, numba, numpy."""
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        QTable(Task(2, gamma=0.9, name="k"), "me", secret="s", kernel="cython")
+
+
+def test_kernel_numpy_never_loads_the_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``kernel='numpy'`` asks ``peerd.kernels`` for nothing, whatever the delta's size."""
+    t = QTable(Task(2, gamma=0.9, name="k"), "me", secret="s", kernel="numpy")
+
+    def boom() -> None:
+        raise AssertionError("kernels.load() called")
+
+    monkeypatch.setattr(kernels, "load", boom)
+    monkeypatch.setattr(kernels, "loaded", boom)
+    assert t._kernels(10 * kernels.MIN_CELLS) is None
