@@ -79,10 +79,23 @@ class Ack:
 
 
 # ------------------------------------------------------------------ processes
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now and not handed out before in this run.
+
+    The kernel may give the same free port twice while the first daemon has
+    not bound it yet; two daemons configured with one API port then share it,
+    and the second's readiness check is answered by the first.
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def start_mosquitto(root: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -137,6 +150,7 @@ class BindLost(RuntimeError):
 
 def wait_healthy(client: PeerdClient, proc: subprocess.Popen[bytes], log: Path,
                  deadline: float) -> None:
+    """Until the daemon answers on its API port, as itself (the log's name is its node id)."""
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             text = log.read_text(errors="replace")
@@ -146,9 +160,13 @@ def wait_healthy(client: PeerdClient, proc: subprocess.Popen[bytes], log: Path,
             raise RuntimeError(f"daemon exited with {proc.returncode} before it was ready: {tail}")
         try:
             client.healthz()
-            return
+            if client.status()["node"] == log.stem:
+                return
         except ApiError:
-            time.sleep(0.1)  # polling the readiness condition, with a deadline
+            pass
+        # polling the readiness condition, with a deadline; another daemon answering on the
+        # port means ours lost the bind: it exits with api_bind_failed, handled above
+        time.sleep(0.1)
     raise RuntimeError("daemon not healthy in time")
 
 
