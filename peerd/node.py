@@ -552,8 +552,8 @@ class Node:
     async def _on_connect(self) -> None:
         """(Re)connected: birth, then everything unpublished (computed from versions).
 
-        Each connection after the first is a new presence epoch (docs/architecture.md
-        §5): the Will of the lost connection, which a surviving broker member may
+        Each connection after the first is a new presence epoch (docs/presence.md,
+        losing the broker): the Will of the lost connection, which a surviving broker member may
         publish after our new birth, then carries an older epoch and is ignored.
         """
         if self._connections:
@@ -1104,7 +1104,7 @@ class Node:
             self._release(self.probation.judge({}, periodic=periodic)[0])
             return {}  # (no cell held by two origins: no value to compare, verdicts stand)
         # Shared cells only, and at most MAX_MATRIX_ENTRIES of them × origins: the round's
-        # cost stays bounded however large the fleet (docs/architecture.md §4).
+        # cost stays bounded however large the fleet (docs/trust.md).
         matrix = gather_origins([t.delta_of(o) for o in origins], shared_only=True,
                                 max_entries=MAX_MATRIX_ENTRIES)
         trust = {o: self.trust_of(o) for o in origins}
