@@ -49,6 +49,7 @@ probed in plain Python, which is faster there).
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 from types import ModuleType
 
@@ -73,10 +74,9 @@ def _map_bytes(cap: int) -> int:
     """Bytes to map for ``cap`` records: past 2 MiB, whole huge pages.
 
     A mapping whose length is a multiple of 2 MiB starts on a 2 MiB boundary
-    and keeps it when ``mremap`` moves it, so where the kernel gives huge
-    pages unasked (THP ``always``) they move whole instead of being split.
-    (peerd does not ask for them: ``_records``.) The tail past ``cap`` is
-    never touched: no memory.
+    and keeps it when ``mremap`` moves it, so its huge pages move whole;
+    otherwise they are split into 4 KiB pages, and the random gathers of a
+    merge miss the TLB. The tail past ``cap`` is never touched: no memory.
     """
     n = cap * REC.itemsize
     return n if n < _HUGE else -(-n // _HUGE) * _HUGE
@@ -105,11 +105,9 @@ def _records(cap: int) -> tuple[mmap.mmap | None, np.ndarray]:
         except (OSError, ValueError, TypeError):
             pass
         else:
-            # No MADV_HUGEPAGE (numpy asks it for its large arrays): a merge that adds
-            # entries first-touches the growing tail, and a huge-page fault there (2 MiB
-            # zeroed, with direct compaction under THP defrag=madvise) cost ~300 µs more
-            # per 10 k-cell delta than 4 KiB faults at 64 and 256 origins, while the
-            # random record reads showed no TLB penalty (§3b).
+            if hasattr(mmap, "MADV_HUGEPAGE"):  # numpy asks the same for its large arrays
+                with contextlib.suppress(OSError):
+                    buf.madvise(mmap.MADV_HUGEPAGE)
             return buf, np.frombuffer(buf, REC, count=cap)
     raw = np.zeros(cap * REC.itemsize + _ALIGN, np.uint8)
     off = -raw.ctypes.data % _ALIGN
