@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -40,6 +41,16 @@ _SCAN_MIN = 256
 
 #: Default bound on |q|: values beyond are rejected as absurd.
 DEFAULT_Q_BOUND = 1e6
+
+
+class Bounds(NamedTuple):
+    """What ``Delta.validate`` found on its way that the merge needs next: the largest
+    log-weight (the evidence guard) and the largest version (the origin's high mark).
+    Returned so that neither array is read again (a pass over a 10 k-cell delta
+    costs ~10–30 µs, a tenth of what the compiled merge does per cell)."""
+
+    lw_max: float
+    version_max: int
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,10 +119,11 @@ class Delta:
         return {f: getattr(self, f) for f in CELL_FIELDS}
 
     def validate(self, *, fingerprint: str, n_actions: int,
-                 q_bound: float = DEFAULT_Q_BOUND, max_entries: int | None = None) -> None:
+                 q_bound: float = DEFAULT_Q_BOUND, max_entries: int | None = None) -> Bounds:
         """Check everything that needs no clock; raise an ``InvalidDelta`` subclass.
 
-        Checks are ordered cheapest first and read each array once.
+        Checks are ordered cheapest first and read each array once. Returns
+        the largest ``lw`` and ``version`` (``-inf`` and 0 for an empty delta).
         """
         if self.fingerprint != fingerprint:
             raise FingerprintMismatch(
@@ -132,10 +144,10 @@ class Delta:
             raise ValueOutOfBounds(
                 f"version range ({self.from_version}, {self.to_version}] is not ordered")
         if m == 0:
-            return
+            return Bounds(-math.inf, 0)
         kern = kernels.loaded() if m >= _SCAN_MIN else None
         if kern is not None:  # the compiled kernels are loaded: one pass instead of ten
-            finite, q_lo, q_hi, a_max, v_min, v_max, n_min, over = kern.delta_scan(
+            finite, q_lo, q_hi, lw_hi, a_max, v_min, v_max, n_min, over = kern.delta_scan(
                 self.actions, self.q, self.lw, self.n, self.succ, self.fail, self.version)
         else:
             # One min and one max per float array: NaN propagates into both and an
@@ -160,6 +172,7 @@ class Delta:
                 (self.succ.astype(np.uint64) + self.fail) > self.n).any())
         if over:
             raise ValueOutOfBounds("succ + fail exceeds n")
+        return Bounds(float(lw_hi), int(v_max))
 
 
 @dataclass(frozen=True)

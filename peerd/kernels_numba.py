@@ -374,12 +374,14 @@ def _warm(readonly: bool) -> None:
 def delta_scan(actions, q, lw, n, succ, fail, version):  # type: ignore[no-untyped-def]
     """Every value ``Delta.validate`` checks, in one pass instead of ten reductions.
 
-    Returns ``(finite, q_lo, q_hi, a_max, v_min, v_max, n_min, over)``:
+    Returns ``(finite, q_lo, q_hi, lw_hi, a_max, v_min, v_max, n_min, over)``:
     whether every ``q`` and ``lw`` is finite, the extremes, and whether some
-    ``succ + fail`` exceeds ``n``.
+    ``succ + fail`` exceeds ``n``. ``lw_hi`` and ``v_max`` are what the evidence
+    guard and ``QTable.apply`` need next: returned so that neither reads its array again.
     """
     finite = True
     q_lo, q_hi = np.inf, -np.inf
+    lw_hi = -np.inf
     a_max = np.uint16(0)
     v_min, v_max = version[0], version[0]
     n_min = n[0]
@@ -392,6 +394,8 @@ def delta_scan(actions, q, lw, n, succ, fail, version):  # type: ignore[no-untyp
             q_lo = x
         if x > q_hi:
             q_hi = x
+        if lw[i] > lw_hi:
+            lw_hi = lw[i]
         if actions[i] > a_max:
             a_max = actions[i]
         v = version[i]
@@ -403,7 +407,7 @@ def delta_scan(actions, q, lw, n, succ, fail, version):  # type: ignore[no-untyp
             n_min = n[i]
         if np.uint64(succ[i]) + np.uint64(fail[i]) > np.uint64(n[i]):
             over = True
-    return finite, q_lo, q_hi, a_max, v_min, v_max, n_min, over
+    return finite, q_lo, q_hi, lw_hi, a_max, v_min, v_max, n_min, over
 
 
 @njit(cache=True, nogil=True)

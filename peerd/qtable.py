@@ -36,7 +36,7 @@ import numpy as np
 from peerd import kernels
 from peerd.cells import MAX_SLOTS, CellStore
 from peerd.contribution import OWN, Contribution
-from peerd.delta import DEFAULT_Q_BOUND, Delta, MergeStats, PatternSignature
+from peerd.delta import DEFAULT_Q_BOUND, Bounds, Delta, MergeStats, PatternSignature
 from peerd.errors import ExcessiveEvidence, UnknownAction
 from peerd.keyindex import KeyIndex
 from peerd.policy import Policy, make_policy
@@ -415,17 +415,20 @@ class QTable:
                            version=f["version"][ids])
 
     # ------------------------------------------------------------- deltas in
-    def check(self, delta: Delta) -> None:
-        """Validate a peer's delta without applying it; raise an ``InvalidDelta``."""
-        delta.validate(fingerprint=self.task.fingerprint, n_actions=self._a,
-                       q_bound=self.q_bound)
+    def check(self, delta: Delta) -> Bounds:
+        """Validate a peer's delta without applying it; raise an ``InvalidDelta``.
+
+        Returns ``Delta.validate``'s bounds (largest ``lw`` and ``version``)."""
+        bounds = delta.validate(fingerprint=self.task.fingerprint, n_actions=self._a,
+                                q_bound=self.q_bound)
         if len(delta):
             limit = math.log2(self.visit_cap) + (self.clock() + self.clock_skew) / self.half_life
-            if float(delta.lw.max()) > limit:
+            if bounds.lw_max > limit:
                 raise ExcessiveEvidence(
-                    f"delta from {delta.origin!r} claims log-weight {float(delta.lw.max()):.3f} "
+                    f"delta from {delta.origin!r} claims log-weight {bounds.lw_max:.3f} "
                     f"> {limit:.3f}: more than visit_cap={self.visit_cap} fresh visits, "
                     "or evidence from the future")
+        return bounds
 
     def apply(self, delta: Delta, *, guard: bool = True, checked: bool = False) -> MergeStats:
         """Merge a peer's delta: each cell replaces the stored one iff its version is greater.
@@ -439,13 +442,14 @@ class QTable:
         on this delta (the node's evidence budget does), so it is not run twice.
         Costs O(cells in the delta), whatever the number of origins.
         """
+        bounds: Bounds | None = None  # from the validation, if it ran here
         if checked:
             pass
         elif guard:
-            self.check(delta)
+            bounds = self.check(delta)
         else:
-            delta.validate(fingerprint=self.task.fingerprint, n_actions=self._a,
-                           q_bound=self.q_bound)
+            bounds = delta.validate(fingerprint=self.task.fingerprint, n_actions=self._a,
+                                    q_bound=self.q_bound)
         m = len(delta)
         stats = MergeStats(origin=delta.origin, cells=m)
         if m == 0:
@@ -457,7 +461,7 @@ class QTable:
         self._merge(s, delta, stats)
         stats.conflicts = m - stats.changed
         if stats.changed:
-            top = int(delta.version.max())
+            top = int(delta.version.max()) if bounds is None else bounds.version_max
             if top > self._max_version.get(delta.origin, 0):
                 self._max_version[delta.origin] = top
         return stats

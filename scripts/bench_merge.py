@@ -235,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # A fresh process per (count, path): its peak RSS is its own, and numba's import
     # does not weigh on the numpy run. Each ratio is against the dict loop in that process.
+    load_start = [round(x, 2) for x in os.getloadavg()]
     by_path = {k: [child(n, k) for n in counts] for k in paths}
     runs = by_path[paths[0]]
     small, large = runs[0], runs[-1]
@@ -254,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         "delta_cells": args.delta_cells, "hold": HOLD,
         "python": platform.python_version(), "numpy": np.__version__,
         "numba": _numba_version(),
+        "load_average_start": load_start,  # other sessions' work on a shared machine
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
     if len(paths) > 1:  # the numpy path, the reference, measured in the same run

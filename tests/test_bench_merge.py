@@ -37,6 +37,7 @@ def test_auto_reports_the_kernel_and_with_numba_both_paths() -> None:
     else:
         assert "numpy_runs" not in out
     assert len(out["load_average"]) == 3
+    assert len(out["load_average_start"]) == 3 and min(out["load_average_start"]) >= 0
 
 
 def test_kernel_numpy_runs_the_numpy_path_only() -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from peerd import kernels
 from peerd.delta import CELL_FIELDS, Delta
 
 
@@ -44,3 +46,21 @@ def test_a_delta_that_fits_is_not_copied() -> None:
     """split() of a delta within the limit returns that very delta."""
     d = make(10, 1)
     assert d.split(10) == [d] and d.split(10)[0] is d
+
+
+@pytest.mark.parametrize("path", ["numpy", "numba"])
+def test_validate_returns_the_largest_lw_and_version(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bounds validate hands the merge are the arrays' maxima, on both scan paths."""
+    if path == "numba":
+        if not kernels.available():
+            pytest.skip("numba not installed (the [fast] extra) or PEERD_NO_NUMBA set")
+        assert kernels.load() is not None
+    else:
+        monkeypatch.setattr(kernels, "loaded", lambda: None)
+    d = make(1000, 3)  # >= the compiled scan's threshold
+    b = d.validate(fingerprint="fp", n_actions=3)
+    assert abs(b.lw_max - float(d.lw.max())) <= 1e-12 * max(1.0, abs(float(d.lw.max())))
+    assert b.version_max == int(d.version.max())
+    assert d.validate(fingerprint="fp", n_actions=3).lw_max > float(np.median(d.lw))
+    empty = Delta.empty("o", "fp")
+    assert empty.validate(fingerprint="fp", n_actions=3).version_max == 0
