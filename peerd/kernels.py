@@ -1,7 +1,8 @@
 """Which merge path runs: the compiled kernels (numba) when available, else numpy.
 
-The merge of a large delta is ~100 numpy passes over its cells (``docs/merge.md``): each pass is cheap, but together their set-up,
-casts and temporaries cost more than the work. ``peerd.kernels_numba`` does
+The merge of a large delta is ~100 numpy passes over its cells
+(``docs/merge.md``): each pass is cheap, but together their set-up, casts
+and temporaries cost more than the work. ``peerd.kernels_numba`` does
 each stage as one compiled loop per delta, without temporaries, which numpy
 cannot; the numpy path stays as the fallback and as the reference the tests
 compare the kernels with.
