@@ -6,7 +6,7 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
-from peerd.sim.runner import _FleetTrace, _wait_delivered, owed_version
+from peerd.sim.runner import SimSettings, Simulation, _FleetTrace, _wait_delivered, owed_version
 
 
 class _Sender:
@@ -82,3 +82,18 @@ def test_trace_staleness_probation_and_bootstrap_ticks() -> None:
     assert abs(out["probation_mean"] - 0.5) < 1e-9  # 1, 0.5, 0
     assert out["first_peer_tick"] == {"median": 25.0, "max": 30}
     assert out["all_peers_tick"] == {"median": 25.0, "max": 30}
+
+
+async def test_no_peer_cell_is_older_than_a_publish_period_plus_max_lag() -> None:
+    """A real federated run (3 nodes, embedded broker): no peer cell older than publish_every + max_lag.
+
+    Before, the bound was checked only at multiples of ``publish_every`` against
+    ``published_version``, and cells were up to 38 ticks old with the defaults (20).
+    """
+    s = SimSettings(env="frozenlake", nodes=3, modes=["federated"], step_cap=300, eval_every=100,
+                    publish_every=10, max_lag=5, trust_every=100)
+    out = await Simulation(s).run()
+    trace = out["federated"][0].trace
+    assert trace["samples"] >= 25
+    assert 0 < trace["staleness_max"] <= 15, trace
+    assert trace["first_peer_tick"]["max"] is not None  # every node counted a peer

@@ -253,7 +253,7 @@ class _FleetTrace:
                     at[str(t)] = round(self.probation[k], 3)
             out["probation_at"] = at
             peak = int(np.argmax(self.probation))  # cleared: the first empty sample after the peak
-            out["probation_clear_tick"] = next(
+            out["probation_clear_tick"] = None if not self.probation[peak] else next(
                 (t for t, p in zip(self.ticks[peak:], self.probation[peak:], strict=True)
                  if p == 0.0), None)
         for name, xs in (("first_peer_tick", self.first_peer), ("all_peers_tick", self.all_peers)):
@@ -739,6 +739,8 @@ def summarize(results: dict[str, list[RunResult]]) -> dict[str, Any]:
             "lag_wait_s": float(np.sum([r.lag_wait_s for r in runs])),
             "wall_s": float(np.sum([r.wall_s for r in runs])),
         }
+        if any(r.trace for r in runs):
+            modes[mode]["trace_per_seed"] = [r.trace for r in runs]
         if any(r.attacker_excluded for r in runs):
             rq = [r.rounds_to_quarantine for r in runs]
             modes[mode]["rounds_to_quarantine_per_seed"] = rq
