@@ -61,7 +61,7 @@ def run_n(env: str, nodes: int, seeds: int, broker_kind: str, seed: int,
             row["messages_per_node"] = out["messages_per_node"]
             row["trace_per_seed"] = [  # how old peers' cells were; how long probation held them
                 {k: t.get(k) for k in ("staleness_p50", "staleness_max", "probation_clear_tick",
-                                       "first_peer_tick", "all_peers_tick")}
+                                       "first_peer_tick", "all_peers_tick", "rejected")}
                 for t in out.get("trace_per_seed", [])]
     row["total_wall_s"] = round(time.perf_counter() - t_all, 1)
     row["load_avg"] = [round(x, 1) for x in os.getloadavg()]  # 1, 5, 15 min, at the end of this N

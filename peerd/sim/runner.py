@@ -519,6 +519,11 @@ class Simulation:
             res.lag_wait_s = lag_wait
             if not isolated:
                 res.trace = trace.summary()
+                rejected: dict[str, int] = {}  # honest nodes' rejections, by reason
+                for nd in honest:
+                    for why, k in nd.counters.rejected.items():
+                        rejected[why] = rejected.get(why, 0) + k
+                res.trace["rejected"] = rejected
             res.attacker_trust = trust_log
             res.attacker_excluded = excluded_log
             res.attacker_quarantined = judged_log
