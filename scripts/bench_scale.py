@@ -37,10 +37,20 @@ from peerd.sim.runner import SimSettings, Simulation, summarize
 MODES = ("federated", "centralized")
 
 
+def _progress(nodes: int, t0: float) -> Any:
+    """A ``Simulation`` progress callback: one stderr line per 1,000 ticks (an N = 64 run takes an hour)."""
+    def report(mode: str, tick: int, best: float, cap: int) -> None:
+        if tick % 1000 == 0:
+            load = os.getloadavg()[0]
+            print(f"# N={nodes} {mode}: tick {tick}, best median metric {best:.2f}, "
+                  f"{time.perf_counter() - t0:.0f} s, load {load:.1f}", file=sys.stderr, flush=True)
+    return report
+
+
 def run_n(env: str, nodes: int, seeds: int, broker_kind: str, seed: int,
           publish_every: int, trust_every: int,
           node_options: dict[str, Any] | None = None,
-          eval_every: int | None = None) -> dict[str, Any]:
+          eval_every: int | None = None, progress: bool = False) -> dict[str, Any]:
     """One ``peerd sim`` run at ``nodes``: per mode, wall seconds and steps to the target."""
     row: dict[str, Any] = {"wall_s": {}, "steps_to_target": {}, "steps_per_seed": {}}
     t_all = time.perf_counter()
@@ -52,7 +62,8 @@ def run_n(env: str, nodes: int, seeds: int, broker_kind: str, seed: int,
                         # each delivered to N nodes by one broker: meeting grows faster than N
                         peer_timeout=max(30.0, 0.05 * nodes**2))
         t0 = time.perf_counter()
-        out = summarize(asyncio.run(Simulation(s).run()))["modes"][mode]
+        out = summarize(asyncio.run(Simulation(s, progress=_progress(nodes, t0) if progress
+                                              else None).run()))["modes"][mode]
         row["wall_s"][mode] = round(time.perf_counter() - t0, 1)
         row["steps_to_target"][mode] = out["steps_to_target"]
         row["steps_per_seed"][mode] = out["steps_per_seed"]
@@ -85,6 +96,7 @@ def main() -> int:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
                    help="override a NodeConfig field on every node, e.g. probation_rounds=0 "
                         "(what a defence costs); repeatable")
+    p.add_argument("--progress", action="store_true", help="a stderr line every 1,000 ticks")
     p.add_argument("--json", action="store_true", help="compact JSON")
     args = p.parse_args()
     logs.configure("error")
@@ -98,7 +110,7 @@ def main() -> int:
     prev: float | None = None
     for n in sizes:
         row = run_n(args.env, n, args.seeds, args.broker_kind, args.seed, args.publish_every,
-                    args.trust_every, options, args.eval_every)
+                    args.trust_every, options, args.eval_every, args.progress)
         row["wall_ratio_vs_prev"] = round(row["total_wall_s"] / prev, 2) if prev else None
         prev = row["total_wall_s"]
         report["nodes"][str(n)] = row
