@@ -12,8 +12,10 @@ Modes, run side by side on the same environment seeds:
 Time is virtual: the clock advances one tick after every node has taken one
 step, so the evidence half-life means the same at any machine speed. The
 network is real, so a delta may arrive a few ticks after it was published;
-``max_lag`` bounds that (the simulation waits for the broker rather than
-outrunning it) and the result says how long it waited.
+``max_lag`` bounds that, counted from the tick the publish was due and checked
+every tick (the simulation waits for the broker rather than outrunning it), so
+peers' cells are at most ``publish_every + max_lag`` ticks old. The result says
+how long it waited, and ``RunResult.trace`` how old peers' cells really were.
 """
 
 from __future__ import annotations
