@@ -40,8 +40,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="which broker to start when --broker is not given")
     p.add_argument("--publish-every", type=int, default=10, help="interactions between deltas")
     p.add_argument("--max-lag", type=int, default=None,
-                   help="ticks a delta may arrive late before the simulation waits for the "
-                   "network (default: publish-every)")
+                   help="ticks a delta may arrive late, counted from when its publish was due, "
+                   "before the simulation waits for the network: peers' cells are then at most "
+                   "publish-every + max-lag ticks old (default: publish-every)")
     p.add_argument("--half-life", type=float, default=None, help="evidence half-life in ticks "
                    "(default: the task's)")
     p.add_argument("--strategy", default="weighted_average", help="merge strategy")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -101,6 +102,8 @@ class _Holder:
     def __init__(self, node_id: str, published: int) -> None:
         self.id = node_id
         self.published_version = published
+        self.watermark = published  # its publisher is up to date: it owes what it published
+        self.config = SimpleNamespace(publish_every=10)
         self.known: dict[str, int] = {}
         self.applied_event = asyncio.Event()
 

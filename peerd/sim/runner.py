@@ -12,8 +12,10 @@ Modes, run side by side on the same environment seeds:
 Time is virtual: the clock advances one tick after every node has taken one
 step, so the evidence half-life means the same at any machine speed. The
 network is real, so a delta may arrive a few ticks after it was published;
-``max_lag`` bounds that (the simulation waits for the broker rather than
-outrunning it) and the result says how long it waited.
+``max_lag`` bounds that, counted from the tick the publish was due and checked
+every tick (the simulation waits for the broker rather than outrunning it), so
+peers' cells are at most ``publish_every + max_lag`` ticks old. The result says
+how long it waited, and ``RunResult.trace`` how old peers' cells really were.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import contextlib
 import re
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -78,6 +80,9 @@ class SimSettings:
     peer_timeout: float = 30.0  # seconds for every node to connect and hear every other's birth
     #: the defences of issue 11 (evidence budget, deviation quarantine); off: the build before
     defences: bool = True
+    #: ``NodeConfig`` fields to override on every node (diagnosis: one variable at a time,
+    #: e.g. ``{"probation_rounds": 0}``)
+    node_options: Mapping[str, Any] = field(default_factory=dict)
 
     def attack_plan(self) -> list[str]:
         """The kind of every attacker node, in order."""
@@ -119,6 +124,8 @@ class RunResult:
     honest_quarantine_rounds: int = 0
     #: identities the sybils used (0 without sybils)
     sybil_identities: int = 0
+    #: federated: how peers' knowledge reached each honest node (``_FleetTrace.summary``)
+    trace: dict[str, Any] = field(default_factory=dict)
 
 
 Progress = Callable[[str, int, float, int], None]  # mode, ticks, best metric, step cap
@@ -161,6 +168,103 @@ class _NaiveTable:
         self.n = tot
 
 
+class _FleetTrace:
+    """How peers' knowledge reached the honest nodes of a federated run: what the gap to
+    centralized is made of.
+
+    Sampled once per publish period, at a phase that moves by one tick each
+    period (a fixed phase would see the same point of every publish cycle),
+    before any delivery wait, over every (honest node, honest peer) pair:
+
+    - **staleness**: the peer's own version (= ticks) minus the version up to which
+      the node holds its cells: how old the freshest word of that peer is;
+    - **counted**: the peer's cells are in the node's merged view (held, and not on
+      probation, quarantined or distrusted); the share on probation and quarantined;
+    - per node, the first tick at which one peer, and every peer, counted.
+    """
+
+    def __init__(self, honest: Sequence[Node]) -> None:
+        self.honest = list(honest)
+        self.stale_hist = np.zeros(1, np.int64)  # ticks → pair samples
+        self.ticks: list[int] = []
+        self.probation: list[float] = []
+        self.quarantined: list[float] = []
+        self.counted: list[float] = []
+        self.trust: list[float] = []  # mean trust honest nodes give honest peers
+        self.trust_min = 1.0
+        n = len(self.honest)
+        self.first_peer: list[int | None] = [None] * n
+        self.all_peers: list[int | None] = [None] * n
+
+    def sample(self, tick: int) -> None:
+        nodes, pairs = self.honest, max(1, len(self.honest) * (len(self.honest) - 1))
+        stale: list[int] = []
+        prob = quar = total = 0
+        trust = 0.0
+        for i, nd in enumerate(nodes):
+            counted = 0
+            for o in nodes:
+                if o is nd:
+                    continue
+                known = nd.known_version(o.id)
+                stale.append(max(0, o.table.version - known))
+                on_prob, in_quar = o.id in nd.probation, o.id in nd.quarantine
+                prob += on_prob
+                quar += in_quar
+                counted += known > 0 and not nd.excluded(o.id)
+                t = nd.trust_of(o.id)
+                trust += t
+                self.trust_min = min(self.trust_min, t)
+            total += counted
+            if counted and self.first_peer[i] is None:
+                self.first_peer[i] = tick
+            if counted == len(nodes) - 1 and self.all_peers[i] is None:
+                self.all_peers[i] = tick
+        h = np.bincount(np.asarray(stale, np.int64)) if stale else np.zeros(1, np.int64)
+        if len(h) > len(self.stale_hist):
+            h[: len(self.stale_hist)] += self.stale_hist
+            self.stale_hist = h
+        else:
+            self.stale_hist[: len(h)] += h
+        self.ticks.append(tick)
+        self.probation.append(prob / pairs)
+        self.quarantined.append(quar / pairs)
+        self.counted.append(total / pairs)
+        self.trust.append(trust / pairs)
+
+    def summary(self) -> dict[str, Any]:
+        """Percentiles of staleness (ticks), shares over the run, and the bootstrap ticks."""
+        out: dict[str, Any] = {"samples": len(self.ticks)}
+        c = np.cumsum(self.stale_hist)
+        if c[-1]:
+            for q in (50, 90, 99):
+                out[f"staleness_p{q}"] = int(np.searchsorted(c, q / 100 * c[-1]))
+            out["staleness_max"] = int(len(c) - 1)
+            out["staleness_mean"] = round(float(
+                (np.arange(len(c)) * self.stale_hist).sum() / c[-1]), 2)
+        if self.ticks:
+            out["counted_mean"] = round(float(np.mean(self.counted)), 3)
+            out["probation_mean"] = round(float(np.mean(self.probation)), 3)
+            out["quarantined_mean"] = round(float(np.mean(self.quarantined)), 3)
+            out["trust_mean"] = round(float(np.mean(self.trust)), 3)
+            out["trust_min"] = round(self.trust_min, 3)
+            at = {}
+            for t in (50, 100, 200, 500, 1000, 2000):
+                k = int(np.searchsorted(self.ticks, t, side="right")) - 1  # the last sample by t
+                if k >= 0 and t <= self.ticks[-1]:
+                    at[str(t)] = round(self.probation[k], 3)
+            out["probation_at"] = at
+            peak = int(np.argmax(self.probation))  # cleared: the first empty sample after the peak
+            out["probation_clear_tick"] = None if not self.probation[peak] else next(
+                (t for t, p in zip(self.ticks[peak:], self.probation[peak:], strict=True)
+                 if p == 0.0), None)
+        for name, xs in (("first_peer_tick", self.first_peer), ("all_peers_tick", self.all_peers)):
+            got = [x for x in xs if x is not None]
+            out[name] = {"median": float(np.median(got)) if got else None,
+                         "max": max(got) if len(got) == len(xs) and got else None}
+        return out
+
+
 def _task(spec: EnvSpec) -> Task:
     return Task(spec.action_names, gamma=spec.gamma, name=spec.name)
 
@@ -180,7 +284,7 @@ def _node_config(spec: EnvSpec, s: SimSettings, i: int, seed: int, broker: str |
         peer_timeout=600.0, strategy=s.strategy, seed=seed * 1000 + i, api_listen="",
         q_bound=q_bound_of(spec),
         **({} if s.defences else {"deviation_ratio": 0.0, "evidence_budget": False}),
-    )
+    ).replace(**s.node_options)
 
 
 def q_bound_of(spec: EnvSpec) -> float:
@@ -373,12 +477,39 @@ class Simulation:
                 for nd in nodes:  # ... and ask for fresh ones with the next deltas
                     nd.request_signatures()
 
+            trace = _FleetTrace(honest)
+            every = self.s.publish_every
+            #: sender id → the version every node was last seen to hold (saves the O(N²) check)
+            verified: dict[str, int] = {}
+
+            def late() -> bool:
+                """Whether some node lacks an honest sender's owed cells by more than ``max_lag``.
+
+                Checked every tick, so a delta is never more than ``max_lag`` ticks
+                late: checked only at multiples of ``publish_every``, a publish the
+                trigger fired two ticks past one (the publisher runs when the loop
+                yields) was first checked 18 ticks later, and peers' cells were a
+                median 28 ticks old where ``max_lag`` 10 promised at most 20.
+                O(N) per tick, O(N) more per sender per publish.
+                """
+                for o in honest:
+                    need = owed_version(o) - self.max_lag
+                    if need <= verified.get(o.id, 0):
+                        continue
+                    if any(nd.known_version(o.id) < need for nd in nodes if nd is not o):
+                        return True
+                    verified[o.id] = need
+                return False
+
             def after(tick: int) -> Any:
                 if isolated:
                     return None
+                if tick % every == (tick // every) % every:  # every phase of the publish period
+                    trace.sample(tick)
                 if tick % self.s.trust_every == 0:
+                    verified.clear()  # a fresh sybil may have joined: check everyone again
                     return trust_cycle(tick)
-                if tick % self.s.publish_every == 0:
+                if late():
                     return backpressure()
                 return asyncio.sleep(0) if tick % 2 == 0 else None
 
@@ -388,6 +519,13 @@ class Simulation:
                 lambda: np.stack([nd.table.greedy(keys) for nd in honest]), clock, after,
                 actors=len(nodes))
             res.lag_wait_s = lag_wait
+            if not isolated:
+                res.trace = trace.summary()
+                rejected: dict[str, int] = {}  # honest nodes' rejections, by reason
+                for nd in honest:
+                    for why, k in nd.counters.rejected.items():
+                        rejected[why] = rejected.get(why, 0) + k
+                res.trace["rejected"] = rejected
             res.attacker_trust = trust_log
             res.attacker_excluded = excluded_log
             res.attacker_quarantined = judged_log
@@ -530,9 +668,24 @@ def _public_url(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}{port}"
 
 
+def owed_version(node: Node) -> int:
+    """The newest own version ``node`` owes its peers: what its publish trigger already covers.
+
+    ``max_lag`` counts lateness from here, not from ``published_version``:
+    that one moves only once the publisher task has run and the broker has
+    acknowledged, so when the simulation loop outran the publisher (always,
+    on a loaded machine) a delta could be late by the publish it was still
+    waiting for, plus ``max_lag``, plus the next period: peers' cells were a
+    median 28 ticks old at publish time (N = 16, ``max_lag`` 10), not the ≤ 20
+    the setting promises.
+    """
+    published, mark = node.published_version, node.watermark
+    return mark if mark - published >= node.config.publish_every else published
+
+
 async def _wait_delivered(nodes: list[Node], max_lag: int, timeout: float = 60.0,
                           senders: list[Node] | None = None) -> None:
-    """Wait until every node holds every other node's published cells up to ``max_lag`` versions.
+    """Wait until every node holds every other node's owed cells (``owed_version``) but ``max_lag``.
 
     ``senders``: only their cells are waited for (the honest nodes: a liar's
     deltas may be rightly rejected, and then never arrive). ``timeout`` is a
@@ -553,7 +706,7 @@ async def _wait_delivered(nodes: list[Node], max_lag: int, timeout: float = 60.0
             for other in watched:
                 if other is nd:
                     continue
-                if nd.known_version(other.id) < other.published_version - max_lag:
+                if nd.known_version(other.id) < owed_version(other) - max_lag:
                     behind = True
                     break
             if behind:
@@ -593,6 +746,8 @@ def summarize(results: dict[str, list[RunResult]]) -> dict[str, Any]:
             "lag_wait_s": float(np.sum([r.lag_wait_s for r in runs])),
             "wall_s": float(np.sum([r.wall_s for r in runs])),
         }
+        if any(r.trace for r in runs):
+            modes[mode]["trace_per_seed"] = [r.trace for r in runs]
         if any(r.attacker_excluded for r in runs):
             rq = [r.rounds_to_quarantine for r in runs]
             modes[mode]["rounds_to_quarantine_per_seed"] = rq
