@@ -21,10 +21,15 @@ action per state it favours: by the mean it looks *better* than a typical
 honest node, whose values carry their own noise everywhere, and three of them
 passed probation this way and were in every view for 4 rounds; by the square,
 its +100 on a few cells stands out)
-and was judged over at least ``release_cells`` shared cells (or, where a
-small task has fewer, passed ``3 × rounds`` rounds): a
+each pass judged over at least ``release_cells`` shared cells (or, where a
+small task has fewer, ``3 × rounds`` passes in trust rounds): a
 lie on one action per state (``extreme``) may miss the first twenty shared
-cells, rarely sixty. Quarantined on the way,
+cells, rarely a hundred. Early verdicts are noise: at tick 300-500 of Taxi an
+honest node's values deviate from the others' by 5-50 on 20-70 shared cells,
+as much as an ``extreme`` liar's +100 on a sixth of its cells, and the liars
+that passed probation then (a pass counted on any number of cells, only the
+last needed sixty) had their bonus bootstrapped into honest tables; from
+about 100 shared cells (tick 700) the liars score 20-30× the median. Quarantined on the way,
 it leaves probation for the quarantine, which restores it like any peer. An
 origin that is never quarantined but does not pass either (it cannot be
 judged: fewer shared cells than the round needs; or it stays between the
@@ -62,14 +67,15 @@ PASS_RATIO = 1.0
 #: a few cells (``extreme``, the consensus elsewhere) scores below the median by the mean, not by this
 PASS_TAIL = 1.5
 #: ... and released only once it was judged over at least this many shared cells
-RELEASE_CELLS = 60
+RELEASE_CELLS = 100
 #: ... or, where fewer cells can be shared (a small task), after this many times ``rounds`` passes
 SMALL_TASK_ROUNDS = 3
 
 
 @dataclass
 class _Entry:
-    passed: int = 0
+    passed: int = 0  # passes judged over at least release_cells
+    small: int = 0  # passes of trust rounds on fewer cells (what a small task can offer)
     rounds: int = 0  # periodic (trust) rounds spent on probation
 
 
@@ -146,9 +152,11 @@ class Probation:
                 continue  # judged, not an outlier, not clearly inside either: wait
             if v.tail_ratio is not None and v.tail_ratio > self.pass_tail:
                 continue  # typical on average, but far out on some cells: wait
-            e.passed += 1
-            if e.passed >= self.rounds and (v.cells >= self.release_cells
-                                            or e.passed >= SMALL_TASK_ROUNDS * self.rounds):
+            if v.cells >= self.release_cells:
+                e.passed += 1
+            else:
+                e.small += periodic
+            if e.passed >= self.rounds or e.small >= SMALL_TASK_ROUNDS * self.rounds:
                 released.append(origin)
         for origin in released + failed:
             del self.pending[origin]

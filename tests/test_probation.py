@@ -144,3 +144,15 @@ def test_a_lie_on_a_few_cells_does_not_pass_probation(pass_tail, liars_released)
         released += p.judge(verdicts)[0]
     assert any(o.startswith("h") for o in released)  # honest nodes still pass
     assert any(o.startswith("x") for o in released) is liars_released
+
+
+def test_passes_on_few_cells_do_not_add_up_to_a_release():
+    """Early verdicts are noise (few shared cells, honest values as far apart as a lie): a pass
+    counts toward release only when judged over ``release_cells``; extra rounds on few cells
+    never release, and trust rounds on few cells only after ``3 × rounds`` of them."""
+    p = Probation(rounds=2, release_cells=100)
+    p.admit("a")
+    for _ in range(10):  # the extra rounds between two trust rounds
+        assert p.judge({"a": _v("a", 0.5, cells=60)}, periodic=False) == ([], [])
+    assert p.judge({"a": _v("a", 0.5, cells=100)}) == ([], [])  # one pass that counts
+    assert p.judge({"a": _v("a", 0.5, cells=100)}, periodic=False) == (["a"], [])
