@@ -18,9 +18,9 @@ worse than the typical origin, where quarantine needs 3×; a small lie such as
 with a root mean square deviation at most ``pass_tail`` × the median's (an
 ``extreme`` liar publishes the consensus it sees on every cell but the one
 action per state it favours: by the mean it looks *better* than a typical
-honest node, whose values carry their own noise everywhere, and three of them
+honest node, whose values carry their own noise everywhere, and two of three
 passed probation this way and were in every view for 4 rounds; by the square,
-its +100 on a few cells stands out)
+its +100 on a few cells stands out),
 each pass judged over at least ``release_cells`` shared cells (or, where a
 small task has fewer, ``3 × rounds`` passes in trust rounds): a
 lie on one action per state (``extreme``) may miss the first twenty shared
@@ -29,8 +29,8 @@ honest node's values deviate from the others' by 5-50 on 20-70 shared cells,
 as much as an ``extreme`` liar's +100 on a sixth of its cells, and the liars
 that passed probation then (a pass counted on any number of cells, only the
 last needed sixty) had their bonus bootstrapped into honest tables; from
-about 100 shared cells (tick 700) the liars score 20-30× the median. Quarantined on the way,
-it leaves probation for the quarantine, which restores it like any peer. An
+about 100 shared cells (tick 700) the liars score 20-30× the median.
+Quarantined on the way, it leaves probation for the quarantine, which restores it like any peer. An
 origin that is never quarantined but does not pass either (it cannot be
 judged: fewer shared cells than the round needs; or it stays between the
 median and the quarantine threshold, as an honest node that found a reward
