@@ -1198,6 +1198,16 @@ class Node:
         entry = self._registry.get(peer)
         return entry.cursor.known if entry else 0
 
+    def resync(self, peer: str) -> None:
+        """Ask ``peer`` now for every version after the ones held, past the gossip's rate limit.
+
+        The gossip's rate limits (``sync_interval``, the heartbeat's grace) run on
+        the node's clock. A simulation's virtual clock stands still while it waits
+        for delivery, so a tail the broker dropped (mosquitto drops a flooded
+        client's messages) would never be asked for again: the wait calls this.
+        """
+        self._ask(peer, self.known_version(peer))
+
     def pinned_key(self, peer: str) -> bytes | None:
         """The public key this node believes for ``peer`` (allowlist first), or None."""
         return self._registry.verifier.pinned(peer)

@@ -14,12 +14,23 @@ the references of the deviation round with its full trust), but it weighs
 nothing in the merged view until it has passed ``rounds`` deviation rounds
 well within the consensus (score at most ``pass_ratio`` × the median: no
 worse than the typical origin, where quarantine needs 3×; a small lie such as
-``ipm``, −0.1 μ, is not an outlier early on but rarely better than typical)
-and was judged over at least ``release_cells`` shared cells (or, where a
-small task has fewer, passed ``3 × rounds`` rounds): a
+``ipm``, −0.1 μ, is not an outlier early on but rarely better than typical),
+with a root mean square deviation at most ``pass_tail`` × the median's (an
+``extreme`` liar publishes the consensus it sees on every cell but the one
+action per state it favours: by the mean it looks *better* than a typical
+honest node, whose values carry their own noise everywhere, and two of three
+passed probation this way and were in every view for 4 rounds; by the square,
+its +100 on a few cells stands out),
+each pass judged over at least ``release_cells`` shared cells (or, where a
+small task has fewer, ``3 × rounds`` passes in trust rounds): a
 lie on one action per state (``extreme``) may miss the first twenty shared
-cells, rarely sixty. Quarantined on the way,
-it leaves probation for the quarantine, which restores it like any peer. An
+cells, rarely a hundred. Early verdicts are noise: at tick 300-500 of Taxi an
+honest node's values deviate from the others' by 5-50 on 20-70 shared cells,
+as much as an ``extreme`` liar's +100 on a sixth of its cells, and the liars
+that passed probation then (a pass counted on any number of cells, only the
+last needed sixty) had their bonus bootstrapped into honest tables; from
+about 100 shared cells (tick 700) the liars score 20-30× the median.
+Quarantined on the way, it leaves probation for the quarantine, which restores it like any peer. An
 origin that is never quarantined but does not pass either (it cannot be
 judged: fewer shared cells than the round needs; or it stays between the
 median and the quarantine threshold, as an honest node that found a reward
@@ -52,15 +63,19 @@ MAX_ROUNDS = 10
 WEIGHT = 0.1
 #: a round is passed when the origin's score is at most this many times the median score
 PASS_RATIO = 1.0
+#: ... and its root mean square deviation at most this many times the median origin's: a lie on
+#: a few cells (``extreme``, the consensus elsewhere) scores below the median by the mean, not by this
+PASS_TAIL = 1.5
 #: ... and released only once it was judged over at least this many shared cells
-RELEASE_CELLS = 60
+RELEASE_CELLS = 100
 #: ... or, where fewer cells can be shared (a small task), after this many times ``rounds`` passes
 SMALL_TASK_ROUNDS = 3
 
 
 @dataclass
 class _Entry:
-    passed: int = 0
+    passed: int = 0  # passes judged over at least release_cells
+    small: int = 0  # passes of trust rounds on fewer cells (what a small task can offer)
     rounds: int = 0  # periodic (trust) rounds spent on probation
 
 
@@ -71,6 +86,7 @@ class Probation:
     rounds: int = ROUNDS
     max_rounds: int = MAX_ROUNDS
     pass_ratio: float = PASS_RATIO
+    pass_tail: float = PASS_TAIL
     release_cells: int = RELEASE_CELLS
     pending: dict[str, _Entry] = field(default_factory=dict)
     #: deltas of probationers since the last round (what ``due`` reads)
@@ -134,9 +150,13 @@ class Probation:
                 continue
             if v.ratio is not None and v.ratio > self.pass_ratio:
                 continue  # judged, not an outlier, not clearly inside either: wait
-            e.passed += 1
-            if e.passed >= self.rounds and (v.cells >= self.release_cells
-                                            or e.passed >= SMALL_TASK_ROUNDS * self.rounds):
+            if v.tail_ratio is not None and v.tail_ratio > self.pass_tail:
+                continue  # typical on average, but far out on some cells: wait
+            if v.cells >= self.release_cells:
+                e.passed += 1
+            else:
+                e.small += periodic
+            if e.passed >= self.rounds or e.small >= SMALL_TASK_ROUNDS * self.rounds:
                 released.append(origin)
         for origin in released + failed:
             del self.pending[origin]
@@ -160,4 +180,4 @@ class Probation:
         self.pending.pop(origin, None)
 
 
-__all__ = ["MAX_ROUNDS", "MIN_PEERS", "ROUNDS", "WEIGHT", "Probation"]
+__all__ = ["MAX_ROUNDS", "MIN_PEERS", "PASS_TAIL", "ROUNDS", "WEIGHT", "Probation"]

@@ -149,20 +149,26 @@ def weighted_median_rows(q: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def deviation_scores(q: np.ndarray, w: np.ndarray, trust: np.ndarray, active: np.ndarray, *,
                      reference: str = "median", min_cells: int = MIN_CELLS,
-                     min_others: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     min_others: int = 1
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Leave-one-out deviation of every origin (column) of ``q[m, k]``.
 
     ``w[m, k]``: evidence (0 where an origin holds nothing); ``trust[k]``;
     ``active[k]``: origins that may speak in the references (the quarantined
-    do not). Returns ``(score[k], cells[k], scale[k])``: NaN score where an
+    do not). Returns ``(score[k], cells[k], scale[k], tail[k])``: NaN score where an
     origin shares fewer than ``min_cells`` cells with the others; ``scale`` is
-    the evidence-weighted mean |reference| over those cells (the floor's unit).
+    the evidence-weighted mean |reference| over those cells (the floor's unit);
+    ``tail`` the evidence-weighted root mean square deviation over the same
+    cells. The mean hides a lie told on a few cells only (``extreme``: +100 on
+    one action per state, the consensus elsewhere, scores *below* the typical
+    honest node's noise); the square does not (``Probation`` reads it).
     ``min_others``: a cell counts only where at least that many other active
     origins hold it — the "median" of one other is that one's word, and where
     the only other holder is a liar, the honest node is the one that deviates.
     """
     m, k = q.shape
     score = np.full(k, np.nan)
+    tail = np.full(k, np.nan)
     cells = np.zeros(k, np.int64)
     scale = np.zeros(k)
     tw = w * (np.asarray(trust, np.float64) * np.asarray(active, bool))[None, :]
@@ -192,9 +198,11 @@ def deviation_scores(q: np.ndarray, w: np.ndarray, trust: np.ndarray, active: np
             continue
         wj = w[both, j]
         tot = wj.sum()
-        score[j] = float((wj * np.abs(q[both, j] - ref[both])).sum() / tot)
+        dev = np.abs(q[both, j] - ref[both])
+        score[j] = float((wj * dev).sum() / tot)
+        tail[j] = float(np.sqrt((wj * dev * dev).sum() / tot))
         scale[j] = float((wj * np.abs(ref[both])).sum() / tot)
-    return score, cells, scale
+    return score, cells, scale, tail
 
 
 @dataclass(frozen=True)
@@ -206,6 +214,8 @@ class Verdict:
     ratio: float | None  # score / median score
     cells: int
     quarantined: bool
+    #: root mean square deviation / the median origin's (None: not judged, or not computed)
+    tail_ratio: float | None = None
 
 
 @dataclass
@@ -231,15 +241,23 @@ class Quarantine:
 
     def judge(self, scores: Mapping[str, float | None], scales: Mapping[str, float],
               cells: Mapping[str, int] | None = None, *, own: str | None = None,
-              new_round: bool = True) -> tuple[dict[str, Verdict], list[str], list[str]]:
+              new_round: bool = True, tails: Mapping[str, float | None] | None = None
+              ) -> tuple[dict[str, Verdict], list[str], list[str]]:
         """Update the state from one round's scores; returns ``(verdicts, entered, left)``.
 
         ``own`` is the judging node: its score joins the median but it is never
         quarantined. A peer without a score keeps its state. ``new_round=False``
         is a further pass of the same round: it may only add outliers.
+        ``tails`` (root mean square deviations) only inform the verdicts'
+        ``tail_ratio``: quarantine is by the mean score alone (a sparse large
+        deviation is also what an honest node that found a reward first shows).
         """
         judged = [s for s in scores.values() if s is not None and np.isfinite(s)]
         med = float(np.median(judged)) if judged else 0.0
+        tails = tails or {}
+        tail_vals = [t for p, t in tails.items() if t is not None and np.isfinite(t)
+                     and scores.get(p) is not None]
+        tail_med = float(np.median(tail_vals)) if tail_vals else 0.0
         verdicts: dict[str, Verdict] = {}
         entered: list[str] = []
         left: list[str] = []
@@ -258,8 +276,12 @@ class Quarantine:
             elif new_round and inside and (ratio < self.leave_ratio or s <= floor):
                 del self.held[peer]
                 left.append(peer)
+            t = tails.get(peer)
+            tail_ratio = (None if t is None or not np.isfinite(t) else
+                          t / tail_med if tail_med > 0 else (np.inf if t > 0 else 1.0))
             verdicts[peer] = Verdict(peer, float(s), float(ratio), (cells or {}).get(peer, 0),
-                                     peer in self.held)
+                                     peer in self.held,
+                                     None if tail_ratio is None else float(tail_ratio))
         if new_round:
             for peer in self.held:
                 if peer not in entered:
@@ -291,13 +313,15 @@ def judge_round(matrix: OriginMatrix, trust: Mapping[str, float], state: Quarant
     verdicts: dict[str, Verdict] = {}
     for p in range(max(1, passes)):
         active = np.array([o not in state for o in matrix.origins], bool)
-        score, cells, scale = deviation_scores(matrix.q, w, tr, active, reference=reference,
-                                               min_cells=min_cells, min_others=min_others)
+        score, cells, scale, tail = deviation_scores(matrix.q, w, tr, active, reference=reference,
+                                                     min_cells=min_cells, min_others=min_others)
         scores = {o: (None if np.isnan(score[j]) else float(score[j]))
                   for j, o in enumerate(matrix.origins)}
         verdicts, entered, left = state.judge(
             scores, {o: float(scale[j]) for j, o in enumerate(matrix.origins)},
-            {o: int(cells[j]) for j, o in enumerate(matrix.origins)}, own=own, new_round=p == 0)
+            {o: int(cells[j]) for j, o in enumerate(matrix.origins)}, own=own, new_round=p == 0,
+            tails={o: (None if np.isnan(tail[j]) else float(tail[j]))
+                   for j, o in enumerate(matrix.origins)})
         all_entered += entered
         all_left += left
         if not entered or k < 3:

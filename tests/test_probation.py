@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from peerd.probation import WEIGHT, Probation
+from peerd.probation import PASS_TAIL, WEIGHT, Probation
 from peerd.quarantine import Verdict
 
 
@@ -95,3 +96,63 @@ def test_bad_settings_raise():
         Probation(rounds=-1)
     with pytest.raises(ValueError):
         Probation(max_rounds=0)
+
+
+def _extreme_bloc(cells: int = 1200, every: int = 300, seed: int = 1):
+    """8 honest nodes (noisy values) and 3 ``extreme`` liars that publish the consensus they
+    see, plus 100 on one cell in ``every``: by the mean they deviate *less* than honest noise."""
+    from peerd.delta import Delta
+    from peerd.quarantine import gather_origins
+
+    rng = np.random.default_rng(seed)
+    mu = rng.uniform(-10, 10, cells)
+    keys, acts = np.arange(cells) // 6, np.arange(cells) % 6
+
+    def delta(origin: str, q: np.ndarray) -> Delta:
+        return Delta.build(origin, "fp", 0, cells, keys=keys.astype(np.uint64),
+                           actions=acts.astype(np.uint16), q=q.astype(np.float32),
+                           lw=np.zeros(cells), n=np.full(cells, 3, np.uint32),
+                           succ=np.zeros(cells, np.uint32), fail=np.zeros(cells, np.uint32),
+                           version=np.arange(1, cells + 1, dtype=np.uint64))
+
+    lie = mu + np.where(np.arange(cells) % every == 0, 100.0, 0.0)
+    return gather_origins([delta(f"h{i}", mu + rng.normal(0, 1.0, cells)) for i in range(8)]
+                          + [delta(f"x{i}", lie) for i in range(3)])
+
+
+@pytest.mark.parametrize("pass_tail, liars_released", [(PASS_TAIL, False), (np.inf, True)])
+def test_a_lie_on_a_few_cells_does_not_pass_probation(pass_tail, liars_released):
+    """Measured (extreme:3, Taxi, seed 2024): two extreme liars passed probation at a mean ratio of
+    0.6-1.0 and counted in every honest view for 4 rounds before the quarantine caught them. The
+    root mean square deviation sees the +100 the mean averages away; without it they pass."""
+    from peerd.quarantine import Quarantine, judge_round
+
+    m = _extreme_bloc()
+    p = Probation(rounds=2, pass_tail=pass_tail)
+    for o in m.origins:
+        if o != "h0":
+            p.admit(o)
+    released: list[str] = []
+    for _ in range(2):
+        verdicts, entered, _ = judge_round(m, {}, Quarantine(), own="h0", now_over_h=0.0)
+        assert entered == []  # not outliers by the mean: only probation can hold them
+        liars = [verdicts[f"x{i}"] for i in range(3)]
+        assert all(v.ratio is not None and v.ratio <= 1.0 for v in liars)  # the mean passes them
+        assert all(v.tail_ratio is not None and v.tail_ratio > PASS_TAIL for v in liars)
+        honest = [verdicts[f"h{i}"] for i in range(1, 8)]
+        assert all(v.tail_ratio is not None and v.tail_ratio <= PASS_TAIL for v in honest)
+        released += p.judge(verdicts)[0]
+    assert any(o.startswith("h") for o in released)  # honest nodes still pass
+    assert any(o.startswith("x") for o in released) is liars_released
+
+
+def test_passes_on_few_cells_do_not_add_up_to_a_release():
+    """Early verdicts are noise (few shared cells, honest values as far apart as a lie): a pass
+    counts toward release only when judged over ``release_cells``; extra rounds on few cells
+    never release, and trust rounds on few cells only after ``3 × rounds`` of them."""
+    p = Probation(rounds=2, release_cells=100)
+    p.admit("a")
+    for _ in range(10):  # the extra rounds between two trust rounds
+        assert p.judge({"a": _v("a", 0.5, cells=60)}, periodic=False) == ([], [])
+    assert p.judge({"a": _v("a", 0.5, cells=100)}) == ([], [])  # one pass that counts
+    assert p.judge({"a": _v("a", 0.5, cells=100)}, periodic=False) == (["a"], [])

@@ -74,7 +74,7 @@ def test_weighted_median_rows_ignores_zero_weights():
 def test_inverters_score_far_above_the_honest_median(liars):
     m = _federation(liars=liars)
     w = np.where(m.valid, 1.0, 0.0)
-    score, cells, _ = deviation_scores(m.q, w, np.ones(len(m.origins)), np.ones(len(m.origins), bool))
+    score, cells, _, _ = deviation_scores(m.q, w, np.ones(len(m.origins)), np.ones(len(m.origins), bool))
     honest, lying = score[:8], score[8:]
     assert (cells >= 200).all()
     assert lying.min() > 3 * np.median(score)
@@ -85,7 +85,7 @@ def test_the_mean_reference_cannot_separate_three_inverters():
     """Why the reference is a median: with a mean, 3 liars of 11 drag every honest reference."""
     m = _federation(liars=3)
     w = np.where(m.valid, 1.0, 0.0)
-    score, _, _ = deviation_scores(m.q, w, np.ones(11), np.ones(11, bool), reference="mean")
+    score, _, _, _ = deviation_scores(m.q, w, np.ones(11), np.ones(11, bool), reference="mean")
     assert score[8:].min() < 3 * np.median(score)
 
 

@@ -106,9 +106,17 @@ class _Holder:
         self.config = SimpleNamespace(publish_every=10)
         self.known: dict[str, int] = {}
         self.applied_event = asyncio.Event()
+        self.asked: list[str] = []
+        self.answers: dict[str, _Holder] | None = None  # resync delivers these senders' tails
 
     def known_version(self, origin: str) -> int:
         return self.known.get(origin, 0)
+
+    def resync(self, origin: str) -> None:
+        self.asked.append(origin)
+        if self.answers is not None:  # the sender answers the sync request: the tail arrives
+            self.known[origin] = self.answers[origin].published_version
+            self.applied_event.set()
 
 
 async def test_delivery_wait_gives_up_only_without_progress() -> None:
@@ -130,3 +138,15 @@ async def test_delivery_wait_gives_up_only_without_progress() -> None:
     b.published_version = 20  # nobody will ever deliver versions 11..20
     with pytest.raises(TimeoutError):
         await _wait_delivered(nodes, 0, timeout=1.5)
+
+
+async def test_delivery_wait_asks_again_for_a_dropped_tail() -> None:
+    """The broker dropped a node's last deltas; its gossip would re-ask only as the (virtual,
+    frozen) clock moves on: the wait asks again itself instead of stalling (every sybil run did)."""
+    a, b = _Holder("a", 40), _Holder("b", 40)
+    a.known["b"], b.known["a"] = 40, 30  # b lost a's tail (versions 31..40)
+    b.answers = {"a": a}
+    nodes: list[Any] = [a, b]
+    await _wait_delivered(nodes, 0, timeout=3.0, nudge=0.5)
+    assert b.asked == ["a"] and a.asked == []  # only the node behind asked, and only its sender
+    assert b.known_version("a") == 40

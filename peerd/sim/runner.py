@@ -684,7 +684,7 @@ def owed_version(node: Node) -> int:
 
 
 async def _wait_delivered(nodes: list[Node], max_lag: int, timeout: float = 60.0,
-                          senders: list[Node] | None = None) -> None:
+                          senders: list[Node] | None = None, nudge: float = 5.0) -> None:
     """Wait until every node holds every other node's owed cells (``owed_version``) but ``max_lag``.
 
     ``senders``: only their cells are waited for (the honest nodes: a liar's
@@ -692,6 +692,13 @@ async def _wait_delivered(nodes: list[Node], max_lag: int, timeout: float = 60.0
     hang guard: ``TimeoutError`` after that many seconds *without progress*
     (no node learning a newer version of anyone). A fixed deadline stopped an
     N = 64 run whose round was still arriving, slowly, on a machine at load 40.
+
+    ``nudge``: after that many seconds without progress (and every as many
+    after), every node still behind asks the sender again (``Node.resync``).
+    The gossip re-asks for a lost tail only as its clock moves on, and the
+    virtual clock stands still during this wait: when mosquitto dropped the
+    last deltas to a flooded client (a fresh sybil pulling every table at
+    once), nothing was asked again and every sybil run stalled here.
     """
     loop = asyncio.get_running_loop()
     watched = nodes if senders is None else senders
@@ -699,7 +706,14 @@ async def _wait_delivered(nodes: list[Node], max_lag: int, timeout: float = 60.0
     def progress() -> int:
         return sum(nd.known_version(o.id) for nd in nodes for o in watched if o is not nd)
 
+    def ask_again() -> None:
+        for nd in nodes:
+            for o in watched:
+                if o is not nd and nd.known_version(o.id) < o.published_version - max_lag:
+                    nd.resync(o.id)
+
     seen, idle_since, checked = progress(), loop.time(), loop.time()
+    nudged = idle_since
     while True:
         behind = False
         for nd in nodes:
@@ -720,6 +734,9 @@ async def _wait_delivered(nodes: list[Node], max_lag: int, timeout: float = 60.0
                 seen, idle_since = p, now
             elif now - idle_since >= timeout:
                 raise TimeoutError(f"no delivery progress for {timeout:g} s")
+            elif now - max(idle_since, nudged) >= nudge:
+                nudged = now
+                ask_again()
         nd.applied_event.clear()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(0.05):
