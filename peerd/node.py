@@ -711,7 +711,7 @@ class Node:
         and is not who speaks, so a bad relay costs nobody trust: it is counted.
         """
         try:
-            self.decoder.verifier = self._registry.verifier.relayed()
+            self.decoder.verifier = self._registry.verifier.relayed(own=self.id)
             msg = self.decoder.decode(payload, commit=False)
             origin = msg.header.node
             if msg.type not in wire.RELAYABLE_TYPES:

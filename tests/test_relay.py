@@ -13,6 +13,7 @@ from support import eventually, fast_config
 from test_registry import FED, SignedPeer, fresh_lw, open_node
 
 from peerd import wire
+from peerd.delta import Delta
 from peerd.node import Node
 from peerd.relay import RelayPlanner, RelayStore
 from peerd.testing.broker import Broker
@@ -67,6 +68,25 @@ async def test_a_sync_request_for_an_origin_that_published_nothing_plans_no_rela
         await x.death(node)
         await ask(0)
         assert node.relay_plan.pending() == 1
+    finally:
+        await node.close()
+
+
+async def test_a_relay_of_the_nodes_own_delta_is_ignored_not_rejected() -> None:
+    """Relays meant for others reach the origin too: it pins no key of its own, and used to
+    count each one as unknown_sender. Now nothing is counted and nothing changes."""
+    node = await open_node()
+    b = SignedPeer("B", node.task.fingerprint)
+    try:
+        await b.birth(node)
+        header = wire.Header(fed=FED, node=node.id, fp=node.task.fingerprint, epoch=1, seq=1,
+                             ts=0.0)
+        own = Delta.build(node.id, node.task.fingerprint, 0, 1, keys=[5], actions=[0], q=[9.0],
+                          lw=[fresh_lw(node)], n=[1], succ=[0], fail=[0], version=[1])
+        payload = wire.encode(wire.DeltaMsg(header, delta=own), node.identity)
+        await node.receive(wire.topic(FED, "relay", "B"), payload)
+        assert node.counters.rejected == {}
+        assert node.table.size == 0 and node.table.version == 0
     finally:
         await node.close()
 
