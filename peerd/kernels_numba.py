@@ -177,6 +177,17 @@ def cell_probe(table, cellcol, rec_q, rec_lw, rec_n, rec_version, cells, version
     return newer, na
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _put_from(table, p, x):  # type: ignore[no-untyped-def]
+    """``table[first empty slot from p on, wrapping] = x``: linear probing's insert."""
+    size = table.shape[0]
+    while table[p] != 0:
+        p += 1
+        if p == size:
+            p = 0
+    table[p] = x
+
+
 @njit(cache=True, nogil=True)
 def hash_put(table, cellcol, ids, gaps):  # type: ignore[no-untyped-def]
     """Put entries (known absent) into an origin's hash (its rebuild): each probe starts at
@@ -189,13 +200,7 @@ def hash_put(table, cellcol, ids, gaps):  # type: ignore[no-untyped-def]
             _prefetch(table, g if g >= 0 else _cell_home(np.int64(cellcol[ids[i + _AHEAD]]), size))
         x = ids[i]
         p = gaps[i]
-        if p < 0:
-            p = _cell_home(np.int64(cellcol[x]), size)
-        while table[p] != 0:
-            p += 1
-            if p == size:
-                p = 0
-        table[p] = x
+        _put_from(table, p if p >= 0 else _cell_home(np.int64(cellcol[x]), size), x)
 
 
 @njit(cache=True, nogil=True)
@@ -220,13 +225,7 @@ def insert_new(ids, at, cells, gaps, slot, cellcol, nextcol, slots, head, table,
         head[c] = x
         e[i] = x
         p = gaps[i] if use_gaps else -1
-        if p < 0:
-            p = _cell_home(c, size)
-        while table[p] != 0:
-            p += 1
-            if p == size:
-                p = 0
-        table[p] = x
+        _put_from(table, p if p >= 0 else _cell_home(c, size), x)
 
 
 @njit(cache=True, nogil=True)

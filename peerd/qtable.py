@@ -466,6 +466,21 @@ class QTable:
                 self._max_version[delta.origin] = top
         return stats
 
+    def _outcomes_before(self, e: np.ndarray, src: dict[str, np.ndarray],
+                         outcomes: bool | None) -> dict[str, np.ndarray]:
+        """Outcome columns switched on when a delta first carries outcomes (``outcomes``:
+        known already, or None to look), and entries ``e``'s succ/fail before the merge
+        (0 at the sentinel); empty while no origin reports outcomes. Both merge paths."""
+        st = self._store
+        if outcomes is None:
+            outcomes = bool(src["succ"].any() or src["fail"].any())
+        if outcomes:
+            st.enable_outcomes()
+            self._view.enable_outcomes()
+        if not st.has_outcomes:
+            return {}
+        return {o: st.fields[o][e].astype(np.int64) for o in ("succ", "fail")}
+
     def _merge(self, s: int, delta: Delta, stats: MergeStats) -> np.ndarray:
         """Store the delta's newer cells under slot ``s`` and swap their terms in the view.
 
@@ -514,12 +529,7 @@ class QTable:
         stats.updated += k - n_new
         # An absent cell's old term has weight 0 (ok_old is False), so its q and lw never count.
         q_old, lw_old, n_old = old["q"], old["lw"], old["n"]
-        outcomes = bool(src["succ"].any() or src["fail"].any())
-        if outcomes:
-            st.enable_outcomes()
-            self._view.enable_outcomes()
-        if st.has_outcomes:
-            old_of = {o: st.fields[o][e].astype(np.int64) for o in ("succ", "fail")}  # 0 at the sentinel
+        old_of = self._outcomes_before(e, src, None)
         if n_new:
             absent = np.flatnonzero(~have)  # indices: cheaper than mask passes
             e[absent] = st.insert(s, cells[absent], None if gaps is None else gaps[absent])
@@ -572,13 +582,7 @@ class QTable:
         n_new = absent.shape[0]
         stats.new += n_new
         stats.updated += k - n_new
-        if outcomes is None:
-            outcomes = bool(src["succ"].any() or src["fail"].any())
-        if outcomes:
-            st.enable_outcomes()
-            self._view.enable_outcomes()
-        if st.has_outcomes:
-            old_of = {o: st.fields[o][e].astype(np.int64) for o in ("succ", "fail")}  # 0 at the sentinel
+        old_of = self._outcomes_before(e, src, outcomes)
         if n_new:
             st.insert_at(s, cells, absent, gaps, e, kern)
         floor = 1 if s == OWN else max(self.min_visits, 1)
