@@ -739,7 +739,7 @@ class Node:
         else:
             delta: Delta = msg.delta
             try:
-                stats = await self._merge(origin, delta, now)
+                stats = await self._merge(origin, delta, now, relayed=True)
             except WireError as exc:
                 exc.authenticated = False
                 await self._reject(relayer, exc, False)
@@ -863,10 +863,13 @@ class Node:
         else:  # pragma: no cover - decode returns only the types above
             raise AssertionError(type(msg))
 
-    async def _merge(self, origin: str, delta: Delta, now: float) -> MergeStats:
+    async def _merge(self, origin: str, delta: Delta, now: float, *,
+                     relayed: bool = False) -> MergeStats:
         """Apply an origin's cells (its own or relayed for it) and persist what changed.
 
-        The evidence budget is checked first, whoever carried the cells.
+        The evidence budget is checked first, whoever carried the cells. A
+        relayed delta never starts the origin's version-rate track (its version
+        is the origin's past: ``VersionRate.observe``).
         """
         self._pending_gain = 0
         if (self.probation.enabled and origin != self.id and len(self._registry) >= MIN_PEERS
@@ -879,7 +882,7 @@ class Node:
         stats = self.table.apply(delta, checked=checked)
         if origin in self._visits_held:
             self._visits_held[origin] += self._pending_gain
-        self.version_rate.observe(origin, delta.to_version, self.clock())
+        self.version_rate.observe(origin, delta.to_version, self.clock(), anchor=not relayed)
         if stats.changed and self.store is not None:
             # one group commit; relaxed: safe from SIGKILL, no fsync of its own (peers' cells
             # lost to a power cut are asked for again; own cells are always fully durable)

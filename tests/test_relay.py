@@ -91,6 +91,37 @@ async def test_a_relay_of_the_nodes_own_delta_is_ignored_not_rejected() -> None:
         await node.close()
 
 
+async def test_a_relayed_old_delta_does_not_anchor_the_origins_version_rate() -> None:
+    """A relay of X's old delta (version 1) arrives before X's own catch-up answer (version
+    100, past ``version_burst``) on a clock that has not moved: the answer is applied, not
+    rejected as ``version_rate`` (a fresh sybil rejected honest tables so, and the simulation,
+    whose clock stands still while it waits, stalled). The bound still holds from X's answer on."""
+    node = await open_node(version_burst=10)
+    fp = node.task.fingerprint
+    x, b = SignedPeer("X", fp), SignedPeer("B", fp)
+    lw = fresh_lw(node)
+
+    def delta(since: int, upto: int, keys: list[int], versions: list[int]) -> bytes:
+        d = Delta.build("X", fp, since, upto, keys=keys, actions=[0] * len(keys),
+                        q=[0.5] * len(keys), lw=[lw] * len(keys), n=[1] * len(keys),
+                        succ=[0] * len(keys), fail=[0] * len(keys), version=versions)
+        return x.payload(wire.DeltaMsg(x.header(), delta=d))
+
+    try:
+        await x.birth(node)
+        await b.birth(node)
+        await node.receive(wire.topic(FED, "relay", "B"), delta(0, 1, [1], [1]))
+        assert node.counters.relayed_deltas_applied == 1
+        await node.receive(wire.topic(FED, "delta", "X"), delta(0, 100, [1, 2], [1, 100]))
+        assert node.counters.rejected == {}
+        assert node.known_version("X") == 100
+        await node.receive(wire.topic(FED, "delta", "X"), delta(100, 200, [3], [200]))
+        assert node.counters.rejected == {"version_rate": 1}
+        assert node.known_version("X") == 100
+    finally:
+        await node.close()
+
+
 def test_array_cells_with_many_actions_supersede_per_cell() -> None:
     """Cells given as arrays (as the node passes a delta's): the same key under different
     actions are different cells, a repeated cell counts once at its newest version, and a
