@@ -530,7 +530,9 @@ class Node:
                               gossip.due_ask(peer.cursor, now, self._gossip.sync_interval))
             if self.presence.take_answer(self.monotonic()):
                 await self._answer_birth()
-            for origin, relay_since in self.relay_plan.due(self.monotonic()):
+            # a node behind on its inbound messages cannot tell yet whether a relay is needed
+            backlog = getattr(self.transport, "backlog", 0)
+            for origin, relay_since in self.relay_plan.due(self.monotonic(), hold=backlog > 0):
                 await self._relay(origin, relay_since)
             since = self._gossip.take_answer()
             if since is not None and not await self._publish_delta(since=since):

@@ -185,6 +185,20 @@ def test_an_origin_is_relayed_at_most_once_per_min_interval() -> None:
     assert plan.due(10.0) == [("x", 0)]
 
 
+
+def test_a_node_behind_on_its_inbound_messages_holds_its_relays_back() -> None:
+    """While unread messages may hold the origin's answer, a due plan waits (``hold``): the
+    answer, once read, cancels it. A plan is held ``max_hold`` past its time at most."""
+    plan = RelayPlanner(delay=0.0, max_hold=30.0)
+    plan.want("x", 5, now=0.0, wait=6.0)
+    plan.want("y", 0, now=0.0, wait=6.0)
+    assert plan.due(10.0, hold=True) == []
+    plan.covered("x", 5)  # x's own answer was in the backlog
+    assert plan.due(20.0, hold=True) == []
+    assert plan.due(36.0, hold=True) == [("y", 0)]  # held long enough: relayed anyway
+    plan.want("z", 0, now=40.0)
+    assert plan.due(41.0, hold=False) == [("z", 0)]
+
 # -- over a real broker ---------------------------------------------------------------------------
 
 
