@@ -771,12 +771,26 @@ class Node:
         """
         now = self.monotonic()
         for origin in self.relays.origins():
-            if origin != newcomer and self._silent(origin):
+            if origin != newcomer and self._silent(origin) and not self._judged_out(origin):
                 self.relay_plan.want(origin, 0, now)
+
+    def _judged_out(self, origin: str) -> bool:
+        """Quarantined or distrusted here: this node does not pass the origin's payloads on.
+
+        A relay is a courtesy to newcomers, with the cells this node itself
+        counts; a liar it judged out is not one of them (the newcomer still
+        hears the liar itself while it is live, and judges it). Without this,
+        every holder relayed every quarantined sybil identity, gone silent, to
+        each fresh one: hundreds of payloads per identity, broadcast to every
+        node, which queued ~1,200 messages at each and stalled the simulation.
+        Newcomers on probation are not judged yet: still relayed.
+        """
+        q = self.table.quarantine_below
+        return origin in self.quarantine or (q > 0 and self.trust_of(origin) < q)
 
     async def _relay(self, origin: str, since: int) -> None:
         """Re-send ``origin``'s kept payloads after ``since``, verbatim, on our relay topic."""
-        if self.transport is None or origin == self.id:
+        if self.transport is None or origin == self.id or self._judged_out(origin):
             return
         topic = wire.topic(self.fed, "relay", self.id)
         kept = self.relays.kept(origin, since)

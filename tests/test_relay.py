@@ -122,6 +122,45 @@ async def test_a_relayed_old_delta_does_not_anchor_the_origins_version_rate() ->
         await node.close()
 
 
+class _Sent:
+    """A transport that records what the node publishes (no broker)."""
+
+    connected = True
+
+    def __init__(self) -> None:
+        self.topics: list[str] = []
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1,
+                      retain: bool = False) -> bool:
+        self.topics.append(topic)
+        return True
+
+
+async def test_an_origin_judged_out_is_not_relayed() -> None:
+    """A quarantined origin, gone silent, is neither planned for a newcomer nor relayed when
+    asked for; the same origin out of quarantine is (the relay itself works)."""
+    node = await open_node()
+    fp = node.task.fingerprint
+    x, b = SignedPeer("X", fp), SignedPeer("B", fp)
+    sent = _Sent()
+    try:
+        await x.birth(node)
+        await x.delta(node, 11, lw=fresh_lw(node))
+        await x.death(node)
+        node.transport = sent  # type: ignore[assignment]
+        node.quarantine.held["X"] = 1
+        await b.birth(node)  # a newcomer: silent origins are offered to it
+        assert node.relay_plan.pending() == 0
+        await node._relay("X", 0)
+        assert sent.topics == []
+        del node.quarantine.held["X"]
+        await node._relay("X", 0)
+        assert sent.topics == [wire.topic(FED, "relay", node.id)] * 2  # X's birth and delta
+    finally:
+        node.transport = None
+        await node.close()
+
+
 def test_array_cells_with_many_actions_supersede_per_cell() -> None:
     """Cells given as arrays (as the node passes a delta's): the same key under different
     actions are different cells, a repeated cell counts once at its newest version, and a
