@@ -121,11 +121,23 @@ class VersionRate:
     tracks: dict[str, _Track] = field(default_factory=dict)
     _median: tuple[float, float | None] | None = field(default=None, repr=False)
 
-    def observe(self, peer: str, version: int, now: float) -> None:
-        """Record a version this peer reached (after a check passed, or for the own node)."""
+    def observe(self, peer: str, version: int, now: float, *, anchor: bool = True) -> None:
+        """Record a version this peer reached (after a check passed, or for the own node).
+
+        ``anchor=False``: the version may move a track but never starts one.
+        For a relayed delta: it is an old payload, kept by a holder, and its
+        version is the peer's past, not where the peer is now. Started there,
+        the track would charge the peer's whole history since that payload to
+        its rate: a newcomer that got an origin's oldest relayed delta before
+        the origin's own catch-up answer rejected that answer (and every
+        re-ask) as ``version_rate`` until its clock had run for
+        ``(version − burst) / limit`` more seconds, which a simulation's clock,
+        standing still while it waits for delivery, never did.
+        """
         tr = self.tracks.get(peer)
         if tr is None:
-            self.tracks[peer] = _Track(now, int(version), now, int(version))
+            if anchor:
+                self.tracks[peer] = _Track(now, int(version), now, int(version))
         elif version >= tr.v:
             tr.t, tr.v = now, int(version)
 

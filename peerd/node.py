@@ -530,7 +530,9 @@ class Node:
                               gossip.due_ask(peer.cursor, now, self._gossip.sync_interval))
             if self.presence.take_answer(self.monotonic()):
                 await self._answer_birth()
-            for origin, relay_since in self.relay_plan.due(self.monotonic()):
+            # a node behind on its inbound messages cannot tell yet whether a relay is needed
+            backlog = getattr(self.transport, "backlog", 0)
+            for origin, relay_since in self.relay_plan.due(self.monotonic(), hold=backlog > 0):
                 await self._relay(origin, relay_since)
             since = self._gossip.take_answer()
             if since is not None and not await self._publish_delta(since=since):
@@ -739,7 +741,7 @@ class Node:
         else:
             delta: Delta = msg.delta
             try:
-                stats = await self._merge(origin, delta, now)
+                stats = await self._merge(origin, delta, now, relayed=True)
             except WireError as exc:
                 exc.authenticated = False
                 await self._reject(relayer, exc, False)
@@ -769,12 +771,26 @@ class Node:
         """
         now = self.monotonic()
         for origin in self.relays.origins():
-            if origin != newcomer and self._silent(origin):
+            if origin != newcomer and self._silent(origin) and not self._judged_out(origin):
                 self.relay_plan.want(origin, 0, now)
+
+    def _judged_out(self, origin: str) -> bool:
+        """Quarantined or distrusted here: this node does not pass the origin's payloads on.
+
+        A relay is a courtesy to newcomers, with the cells this node itself
+        counts; a liar it judged out is not one of them (the newcomer still
+        hears the liar itself while it is live, and judges it). Without this,
+        every holder relayed every quarantined sybil identity, gone silent, to
+        each fresh one: hundreds of payloads per identity, broadcast to every
+        node, which queued ~1,200 messages at each and stalled the simulation.
+        Newcomers on probation are not judged yet: still relayed.
+        """
+        q = self.table.quarantine_below
+        return origin in self.quarantine or (q > 0 and self.trust_of(origin) < q)
 
     async def _relay(self, origin: str, since: int) -> None:
         """Re-send ``origin``'s kept payloads after ``since``, verbatim, on our relay topic."""
-        if self.transport is None or origin == self.id:
+        if self.transport is None or origin == self.id or self._judged_out(origin):
             return
         topic = wire.topic(self.fed, "relay", self.id)
         kept = self.relays.kept(origin, since)
@@ -863,10 +879,13 @@ class Node:
         else:  # pragma: no cover - decode returns only the types above
             raise AssertionError(type(msg))
 
-    async def _merge(self, origin: str, delta: Delta, now: float) -> MergeStats:
+    async def _merge(self, origin: str, delta: Delta, now: float, *,
+                     relayed: bool = False) -> MergeStats:
         """Apply an origin's cells (its own or relayed for it) and persist what changed.
 
-        The evidence budget is checked first, whoever carried the cells.
+        The evidence budget is checked first, whoever carried the cells. A
+        relayed delta never starts the origin's version-rate track (its version
+        is the origin's past: ``VersionRate.observe``).
         """
         self._pending_gain = 0
         if (self.probation.enabled and origin != self.id and len(self._registry) >= MIN_PEERS
@@ -879,7 +898,7 @@ class Node:
         stats = self.table.apply(delta, checked=checked)
         if origin in self._visits_held:
             self._visits_held[origin] += self._pending_gain
-        self.version_rate.observe(origin, delta.to_version, self.clock())
+        self.version_rate.observe(origin, delta.to_version, self.clock(), anchor=not relayed)
         if stats.changed and self.store is not None:
             # one group commit; relaxed: safe from SIGKILL, no fsync of its own (peers' cells
             # lost to a power cut are asked for again; own cells are always fully durable)

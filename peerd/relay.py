@@ -238,10 +238,12 @@ def _cell_arrays(cells: Iterable[tuple[int, int, int]] | tuple[np.ndarray, np.nd
 class RelayPlanner:
     """When to relay an origin: after a random delay, unless someone else did it first."""
 
-    def __init__(self, *, delay: float = 1.0, min_interval: float = 10.0,
+    def __init__(self, *, delay: float = 1.0, min_interval: float = 10.0, max_hold: float = 30.0,
                  rng: random.Random | None = None) -> None:
         self.delay = delay
         self.min_interval = min_interval
+        #: longest a due plan waits for the node to read its backlog (``due(hold=True)``)
+        self.max_hold = max_hold
         self._rng = rng or random.Random()
         self._due: dict[str, tuple[int, float]] = {}  # origin -> (since, due time)
         self._last: dict[str, float] = {}  # origin -> when it was last relayed
@@ -265,8 +267,21 @@ class RelayPlanner:
         if old is not None and from_version <= old[0]:
             del self._due[origin]
 
-    def due(self, now: float) -> list[tuple[str, int]]:
-        out = [(o, since) for o, (since, t) in self._due.items() if t <= now]
+    def due(self, now: float, *, hold: bool = False) -> list[tuple[str, int]]:
+        """The plans whose time has come (taken: each is returned once).
+
+        ``hold``: the node has received messages it has not read yet. Whether the
+        origin (or another holder) answered is in them, so a plan waits until
+        they are read, ``max_hold`` past its time at most. Without this, a node
+        whose inbound queue ran longer than a plan's wait relayed an origin that
+        had answered long ago; under load every holder did, for every origin a
+        newcomer asked from 0 (hundreds of payloads each, to every node), which
+        lengthened every queue further: a fresh sybil in the simulation left
+        ~1,100 messages queued at every node, over half of all applied deltas
+        were relayed ones, and the delivery wait stalled.
+        """
+        out = [(o, since) for o, (since, t) in self._due.items()
+               if t <= now and (not hold or now - t >= self.max_hold)]
         for o, _ in out:
             del self._due[o]
             self._last[o] = now

@@ -291,6 +291,16 @@ class MqttTransport(BaseTransport):
         return TLSConfig() if self.address.tls else None
 
     @property
+    def backlog(self) -> int:
+        """Messages received from the broker and not handed to the node yet (0 if unknown).
+
+        The node holds relays back while this is not 0 (``RelayPlanner.due``).
+        aiomqtt queues them in an ``asyncio.Queue`` (``Client._queue``, 2.x).
+        """
+        queue = getattr(self._client, "_queue", None)
+        return queue.qsize() if isinstance(queue, asyncio.Queue) else 0
+
+    @property
     def member(self) -> str | None:
         """The member in use, without credentials (``mqtt://host:port``); None when disconnected."""
         return self.address.display if self.connected else None

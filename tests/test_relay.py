@@ -91,6 +91,76 @@ async def test_a_relay_of_the_nodes_own_delta_is_ignored_not_rejected() -> None:
         await node.close()
 
 
+async def test_a_relayed_old_delta_does_not_anchor_the_origins_version_rate() -> None:
+    """A relay of X's old delta (version 1) arrives before X's own catch-up answer (version
+    100, past ``version_burst``) on a clock that has not moved: the answer is applied, not
+    rejected as ``version_rate`` (a fresh sybil rejected honest tables so, and the simulation,
+    whose clock stands still while it waits, stalled). The bound still holds from X's answer on."""
+    node = await open_node(version_burst=10)
+    fp = node.task.fingerprint
+    x, b = SignedPeer("X", fp), SignedPeer("B", fp)
+    lw = fresh_lw(node)
+
+    def delta(since: int, upto: int, keys: list[int], versions: list[int]) -> bytes:
+        d = Delta.build("X", fp, since, upto, keys=keys, actions=[0] * len(keys),
+                        q=[0.5] * len(keys), lw=[lw] * len(keys), n=[1] * len(keys),
+                        succ=[0] * len(keys), fail=[0] * len(keys), version=versions)
+        return x.payload(wire.DeltaMsg(x.header(), delta=d))
+
+    try:
+        await x.birth(node)
+        await b.birth(node)
+        await node.receive(wire.topic(FED, "relay", "B"), delta(0, 1, [1], [1]))
+        assert node.counters.relayed_deltas_applied == 1
+        await node.receive(wire.topic(FED, "delta", "X"), delta(0, 100, [1, 2], [1, 100]))
+        assert node.counters.rejected == {}
+        assert node.known_version("X") == 100
+        await node.receive(wire.topic(FED, "delta", "X"), delta(100, 200, [3], [200]))
+        assert node.counters.rejected == {"version_rate": 1}
+        assert node.known_version("X") == 100
+    finally:
+        await node.close()
+
+
+class _Sent:
+    """A transport that records what the node publishes (no broker)."""
+
+    connected = True
+
+    def __init__(self) -> None:
+        self.topics: list[str] = []
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1,
+                      retain: bool = False) -> bool:
+        self.topics.append(topic)
+        return True
+
+
+async def test_an_origin_judged_out_is_not_relayed() -> None:
+    """A quarantined origin, gone silent, is neither planned for a newcomer nor relayed when
+    asked for; the same origin out of quarantine is (the relay itself works)."""
+    node = await open_node()
+    fp = node.task.fingerprint
+    x, b = SignedPeer("X", fp), SignedPeer("B", fp)
+    sent = _Sent()
+    try:
+        await x.birth(node)
+        await x.delta(node, 11, lw=fresh_lw(node))
+        await x.death(node)
+        node.transport = sent  # type: ignore[assignment]
+        node.quarantine.held["X"] = 1
+        await b.birth(node)  # a newcomer: silent origins are offered to it
+        assert node.relay_plan.pending() == 0
+        await node._relay("X", 0)
+        assert sent.topics == []
+        del node.quarantine.held["X"]
+        await node._relay("X", 0)
+        assert sent.topics == [wire.topic(FED, "relay", node.id)] * 2  # X's birth and delta
+    finally:
+        node.transport = None
+        await node.close()
+
+
 def test_array_cells_with_many_actions_supersede_per_cell() -> None:
     """Cells given as arrays (as the node passes a delta's): the same key under different
     actions are different cells, a repeated cell counts once at its newest version, and a
@@ -153,6 +223,20 @@ def test_an_origin_is_relayed_at_most_once_per_min_interval() -> None:
     assert plan.due(5.0) == []
     assert plan.due(10.0) == [("x", 0)]
 
+
+
+def test_a_node_behind_on_its_inbound_messages_holds_its_relays_back() -> None:
+    """While unread messages may hold the origin's answer, a due plan waits (``hold``): the
+    answer, once read, cancels it. A plan is held ``max_hold`` past its time at most."""
+    plan = RelayPlanner(delay=0.0, max_hold=30.0)
+    plan.want("x", 5, now=0.0, wait=6.0)
+    plan.want("y", 0, now=0.0, wait=6.0)
+    assert plan.due(10.0, hold=True) == []
+    plan.covered("x", 5)  # x's own answer was in the backlog
+    assert plan.due(20.0, hold=True) == []
+    assert plan.due(36.0, hold=True) == [("y", 0)]  # held long enough: relayed anyway
+    plan.want("z", 0, now=40.0)
+    assert plan.due(41.0, hold=False) == [("z", 0)]
 
 # -- over a real broker ---------------------------------------------------------------------------
 

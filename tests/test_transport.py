@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from support import eventually
 
 from peerd.errors import ConfigError
 from peerd.testing.broker import Broker, free_port
@@ -84,6 +85,32 @@ async def test_messages_arrive_in_publish_order(broker: Broker, root: str,
         assert await pub.publish(f"{root}/seq", str(i).encode(), qos=1)
     await sub_rec.wait_for(lambda r: len(r.messages) == 300, timeout=15)
     assert [int(p) for p in sub_rec.payloads()] == list(range(300))
+
+
+async def test_backlog_counts_messages_received_and_not_yet_handed_over(
+        broker: Broker, root: str, recorder: type[Recorder], run_transport: Run) -> None:
+    """While the node is busy with one message, the next ones wait in the queue: ``backlog``
+    counts them (a node holds its relays back meanwhile), and is 0 once they are read."""
+    gate = asyncio.Event()
+
+    class Busy(recorder):  # type: ignore[misc,valid-type]
+        async def on_message(self, topic: str, payload: bytes, retain: bool) -> None:
+            await gate.wait()
+            await super().on_message(topic, payload, retain)
+
+    sub_rec = Busy()
+    sub = make(broker.url, "sub", [(f"{root}/q", 1)])
+    pub = make(broker.url, "pub")
+    run_transport(sub, sub_rec)
+    run_transport(pub, recorder())
+    await connected(sub, pub)
+    assert sub.backlog == 0
+    for i in range(3):
+        assert await pub.publish(f"{root}/q", bytes([i]), qos=1)
+    await eventually(lambda: sub.backlog == 2, timeout=10.0, what="two messages queued")
+    gate.set()
+    await sub_rec.wait_for(lambda r: len(r.messages) == 3)
+    assert sub.backlog == 0
 
 
 async def test_retained_message_reaches_late_subscriber(broker: Broker, root: str,
