@@ -55,7 +55,7 @@ from peerd.gossip import GossipState
 from peerd.identity import Identity, Verifier
 from peerd.liveness import ONLINE, UNKNOWN, LivenessPolicy
 from peerd.logs import get_logger
-from peerd.peers import TrustEvent
+from peerd.peers import PeerRecord, TrustEvent
 from peerd.presence import PresenceState
 from peerd.probation import MIN_PEERS, Probation
 from peerd.qtable import QTable
@@ -157,6 +157,8 @@ class Node:
                                     n_actions=self.task.n_actions, q_bound=config.q_bound,
                                     max_payload=config.max_payload, max_entries=config.max_entries)
         self.store: Store | None = None
+        #: the peer records as last written to the store: ``_save_peers`` writes only changes
+        self._saved_peers: dict[str, PeerRecord] = {}
         #: own versions whose commit has not returned: nothing beyond goes out (DESIGN §4)
         self.durable = DurableWatermark()
         #: rebirth requests out and births in answer (presence without retained messages)
@@ -231,7 +233,9 @@ class Node:
             self.table.load(origin, arrays)
         # Pins and replay windows used to live in a "verifier" snapshot: fold it in once.
         snap = await self.store.get_meta("verifier", None)
-        self._registry.load(await self.store.load_peers(), json.loads(snap) if snap else None)
+        stored = await self.store.load_peers()
+        self._registry.load(stored, json.loads(snap) if snap else None)
+        self._saved_peers = stored
         self.table.set_trusts(self._registry.trusts())  # one recompute, not one per peer
         await self._load_relay_payloads()
         published = int(await self.store.get_meta("published_version", 0))
@@ -616,6 +620,7 @@ class Node:
         self.probation.forget(pid)
         self.version_rate.forget(pid)
         self._visits_held.pop(pid, None)
+        self._saved_peers.pop(pid, None)
         if self.store:
             await self.store.forget_peer(pid)
         self._log.info("origin_expired", peer=pid, cells=dropped)
@@ -1169,10 +1174,18 @@ class Node:
 
     # ---------------------------------------------------------------- peers
     async def _save_peers(self) -> None:
-        """Persist every entry as a ``PeerRecord``, in one batch."""
+        """Persist the entries that changed since the last save, as ``PeerRecord``s, in one batch.
+
+        Every heartbeat saves: writing all of a thousand peers' rows (JSON, SQLite) each
+        time would cost per peer of the fleet; a record equal to the one last written is
+        skipped, so the cost follows the peers that spoke, not the fleet's size.
+        """
         if self.store is None:
             return
-        await self.store.upsert_peers(self._registry.records())
+        saved = self._saved_peers
+        changed = [rec for rec in self._registry.records() if saved.get(rec.node_id) != rec]
+        await self.store.upsert_peers(changed)
+        saved.update((rec.node_id, rec) for rec in changed)
         if await self.store.get_meta("verifier", None):
             await self.store.set_meta("verifier", "")  # folded into the records (see _load)
 

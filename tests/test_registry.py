@@ -172,6 +172,39 @@ def test_the_verifier_keeps_pins_and_windows_in_the_entries() -> None:
 
 # ------------------------------------------------------------------ node: lifecycle
 
+async def test_a_heartbeat_writes_only_the_peers_that_changed(tmp_path: Path) -> None:
+    """Saving costs per peer that spoke since the last heartbeat, not per peer of the fleet."""
+    clock = Clock()
+    node = await open_node(tmp_path, clock)
+    peers = [SignedPeer(f"p{i:02d}", node.task.fingerprint) for i in range(20)]
+    for peer in peers:
+        await peer.birth(node)
+    assert node.store is not None
+    written: list[list[str]] = []
+    real_upsert = node.store.upsert_peers
+
+    async def spying_upsert(recs: Any) -> None:
+        written.append(sorted(r.node_id for r in recs))
+        await real_upsert(recs)
+
+    node.store.upsert_peers = spying_upsert  # type: ignore[method-assign]
+    await node.tick()
+    assert written[-1] == [p.id for p in peers]  # all new
+    await node.tick()
+    assert written[-1] == []  # nothing changed: nothing written
+    await peers[3].delta(node, node.table.key("s"), lw=fresh_lw(node))
+    await node.tick()
+    assert written[-1] == ["p03"]
+    await node.close()
+
+    again = await open_node(tmp_path, clock)
+    assert again.store is not None
+    stored = await again.store.load_peers()
+    assert stored["p03"].version == 1 and stored["p04"].version == 0
+    assert sorted(stored) == [p.id for p in peers]
+    await again.close()
+
+
 async def test_expiry_frees_cells_records_and_pins_exactly_once(tmp_path: Path) -> None:
     """After ``origin_ttl`` offline a peer's cells, rows, entry and pin go, once; it may come back."""
     clock = Clock()
