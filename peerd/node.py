@@ -535,7 +535,7 @@ class Node:
             if self.presence.take_answer(self.monotonic()):
                 await self._answer_birth()
             # a node behind on its inbound messages cannot tell yet whether a relay is needed
-            backlog = getattr(self.transport, "backlog", 0)
+            backlog = self.transport.backlog
             for origin, relay_since in self.relay_plan.due(self.monotonic(), hold=backlog > 0):
                 await self._relay(origin, relay_since)
             since = self._gossip.take_answer()

@@ -99,6 +99,9 @@ class Transport(Protocol):
     @property
     def connected(self) -> bool: ...
 
+    @property
+    def backlog(self) -> int: ...
+
     async def run(self, on_message: OnMessage, on_connect: OnConnect) -> None: ...
 
     async def publish(
@@ -151,6 +154,15 @@ class BaseTransport:
     def connected(self) -> bool:
         """True while connected *and* subscribed: what is published now will be heard."""
         return self._up.is_set()
+
+    @property
+    def backlog(self) -> int:
+        """Messages received and not handed to the node yet; 0 where a transport cannot tell.
+
+        The node holds its relays back while this is not 0 (``RelayPlanner.due``): what
+        waits in the queue may already answer what a relay would repeat.
+        """
+        return 0
 
     async def wait_connected(self, timeout: float) -> bool:
         """Wait until connected and subscribed; False on timeout."""
