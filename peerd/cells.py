@@ -478,7 +478,7 @@ class CellStore:
             h = self.hashes[slot] = _OriginHash(k)
             gaps = None
         if h.n + k > _MAX_LOAD * h.size:  # grow: rebuild at 1/4 full, every probe from home
-            old = h.ids().astype(np.int64)
+            old = np.sort(h.ids()).astype(np.int64)  # in entry order: records read in sequence
             h = self.hashes[slot] = _OriginHash(h.n + k)
             kern.hash_put(h.table, self.cell, old, np.full(old.shape[0], -1, np.int64))
             h.n = old.shape[0]
