@@ -185,6 +185,8 @@ class CellStore:
         # fresh entries' pages first touched as the entries are written), else as before.
         self._buf = _reserve_map(max(_RESERVE_ENTRIES, self.cap) * REC.itemsize)
         self._reserved = self._buf is not None
+        self._huge_to = 0  # records below this byte offset are advised huge (``_advise``)
+        self._advised_to = 0  # and below this one, advised one way or the other
         if self._buf is not None:
             self.rec = np.frombuffer(self._buf, REC, count=self.cap)
         else:
@@ -449,16 +451,19 @@ class CellStore:
         if not self._reserved or self._buf is None or not hasattr(mmap, "MADV_HUGEPAGE"):
             return
         lo, hi, size = first * REC.itemsize, end * REC.itemsize, len(self._buf)
-        start = lo // _HUGE * _HUGE  # the page the batch begins in
-        b = hi // _HUGE * _HUGE  # the page it ends in
+        b = hi // _HUGE * _HUGE  # the page the batch ends in
+        # Only where a batch crosses a page boundary: most deltas' records lie within one page.
         with contextlib.suppress(OSError, ValueError):
-            if b > start:  # pages complete after this batch (and whole fresh ones)
-                self._buf.madvise(mmap.MADV_HUGEPAGE, start, b - start)
-            if hi > b and b < size:  # the page the batch leaves unfinished
+            if b > self._huge_to:  # pages complete after this batch (and whole fresh ones)
+                self._buf.madvise(mmap.MADV_HUGEPAGE, self._huge_to, b - self._huge_to)
+                self._huge_to = b
+            if hi > b and b < size and self._advised_to <= b:  # the page it begins and leaves unfinished
                 bulk = hi - lo >= _HUGE
-                if bulk or b >= lo:  # fresh, or (bulk) worth a huge page anyway
-                    self._buf.madvise(mmap.MADV_HUGEPAGE if bulk else mmap.MADV_NOHUGEPAGE, b,
-                                      min(_HUGE, size - b))
+                self._buf.madvise(mmap.MADV_HUGEPAGE if bulk else mmap.MADV_NOHUGEPAGE, b,
+                                  min(_HUGE, size - b))
+                if bulk:
+                    self._huge_to = b + _HUGE
+                self._advised_to = b + _HUGE
 
     def insert_at(self, slot: int, cells: np.ndarray, at: np.ndarray, gaps: np.ndarray | None,
                   e: np.ndarray, kern: ModuleType) -> None:
