@@ -20,8 +20,6 @@ like numpy, turns a uint64 mixed with a signed int into a float.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -247,10 +245,6 @@ def merge_swap(f8, f4, acc_i, base, cells, e, rec_q, rec_lw, rec_n, rec_version,
     conf = 0.0
     m = cells.shape[0]
     flat = f8.reshape(-1)
-    # The statistics' 2^(ref − now) without an exp2 per cell: ref − now = ref_rel + (base − now)
-    # with ref_rel a whole number, so it is 2^(base − now − k0) · 2^(ref_rel + k0), an ldexp.
-    k0 = np.floor(base - now)
-    e0 = np.exp2(base - now - k0)
     for i in range(m):
         if i + _AHEAD < m:  # a 32-byte row, 64-byte aligned: one line
             _prefetch(flat, 4 * cells[i + _AHEAD])
@@ -270,15 +264,13 @@ def merge_swap(f8, f4, acc_i, base, cells, e, rec_q, rec_lw, rec_n, rec_version,
             dn -= np.int64(n_old[i])
         num = f8[c, 0]
         den = f8[c, 1]
-        rel = np.float64(f4[c, 4])
-        ref = rel + base
+        ref = np.float64(f4[c, 4]) + base
         mass = np.float64(f4[c, 5])
         d_old = lw_old[i] - ref  # NaN for -inf − -inf: clipped below, and weight 0 anyway
         d_new = lw_in[i] - ref
         if t > 0.0 and ok_new and d_new > _REBASE:  # also ref = -inf
             r32 = np.float32(np.floor(lw_in[i] - base))  # peerd.view.MergedView.quantize
-            rel = np.float64(r32)
-            new_ref = rel + base
+            new_ref = np.float64(r32) + base
             scale = np.exp2(ref - new_ref)
             num *= scale
             den *= scale
@@ -316,14 +308,11 @@ def merge_swap(f8, f4, acc_i, base, cells, e, rec_q, rec_lw, rec_n, rec_version,
         if den < mass * _CANCEL:
             bad[nbad] = i
             nbad += 1
-        elif den > 0.0:  # then ref is finite (a counted term set it); else eff = 0
-            k = rel + k0  # ref − now = k + (base − now − k0), the latter in [0, 1)
-            if k >= 30.0:
-                eff = np.exp2(min(ref - now, 30.0)) * den  # as evidence_of, at its cap
-            elif k < -1100.0:
-                eff = 0.0  # below 2^-1099·den: nothing
-            else:
-                eff = math.ldexp(e0, np.int64(k)) * den
+        else:
+            s = ref - now
+            if s > 30.0:
+                s = 30.0
+            eff = np.exp2(s) * (den if den > 0.0 else 0.0)
             conf += eff / (eff + 1.0)
     return nbad, total, conf
 
