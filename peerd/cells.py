@@ -45,12 +45,23 @@ later inserts reuse. 34 B per pair (42 with outcomes) plus 8-16 B of hash:
 under 64 B, whatever the number of origins. No per-cell Python on any batch
 path: every method works on arrays of cells (batches of at most 16 cells are
 probed in plain Python, which is faster there).
+
+Records and slots live in address space reserved up front (``MAP_NORESERVE``:
+no memory until touched) and grow inside it without a copy or an ``mremap``;
+a fresh entry's record is the only memory it first touches besides its slot
+and hash slot. Fresh records of a small batch are written in 4 KiB pages,
+those of a bulk batch (≥ 2 MiB: a restore) and every completed 2 MiB page
+are advised huge pages (``CellStore._advise``): a huge page costs one fault
+for 65 536 records, but on a VM whose memory was never used that fault is
+~5 µs per KiB against ~0.9 for 4 KiB pages, and most of a delta's fresh
+records would pay for a 2 MiB page they only begin.
 """
 
 from __future__ import annotations
 
 import contextlib
 import mmap
+import sys
 from types import ModuleType
 
 import numpy as np
@@ -88,6 +99,27 @@ REC = np.dtype({"names": ["cell", "next", "q", "n", "lw", "version"],
 #: field -> dtype of the per-entry payload (what a delta carries, minus key and action)
 PAYLOAD = {"q": np.float32, "lw": np.float64, "n": np.uint32, "version": np.uint64}
 OUTCOMES = {"succ": np.uint32, "fail": np.uint32}
+
+
+#: ``MAP_NORESERVE`` (Python's ``mmap`` names it from 3.13 on; Linux's value before)
+_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform.startswith("linux") else 0)
+#: entries whose records (and slots) a store reserves address space for up front (16 GiB
+#: of records): they grow inside it without ``mremap``, so parts of it can get different
+#: huge-page advice (``CellStore._advise``); past it, a store grows as before
+_RESERVE_ENTRIES = 1 << 29
+
+
+def _reserve_map(nbytes: int) -> mmap.mmap | None:
+    """A private anonymous mapping of ``nbytes`` of address space, not committed (``MAP_NORESERVE``):
+    pages exist only once touched. None where the platform refuses (no ``MAP_NORESERVE``, strict
+    overcommit, an address-space limit)."""
+    flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
+    if not flags or not _MAP_NORESERVE:
+        return None
+    try:
+        return mmap.mmap(-1, nbytes, flags=flags | _MAP_NORESERVE)
+    except (OSError, ValueError, TypeError, OverflowError):
+        return None
 
 
 def _records(cap: int) -> tuple[mmap.mmap | None, np.ndarray]:
@@ -159,8 +191,22 @@ class CellStore:
 
     def __init__(self, capacity: int = 1024) -> None:
         self.cap = max(2, capacity)
-        self._buf, self.rec = _records(self.cap)
-        self.slot = np.full(self.cap, FREE, np.uint16)
+        # Records and slots in reserved address space where possible (grown without moving;
+        # fresh entries' pages first touched as the entries are written), else as before.
+        self._buf = _reserve_map(max(_RESERVE_ENTRIES, self.cap) * REC.itemsize)
+        self._reserved = self._buf is not None
+        self._huge_to = 0  # records below this byte offset are advised huge (``_advise``)
+        self._advised_to = 0  # and below this one, advised one way or the other
+        if self._buf is not None:
+            self.rec = np.frombuffer(self._buf, REC, count=self.cap)
+        else:
+            self._buf, self.rec = _records(self.cap)
+        self._slotbuf = _reserve_map(max(_RESERVE_ENTRIES, self.cap) * 2)
+        if self._slotbuf is not None:  # zero pages: entries not allocated yet read slot 0
+            self.slot = np.frombuffer(self._slotbuf, np.uint16, count=self.cap)
+        else:
+            self.slot = np.full(self.cap, FREE, np.uint16)
+        self.slot[0] = FREE  # the sentinel
         self.fields: dict[str, np.ndarray] = {}
         self._bind()
         self.has_outcomes = False
@@ -391,9 +437,43 @@ class CellStore:
             self.free = self.free[: self.free.shape[0] - reuse]
         if k > reuse:
             self._reserve(self.used + k - reuse)
+            self._advise(self.used, self.used + k - reuse)
             ids[reuse:] = np.arange(self.used, self.used + k - reuse)
             self.used += k - reuse
         return ids, reuse
+
+    def _advise(self, first: int, end: int) -> None:
+        """Huge-page advice for the records of fresh entries ``[first, end)``, before they are written.
+
+        Records are written in entry order, so the 2 MiB pages below the
+        batch's end are complete once it is written: they are advised
+        ``MADV_HUGEPAGE`` (a page this batch fills whole is faulted as a huge
+        page; one that earlier batches began in 4 KiB pages may be collapsed by
+        the kernel's ``khugepaged`` later, in the background). The page the
+        batch leaves unfinished gets a huge page only if the batch is at least
+        2 MiB of records itself (a restore, a bulk load); a delta adding a few
+        thousand entries writes it in 4 KiB pages (``MADV_NOHUGEPAGE``) instead of
+        faulting 2 MiB for a few KiB of it: on this project's VM, a 2 MiB fault
+        on memory the guest never used costs ~5 µs per KiB, a 4 KiB fault ~0.9
+        (``docs/merge.md``). Only within the reservation: one mapping whose
+        parts may differ (``mremap`` would need one region).
+        """
+        if not self._reserved or self._buf is None or not hasattr(mmap, "MADV_HUGEPAGE"):
+            return
+        lo, hi, size = first * REC.itemsize, end * REC.itemsize, len(self._buf)
+        b = hi // _HUGE * _HUGE  # the page the batch ends in
+        # Only where a batch crosses a page boundary: most deltas' records lie within one page.
+        with contextlib.suppress(OSError, ValueError):
+            if b > self._huge_to:  # pages complete after this batch (and whole fresh ones)
+                self._buf.madvise(mmap.MADV_HUGEPAGE, self._huge_to, b - self._huge_to)
+                self._huge_to = b
+            if hi > b and b < size and self._advised_to <= b:  # the page it begins and leaves unfinished
+                bulk = hi - lo >= _HUGE
+                self._buf.madvise(mmap.MADV_HUGEPAGE if bulk else mmap.MADV_NOHUGEPAGE, b,
+                                  min(_HUGE, size - b))
+                if bulk:
+                    self._huge_to = b + _HUGE
+                self._advised_to = b + _HUGE
 
     def insert_at(self, slot: int, cells: np.ndarray, at: np.ndarray, gaps: np.ndarray | None,
                   e: np.ndarray, kern: ModuleType) -> None:
@@ -413,7 +493,7 @@ class CellStore:
             h = self.hashes[slot] = _OriginHash(k)
             gaps = None
         if h.n + k > _MAX_LOAD * h.size:  # grow: rebuild at 1/4 full, every probe from home
-            old = h.ids().astype(np.int64)
+            old = np.sort(h.ids()).astype(np.int64)  # in entry order: records read in sequence
             h = self.hashes[slot] = _OriginHash(h.n + k)
             kern.hash_put(h.table, self.cell, old, np.full(old.shape[0], -1, np.int64))
             h.n = old.shape[0]
@@ -427,9 +507,12 @@ class CellStore:
             return
         cap = max(n, int(self.cap * _GROW) + 1024)
         self.rec = self._grow_records(cap)
-        slot = np.full(cap, FREE, np.uint16)
-        slot[: self.used] = self.slot[: self.used]
-        self.slot = slot
+        if self._slotbuf is not None and cap * 2 <= len(self._slotbuf):
+            self.slot = np.frombuffer(self._slotbuf, np.uint16, count=cap)  # in place: no copy
+        else:
+            slot = np.full(cap, FREE, np.uint16)
+            slot[: self.used] = self.slot[: self.used]
+            self.slot, self._slotbuf = slot, None
         for f in OUTCOMES:
             if f in self.fields:
                 grown = np.zeros(cap, self.fields[f].dtype)
@@ -439,7 +522,11 @@ class CellStore:
         self.cap = cap
 
     def _grow_records(self, cap: int) -> np.ndarray:
-        """The records, ``cap`` of them: the mapping enlarged in place, else a copy."""
+        """The records, ``cap`` of them: within the reservation, else the mapping enlarged in
+        place, else a copy."""
+        if self._reserved and self._buf is not None and cap * REC.itemsize <= len(self._buf):
+            return np.frombuffer(self._buf, REC, count=cap)
+        self._reserved = False  # past the reservation (or none): ``mremap`` or copy from here on
         if self._buf is not None:
             del self.rec, self.cell, self.next  # the mapping cannot move while views of it live
             for f in PAYLOAD:

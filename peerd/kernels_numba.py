@@ -229,24 +229,25 @@ def insert_new(ids, at, cells, gaps, slot, cellcol, nextcol, slots, head, table,
 
 
 @njit(cache=True, nogil=True)
-def merge_swap(acc, acc_flat, acc_i, cells, e, rec_q, rec_lw, rec_n, rec_version,
+def merge_swap(f8, f4, acc_i, base, cells, e, rec_q, rec_lw, rec_n, rec_version,
                q_in, lw_in, n_in, version_in, q_old, lw_old, n_old,
                t, floor, now, bad):  # type: ignore[no-untyped-def]
     """Field writes + ``MergedView.swap`` + the apply statistics, one loop over the cells.
 
-    ``acc`` is the view's ``[cap, 5]`` block (num, den, ref, mass, n) and
-    ``acc_flat`` and ``acc_i`` the same memory, flat and as int64 (merged n). Writes the indices of the
-    cells whose sums cancelled into ``bad``; returns ``(how many, Σ merged n,
-    Σ eff/(eff+1))`` with ``eff`` as ``peerd.view.evidence_of``.
+    ``f8``, ``f4`` and ``acc_i`` are the view's 32-byte rows as ``[cap, 4]``
+    float64 (num, den), ``[cap, 8]`` float32 (ref_rel at 4, mass at 5) and
+    ``[cap, 4]`` int64 (merged n at 3); ``base`` the view's. Writes the indices
+    of the cells whose sums cancelled into ``bad``; returns ``(how many,
+    Σ merged n, Σ eff/(eff+1))`` with ``eff`` as ``peerd.view.evidence_of``.
     """
     nbad = 0
     total = 0
     conf = 0.0
     m = cells.shape[0]
+    flat = f8.reshape(-1)
     for i in range(m):
-        if i + _AHEAD < m:  # a 40-byte row may straddle two lines
-            _prefetch(acc_flat, 5 * cells[i + _AHEAD])
-            _prefetch(acc_flat, 5 * cells[i + _AHEAD] + 4)
+        if i + _AHEAD < m:  # a 32-byte row, 64-byte aligned: one line
+            _prefetch(flat, 4 * cells[i + _AHEAD])
             _prefetch(rec_q, e[i + _AHEAD])
         c = cells[i]
         x = e[i]
@@ -261,21 +262,23 @@ def merge_swap(acc, acc_flat, acc_i, cells, e, rec_q, rec_lw, rec_n, rec_version
             dn += np.int64(n_in[i])
         if ok_old:
             dn -= np.int64(n_old[i])
-        num = acc[c, 0]
-        den = acc[c, 1]
-        ref = acc[c, 2]
-        mass = acc[c, 3]
+        num = f8[c, 0]
+        den = f8[c, 1]
+        ref = np.float64(f4[c, 4]) + base
+        mass = np.float64(f4[c, 5])
         d_old = lw_old[i] - ref  # NaN for -inf − -inf: clipped below, and weight 0 anyway
         d_new = lw_in[i] - ref
         if t > 0.0 and ok_new and d_new > _REBASE:  # also ref = -inf
-            new_ref = lw_in[i]
+            r32 = np.float32(np.floor(lw_in[i] - base))  # peerd.view.MergedView.quantize
+            new_ref = np.float64(r32) + base
             scale = np.exp2(ref - new_ref)
             num *= scale
             den *= scale
             mass *= scale
             ref = new_ref
+            f4[c, 4] = r32
             d_old = lw_old[i] - new_ref
-            d_new = 0.0
+            d_new = lw_in[i] - new_ref
         w_old = 0.0  # a term that does not count weighs 0 (numpy: × ok), whatever its exponent
         if ok_old:
             if not d_old >= _EXP_MIN:  # NaN too, as np.fmax
@@ -296,12 +299,11 @@ def merge_swap(acc, acc_flat, acc_i, cells, e, rec_q, rec_lw, rec_n, rec_version
         num = num + w_new * np.float64(q_in[i])
         if den > mass:
             mass = den
-        acc[c, 0] = num
-        acc[c, 1] = den
-        acc[c, 2] = ref
-        acc[c, 3] = mass
-        n_after = acc_i[c, 4] + dn
-        acc_i[c, 4] = n_after
+        f8[c, 0] = num
+        f8[c, 1] = den
+        f4[c, 5] = np.float32(mass)
+        n_after = acc_i[c, 3] + dn
+        acc_i[c, 3] = n_after
         total += n_after
         if den < mass * _CANCEL:
             bad[nbad] = i
@@ -358,13 +360,14 @@ def _warm(readonly: bool) -> None:
                head, table, e)
     key_ensure(tab, mult, shift, keys, src(np.zeros(1, np.uint16)), 4, np.zeros(4, np.uint64), 1, 2, 0,
                rows)
-    acc = np.zeros((8, 5))
-    acc[:, 2] = -np.inf
+    from peerd.view import MergedView  # the view's exact row arrays
+
+    view = MergedView(0.0, robust=False)
     one16, one32 = src(np.zeros(1, np.uint16)), src(np.ones(1, np.uint32))
     delta_scan(one16, src(np.ones(1, np.float32)), src(np.ones(1)), one32, one32, one32,
                src(np.ones(1, np.uint64)))
     scan_order(keys, one16, one32, one32)
-    merge_swap(acc, acc.reshape(-1), acc.view(np.int64), cells, ids, q, lw, n, ver,
+    merge_swap(*view.rows_for_kernels(), cells, ids, q, lw, n, ver,
                src(np.ones(1, np.float32)), src(np.ones(1)), one32, src(np.full(1, 2, np.uint64)),
                q_old, lw_old, n_old, 1.0, 1, 0.0, np.empty(1, np.int64))
 

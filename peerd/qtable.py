@@ -125,7 +125,8 @@ class QTable:
         self._store = CellStore()
         self._own = Contribution(self._store)
         self._robust = type(self.strategy) is not WeightedAverage
-        self._view = MergedView(self.q_init, robust=self._robust)
+        # each cell's reference log-weight is stored relative to the clock at start-up (float32)
+        self._view = MergedView(self.q_init, robust=self._robust, base=self._start_base())
         self._slots: dict[str, int] = {node_id: OWN}  # insertion order = ``origins``
         self._names: list[str | None] = [node_id]  # slot → origin (None: free)
         self._free_slots: list[int] = []
@@ -724,7 +725,7 @@ class QTable:
         lw, n = f["lw"][ids], f["n"][ids].copy()
         floor = 1 if s == OWN else max(self.min_visits, 1)
         t = (self._eff_trust(s) if s is not None else 0.0) * (n >= floor)
-        ref = v.ref[cells]
+        ref = v.refs(cells)
         base = np.where(np.isfinite(ref), ref, 0.0)
         with np.errstate(over="ignore", invalid="ignore"):
             w = np.where(t > 0, t * np.exp2(np.minimum(lw - base, 1000.0)), 0.0)
@@ -853,6 +854,11 @@ class QTable:
         eff[OWN] = 1.0
         return eff
 
+    def _start_base(self) -> float:
+        """The view's ``base``: the clock at start-up in half-lives (0 if it is not a number yet)."""
+        b = float(self.clock()) / self.half_life
+        return b if math.isfinite(b) else 0.0
+
     def _reserve(self) -> None:
         n = self._index.size * self._a
         if n >= 2**31:
@@ -878,11 +884,13 @@ class QTable:
             c = cells[lo : lo + _RECOMPUTE_CHUNK]
             _, t, q, lw = self._holders(c)
             lwm = np.where(t > 0, lw, -np.inf)
-            ref = lwm.max(axis=1) if lwm.shape[1] else np.full(c.shape[0], -np.inf)
+            top = lwm.max(axis=1) if lwm.shape[1] else np.full(c.shape[0], -np.inf)
+            ref_rel = self._view.quantize(top)  # the reference as stored: ≤ top, within 1
+            ref = ref_rel.astype(np.float64) + self._view.base
             base = np.where(np.isfinite(ref), ref, 0.0)
             with np.errstate(over="ignore", invalid="ignore"):
                 w = np.where(t > 0, t * np.exp2(np.minimum(lw - base[:, None], 1000.0)), 0.0)
-            self._view.set_exact(c, (w * q).sum(axis=1), w.sum(axis=1), ref)
+            self._view.set_exact(c, (w * q).sum(axis=1), w.sum(axis=1), ref_rel)
 
     def _recompute_robust(self, cells: np.ndarray) -> None:
         """A robust strategy's values of cells, over the origins that hold them."""

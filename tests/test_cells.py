@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import mmap
+import sys
+
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peerd.cells import CellStore
+from peerd.cells import FREE, REC, CellStore
 
 BATCH = st.lists(st.integers(0, 5000), min_size=0, max_size=400, unique=True)
 
@@ -50,3 +54,61 @@ def test_new_cells_that_share_a_gap_are_all_inserted() -> None:
     assert store.find(new, 1).tolist() == ids.tolist()
     assert store.find(first, 1).min() >= 0
     assert store.count(1) == first.shape[0] + new.shape[0]
+
+
+def _vm_flags(address: int) -> set[str]:
+    """The ``VmFlags`` of the mapping of this process that holds ``address`` (Linux)."""
+    flags: set[str] = set()
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo <= address < hi
+            elif inside and head == "VmFlags:":
+                return set(line.split()[1:])
+    return flags
+
+
+def test_records_grow_in_place_within_the_reservation_and_keep_their_values() -> None:
+    st = CellStore()
+    if not st._reserved:
+        pytest.skip("no MAP_NORESERVE reservation on this platform")
+    base = st.rec.ctypes.data
+    st.reserve_cells(300_000)
+    first = st.insert(1, np.arange(5000, dtype=np.int64))
+    st.fields["q"][first] = np.arange(5000, dtype=np.float32)
+    assert st.cap > 1024  # it grew
+    more = st.insert(1, np.arange(5000, 300_000, dtype=np.int64))
+    assert st.rec.ctypes.data == base  # the same memory: neither moved nor copied
+    np.testing.assert_array_equal(st.fields["q"][first], np.arange(5000, dtype=np.float32))
+    np.testing.assert_array_equal(st.find(np.array([3, 299_999]), 1), [first[3], more[-1]])
+    assert st.slot[0] == FREE and np.all(st.slot[more] == 1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not hasattr(mmap, "MADV_HUGEPAGE"),
+                    reason="huge-page advice is Linux's")
+def test_bulk_batches_get_huge_page_advice_and_a_small_batch_fresh_page_does_not() -> None:
+    """A batch of ≥ 2 MiB of records is advised ``hg`` (huge pages) up to its end; a small
+    batch that begins a fresh 2 MiB page leaves it ``nh`` (4 KiB pages) until a later batch
+    completes it, which advises it ``hg`` again."""
+    st = CellStore()
+    if not st._reserved:
+        pytest.skip("no MAP_NORESERVE reservation on this platform")
+    huge, rec = 2 << 20, REC.itemsize
+    per_page = huge // rec
+    st.reserve_cells(6 * per_page)
+    st.insert(1, np.arange(3 * per_page + 100, dtype=np.int64))  # bulk: pages 0-3 huge
+    base = st.rec.ctypes.data
+    assert "hg" in _vm_flags(base + huge)
+    assert "hg" in _vm_flags(base + 3 * huge + 10)  # the bulk batch's unfinished page too
+    c = st.used  # the next free cell id (cells 0..used-2 are taken)
+    need = 4 * per_page - st.used  # fill page 3, then begin page 4 with a small batch
+    st.insert(1, np.arange(c, c + need, dtype=np.int64))
+    c += need
+    st.insert(1, np.arange(c, c + 1000, dtype=np.int64))
+    c += 1000
+    assert "nh" in _vm_flags(base + 4 * huge)
+    st.insert(1, np.arange(c, c + per_page, dtype=np.int64))  # completes page 4
+    assert "hg" in _vm_flags(base + 4 * huge)

@@ -130,3 +130,38 @@ def test_kernel_numpy_never_loads_the_kernels(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(kernels, "load", boom)
     monkeypatch.setattr(kernels, "loaded", boom)
     assert t._kernels(10 * kernels.MIN_CELLS) is None
+
+
+@needs_numba
+@pytest.mark.parametrize("start", [0.0, 1e6, 3e9])
+def test_both_paths_report_the_same_merge_statistics(start: float) -> None:
+    """``merge_swap``'s statistics (its confidence takes 2^(ref − now) as an ldexp of the whole
+    ``ref_rel``) match the numpy path's: counts exactly, confidence within 1e-9 relative, for
+    a table whose clock (and so its view's ``base``) started far before the cells' time."""
+    import numpy as np
+
+    from peerd.delta import Delta
+
+    task = Task(4, gamma=0.9, name="k")
+    clock = [start]
+    tables = [QTable(task, "me", secret="s", clock=lambda: clock[0], half_life=600.0, kernel=k)
+              for k in ("numpy", "numba")]
+    clock[0] = 3e9 + 1234.5  # the cells are from now: lw ≈ now/H, up to 5e6 half-lives past base
+    rng = np.random.default_rng(3)
+    stats = [[], []]
+    for step in range(4):
+        m = 9000
+        keys = np.sort(rng.choice(2**40, m, replace=False).astype(np.uint64))
+        lw = clock[0] / 600.0 - rng.uniform(0, 40, m)
+        d = Delta.build(f"p{step % 2}", task.fingerprint, 0, m, keys=keys, actions=rng.integers(0, 4, m),
+                        q=rng.uniform(-1, 1, m), lw=lw, n=np.ones(m), succ=np.zeros(m), fail=np.zeros(m),
+                        version=np.arange(1, m + 1))
+        for t, out in zip(tables, stats, strict=True):
+            out.append(t.apply(d))
+        clock[0] += 600.0 * 3
+    assert tables[1].last_kernel == "numba" and tables[0].last_kernel == "numpy"
+    for a, b in zip(*stats, strict=True):
+        counts = ("new", "updated", "conflicts", "total_visits")
+        assert [getattr(a, c) for c in counts] == [getattr(b, c) for c in counts]
+        assert 0.0 < a.confidence < 1.0
+        assert b.confidence == pytest.approx(a.confidence, rel=1e-9)
