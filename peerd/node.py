@@ -53,7 +53,7 @@ from peerd.errors import (
 from peerd.evidence import VersionRate, check_budget
 from peerd.gossip import GossipState
 from peerd.identity import Identity, Verifier
-from peerd.liveness import ONLINE, UNKNOWN, LivenessPolicy
+from peerd.liveness import OFFLINE, ONLINE, UNKNOWN, LivenessPolicy
 from peerd.logs import get_logger
 from peerd.peers import PeerRecord, TrustEvent
 from peerd.presence import PresenceState
@@ -1124,8 +1124,11 @@ class Node:
             self._release(self.probation.release_all())
         if not self.config.deviation_ratio or len(self._registry) < 2:
             return {}
+        # gone offline: judged, but no say in the median, never restored or released (quarantine.py)
+        silent = frozenset(o for o in origins if (e := self._registry.get(o)) is not None
+                           and e.life.status == OFFLINE)
         if len(origins) < 3 or not t.shared_cells():
-            self._release(self.probation.judge({}, periodic=periodic)[0])
+            self._release(self.probation.judge({}, periodic=periodic, silent=silent)[0])
             return {}  # (no cell held by two origins: no value to compare, verdicts stand)
         # Shared cells only, and at most MAX_MATRIX_ENTRIES of them × origins: the round's
         # cost stays bounded however large the fleet (docs/trust.md).
@@ -1133,9 +1136,10 @@ class Node:
                                 max_entries=MAX_MATRIX_ENTRIES)
         trust = {o: self.trust_of(o) for o in origins}
         verdicts, entered, left = judge_round(matrix, trust, self.quarantine, own=self.id,
-                                              now_over_h=self.clock() / t.half_life)
+                                              now_over_h=self.clock() / t.half_life, silent=silent)
         self.deviation = verdicts
-        released, failed = self.probation.judge(verdicts, periodic=periodic)  # failed: quarantined
+        released, failed = self.probation.judge(verdicts, periodic=periodic,  # failed: quarantined
+                                                silent=silent)
         for pid in released + failed:
             v = verdicts.get(pid)
             self._log.info("probation_passed" if pid in released else "probation_failed", peer=pid,

@@ -48,6 +48,7 @@ registry's ``max_origins``), dropped on release, quarantine or expiry.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from peerd.quarantine import Verdict
@@ -126,13 +127,16 @@ class Probation:
         """An extra deviation round is worth running: every probationer may have sent new cells."""
         return bool(self.pending) and self.deltas_since >= len(self.pending)
 
-    def judge(self, verdicts: Mapping[str, Verdict], *, periodic: bool = True
-              ) -> tuple[list[str], list[str]]:
+    def judge(self, verdicts: Mapping[str, Verdict], *, periodic: bool = True,
+              silent: AbstractSet[str] = frozenset()) -> tuple[list[str], list[str]]:
         """One deviation round's verdicts; returns ``(released, failed)``.
 
         ``failed``: quarantined while on probation (the quarantine holds them now).
         Only ``periodic`` rounds (trust rounds, not the extra ones ``due`` asks
         for) count toward ``max_rounds``: the bound is in trust rounds.
+        ``silent`` origins (gone offline) stay on probation as they are: a dead
+        identity has nothing more to show, and releasing it after ``max_rounds``
+        let the dead identities of a returning liar into every view.
         """
         self.deltas_since = 0
         released: list[str] = []
@@ -141,6 +145,8 @@ class Probation:
             v = verdicts.get(origin)
             if v is not None and v.quarantined:
                 failed.append(origin)
+                continue
+            if origin in silent:
                 continue
             e.rounds += periodic
             if e.rounds >= self.max_rounds:

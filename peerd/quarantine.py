@@ -28,6 +28,7 @@ origins' cells, the node decides what a quarantine does to the merge.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -241,7 +242,8 @@ class Quarantine:
 
     def judge(self, scores: Mapping[str, float | None], scales: Mapping[str, float],
               cells: Mapping[str, int] | None = None, *, own: str | None = None,
-              new_round: bool = True, tails: Mapping[str, float | None] | None = None
+              new_round: bool = True, tails: Mapping[str, float | None] | None = None,
+              silent: AbstractSet[str] = frozenset()
               ) -> tuple[dict[str, Verdict], list[str], list[str]]:
         """Update the state from one round's scores; returns ``(verdicts, entered, left)``.
 
@@ -251,12 +253,21 @@ class Quarantine:
         ``tails`` (root mean square deviations) only inform the verdicts'
         ``tail_ratio``: quarantine is by the mean score alone (a sparse large
         deviation is also what an honest node that found a reward first shows).
+
+        ``silent``: origins gone offline. Their cells stay (and are still
+        judged), but their scores do not set the median, and a silent
+        quarantined origin is not restored: its values cannot "return to the
+        consensus", only the consensus can move, and a liar that comes back
+        under new identities (``strict = false``) would otherwise pile up dead
+        identities until their scores are the median (seen: sybils passing at
+        ratio 1.0 after ~15 identities, dead ones restored at 1.9).
         """
-        judged = [s for s in scores.values() if s is not None and np.isfinite(s)]
+        judged = [s for p, s in scores.items()
+                  if s is not None and np.isfinite(s) and p not in silent]
         med = float(np.median(judged)) if judged else 0.0
         tails = tails or {}
         tail_vals = [t for p, t in tails.items() if t is not None and np.isfinite(t)
-                     and scores.get(p) is not None]
+                     and scores.get(p) is not None and p not in silent]
         tail_med = float(np.median(tail_vals)) if tail_vals else 0.0
         verdicts: dict[str, Verdict] = {}
         entered: list[str] = []
@@ -273,7 +284,8 @@ class Quarantine:
             if not inside and ratio > self.enter_ratio and s > floor:
                 self.held[peer] = 0
                 entered.append(peer)
-            elif new_round and inside and (ratio < self.leave_ratio or s <= floor):
+            elif (new_round and inside and peer not in silent
+                  and (ratio < self.leave_ratio or s <= floor)):
                 del self.held[peer]
                 left.append(peer)
             t = tails.get(peer)
@@ -294,14 +306,16 @@ class Quarantine:
 
 def judge_round(matrix: OriginMatrix, trust: Mapping[str, float], state: Quarantine, *,
                 own: str, now_over_h: float, reference: str = "median",
-                min_cells: int = MIN_CELLS, passes: int = 3, min_others: int | None = None
+                min_cells: int = MIN_CELLS, passes: int = 3, min_others: int | None = None,
+                silent: AbstractSet[str] = frozenset()
                 ) -> tuple[dict[str, Verdict], list[str], list[str]]:
     """Score every origin of ``matrix`` and update ``state``; repeat while new outliers appear.
 
     Leaving a just-quarantined liar out of the references sharpens everyone
     else's score: up to ``passes`` passes per round. ``min_others`` (default:
     ``MIN_OTHERS``, at most k − 2 so that a small federation is still judged):
-    the other holders a cell needs to count (``deviation_scores``).
+    the other holders a cell needs to count (``deviation_scores``). ``silent``:
+    origins that have gone offline (``Quarantine.judge``).
     """
     k = len(matrix.origins)
     if min_others is None:
@@ -321,7 +335,7 @@ def judge_round(matrix: OriginMatrix, trust: Mapping[str, float], state: Quarant
             scores, {o: float(scale[j]) for j, o in enumerate(matrix.origins)},
             {o: int(cells[j]) for j, o in enumerate(matrix.origins)}, own=own, new_round=p == 0,
             tails={o: (None if np.isnan(tail[j]) else float(tail[j]))
-                   for j, o in enumerate(matrix.origins)})
+                   for j, o in enumerate(matrix.origins)}, silent=silent)
         all_entered += entered
         all_left += left
         if not entered or k < 3:

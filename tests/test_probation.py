@@ -156,3 +156,16 @@ def test_passes_on_few_cells_do_not_add_up_to_a_release():
         assert p.judge({"a": _v("a", 0.5, cells=60)}, periodic=False) == ([], [])
     assert p.judge({"a": _v("a", 0.5, cells=100)}) == ([], [])  # one pass that counts
     assert p.judge({"a": _v("a", 0.5, cells=100)}, periodic=False) == (["a"], [])
+
+
+def test_an_offline_newcomer_is_neither_released_nor_passed():
+    """A dead identity stays on probation: ``max_rounds`` would let it into every view."""
+    p = Probation(rounds=1, max_rounds=2)
+    p.admit("dead")
+    p.admit("live")
+    for _ in range(4):
+        released, failed = p.judge({"dead": _v("dead", 0.5), "live": _v("live", 2.0, ratio=2.5)},
+                                   silent=frozenset({"dead"}))
+        assert "dead" not in released and not failed
+    assert "dead" in p and "live" not in p  # live: out after max_rounds, as before
+    assert p.judge({"dead": _v("dead", 0.5)}) == (["dead"], [])  # back online: judged again

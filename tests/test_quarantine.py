@@ -116,6 +116,27 @@ def test_hysteresis_restores_a_peer_back_in_consensus_and_counts_rounds():
     assert left == ["d"] and "d" not in q
 
 
+def test_offline_origins_do_not_set_the_median_and_are_not_restored():
+    """A returning liar's dead identities: judged, but no say in the median, never restored."""
+    q = Quarantine(enter_ratio=3.0, leave_ratio=2.0)
+    scales = {p: 10.0 for p in "abcdefgh"}
+    honest = {p: 1.0 for p in "abc"}
+    _, entered, _ = q.judge({**honest, "d": 6.0}, scales)
+    assert entered == ["d"]
+    # five dead identities with a liar's scores: counted, they would be the median (5.0) and
+    # make the live liar "e" typical (ratio 1.2) and the quarantined "d" restorable (1.2 < 2)
+    dead = {p: 5.0 for p in "dfgh"} | {"x": 5.0}
+    silent = frozenset(dead)
+    v, entered, left = q.judge({**honest, **dead, "e": 6.0}, scales | {"e": 10.0, "x": 10.0})
+    assert left == ["d"] and not v["e"].quarantined  # what happened without the rule
+    q = Quarantine(enter_ratio=3.0, leave_ratio=2.0)
+    q.judge({**honest, "d": 6.0}, scales)
+    v, entered, left = q.judge({**honest, **dead, "e": 6.0}, scales | {"e": 10.0, "x": 10.0},
+                               silent=silent)
+    assert left == [] and "d" in q  # silent: not restored
+    assert v["e"].ratio == pytest.approx(6.0) and "e" in entered  # the median is the live ones'
+
+
 def test_a_peer_too_thin_to_judge_keeps_its_state_and_the_floor_protects_agreement():
     q = Quarantine(min_relative=0.05)
     scales = {p: 100.0 for p in "abcd"}
