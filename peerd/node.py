@@ -17,7 +17,8 @@ whom it believes). Its background work runs in one ``TaskGroup``:
 and the death message, flushes and closes.
 
 Time comes from the injected ``clock`` (wall time: headers, liveness, store) and
-``monotonic`` (publish cadence); both default to the ``time`` module, and a
+``monotonic`` (publish cadence, the rate limits of sync asks, relays and births);
+both default to the ``time`` module, and a
 benchmark can drive a virtual fleet through them and ``receive``/``tick``.
 """
 
@@ -1226,10 +1227,10 @@ class Node:
     def resync(self, peer: str) -> None:
         """Ask ``peer`` now for every version after the ones held, past the gossip's rate limit.
 
-        The gossip's rate limits (``sync_interval``, the heartbeat's grace) run on
-        the node's clock. A simulation's virtual clock stands still while it waits
-        for delivery, so a tail the broker dropped (mosquitto drops a flooded
-        client's messages) would never be asked for again: the wait calls this.
+        A tail the broker dropped (mosquitto drops a flooded client's messages)
+        shows no gap: the gossip asks for it on the origin's next heartbeat, plus
+        the heartbeat's grace. A simulation waiting for delivery calls this
+        instead, for one node per sender (``peerd.sim.runner.nudge_plan``).
         """
         self._ask(peer, self.known_version(peer))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from test_registry import FED, Clock, SignedPeer, open_node
@@ -19,8 +20,7 @@ class Captured:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes]] = []
 
-    async def publish(self, topic: str, payload: bytes, *, qos: int = 0,
-                      retain: bool = False) -> bool:
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False) -> bool:
         self.sent.append((topic, payload))
         return True
 
@@ -37,7 +37,6 @@ async def node_with(mono: Clock, **kw: Any) -> tuple[Node, Captured]:
 
 
 async def settle() -> None:
-    import asyncio
     for _ in range(3):
         await asyncio.sleep(0)
 
