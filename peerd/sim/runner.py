@@ -697,7 +697,7 @@ async def _wait_delivered(nodes: list[Node], max_lag: int, timeout: float = 60.0
 
     ``nudge``: after that many seconds without progress, a sender some node
     still lacks is asked again (``Node.resync``), and again after twice as long,
-    and so on (reset by progress). A tail the broker dropped (mosquitto drops
+    and so on up to ``6 * nudge`` (reset by progress). A tail the broker dropped (mosquitto drops
     what passes a client's ``max_queued_messages``; QoS 0 may be lost) shows no
     gap, and the gossip asks for it only on the origin's next heartbeat. Each
     sender is asked by one node, the one furthest behind, among those that
@@ -743,7 +743,7 @@ async def _wait_delivered(nodes: list[Node], max_lag: int, timeout: float = 60.0
                 _dump_stall(nodes, watched, max_lag, "timeout")
                 raise TimeoutError(f"no delivery progress for {timeout:g} s")
             elif now - max(idle_since, nudged) >= every:
-                nudged, every = now, 2 * every
+                nudged, every = now, min(2 * every, 6 * nudge)  # 5, 10, 20, 30, 30 ... s
                 ask_again()
             if now - idle_since >= 20.0 and not dumped:
                 dumped = True
@@ -774,7 +774,15 @@ def nudge_plan(nodes: Sequence[Node], senders: Sequence[Node], max_lag: int,
 
 
 def _dump_stall(nodes: list[Node], watched: list[Node], max_lag: int, why: str) -> None:
-    """DIAGNOSIS (temporary): what every node behind waits for, to $PEERD_SIM_DIAG."""
+    """Debug aid: append one JSON line to the file ``$PEERD_SIM_DIAG`` names (unset: nothing).
+
+    Written when a delivery wait has seen no progress for 20 s and at the hang
+    guard: per (node, sender) pair still behind, the versions owed and held and
+    the node's cursor of the sender (last ask, deferred ask); per node, its
+    rejections by reason, unread inbound messages (``backlog``), unconfirmed
+    publishes, relay plans and pending sync answer. How the N = 64 stall was found
+    (docs/presence.md). Reads private state: a diagnosis, not an interface.
+    """
     path = os.environ.get("PEERD_SIM_DIAG")
     if not path:
         return
