@@ -17,7 +17,8 @@ whom it believes). Its background work runs in one ``TaskGroup``:
 and the death message, flushes and closes.
 
 Time comes from the injected ``clock`` (wall time: headers, liveness, store) and
-``monotonic`` (publish cadence); both default to the ``time`` module, and a
+``monotonic`` (publish cadence, the rate limits of sync asks, relays and births);
+both default to the ``time`` module, and a
 benchmark can drive a virtual fleet through them and ``receive``/``tick``.
 """
 
@@ -527,7 +528,7 @@ class Node:
             await self._repair_durability()
             if self.transport is None or not self.transport.connected:
                 continue
-            now = self.clock()
+            now = self.monotonic()  # the asks' rate limits: monotonic (``_handle``)
             for peer in self._registry:
                 if peer.cursor.deferred:  # most have nothing deferred: skip the call
                     self._ask(peer.node_id,
@@ -830,6 +831,10 @@ class Node:
         newcomer = not retain and self._registry.verifier.pinned(pid) is None
         peer = self._registry.admit(pid)  # admission was checked before decoding
         sync = self._gossip.sync_interval
+        # The asks' rate limits run on the monotonic clock, not on ``clock``: they bound
+        # network load, and a simulation's virtual clock stands still while it waits for
+        # delivery, so a deferred ask never fell due there (gossip.due_ask).
+        mono = self.monotonic()
         if isinstance(msg, wire.Birth):
             if liveness.on_birth(peer.life, h.epoch, now):
                 self._log.info("peer_online", peer=pid, epoch=h.epoch)
@@ -843,21 +848,23 @@ class Node:
             elif self.presence.on_live_birth(pid, h.epoch, self.monotonic()):
                 self._wake.set()
                 self._offer_relays(pid)
-            # A node asks every origin it hears of and holds nothing of: the retained
-            # birth may advertise an old version, and waiting for a heartbeat costs
-            # a heartbeat interval. A live birth's version is current: 0 means nothing
-            # to ask (a fleet starting together would otherwise ask N² times, each
-            # request verified by all N nodes).
-            stale = retain and not peer.cursor.known
-            advert = max(msg.version, 1) if stale else msg.version
-            self._ask(pid, gossip.on_advert(peer.cursor, advert, now, sync))
+            # A node asks every origin it hears of and holds nothing of: a retained
+            # birth may advertise an old version (0 included: asked one heartbeat later
+            # unless a delta came, gossip.on_retained_birth). A live birth's version is
+            # current: 0 means nothing to ask (a fleet starting together would otherwise
+            # ask N² times, each request verified by all N nodes).
+            if retain:
+                self._ask(pid, gossip.on_retained_birth(peer.cursor, msg.version, mono, sync,
+                                                        wait=self.config.heartbeat_interval))
+            else:
+                self._ask(pid, gossip.on_advert(peer.cursor, msg.version, mono, sync))
         elif isinstance(msg, wire.Death):
             if liveness.on_death(peer.life, h.epoch, now):
                 self._log.info("peer_offline", peer=pid, epoch=h.epoch, reason="death")
         elif isinstance(msg, wire.Heartbeat):
             self._heard(peer, h.epoch, now)
             # QoS 0: it overtakes the QoS 1 delta it advertises; give that one a heartbeat to land
-            self._ask(pid, gossip.on_advert(peer.cursor, msg.version, now, sync,
+            self._ask(pid, gossip.on_advert(peer.cursor, msg.version, mono, sync,
                                             wait=self.config.heartbeat_interval))
         elif isinstance(msg, wire.Rebirth):
             if newcomer:
@@ -867,7 +874,7 @@ class Node:
             if msg.to == self.id:
                 self.presence.on_rebirth_request(self.monotonic())
                 self._wake.set()
-            self._ask(pid, gossip.on_advert(peer.cursor, msg.version, now, sync))
+            self._ask(pid, gossip.on_advert(peer.cursor, msg.version, mono, sync))
         elif isinstance(msg, wire.SyncRequest):
             self._heard(peer, h.epoch, now)
             if msg.origin == self.id:
@@ -927,8 +934,8 @@ class Node:
                                or await self._check_signatures(peer, tuple(msg.signatures))):
             entry.signatures = tuple(msg.signatures)
             entry.fresh = True
-        self._ask(peer, gossip.on_delta(entry.cursor, delta.from_version, delta.to_version, now,
-                                        self._gossip.sync_interval))
+        self._ask(peer, gossip.on_delta(entry.cursor, delta.from_version, delta.to_version,
+                                        self.monotonic(), self._gossip.sync_interval))
         # since/version: scripts/cluster.py measures propagation across processes from these lines
         self._log.debug("delta_applied", peer=peer, since=delta.from_version,
                         version=delta.to_version, cells=stats.cells, new=stats.new,
@@ -1237,10 +1244,10 @@ class Node:
     def resync(self, peer: str) -> None:
         """Ask ``peer`` now for every version after the ones held, past the gossip's rate limit.
 
-        The gossip's rate limits (``sync_interval``, the heartbeat's grace) run on
-        the node's clock. A simulation's virtual clock stands still while it waits
-        for delivery, so a tail the broker dropped (mosquitto drops a flooded
-        client's messages) would never be asked for again: the wait calls this.
+        A tail the broker dropped (mosquitto drops a flooded client's messages)
+        shows no gap: the gossip asks for it on the origin's next heartbeat, plus
+        the heartbeat's grace. A simulation waiting for delivery calls this
+        instead, for one node per sender (``peerd.sim.runner.nudge_plan``).
         """
         self._ask(peer, self.known_version(peer))
 

@@ -178,6 +178,40 @@ def test_deferred_ask_is_due_after_the_interval_if_still_behind() -> None:
     assert done.deferred == 0 and gossip.due_ask(done, 5.0, 2.0) is None
 
 
+def test_retained_birth_at_zero_asks_one_heartbeat_later_unless_a_delta_came() -> None:
+    """A retained birth advertising 0 asks nothing at once: after ``wait`` from 0 if nothing of the
+    origin arrived; its first delta cancels the ask. A birth advertising a version asks at once."""
+    quiet = Cursor()  # an origin that published long ago, and nothing since: asked after the wait
+    assert gossip.on_retained_birth(quiet, 0, 100.0, 2.0, wait=15.0) is None
+    assert gossip.due_ask(quiet, 114.9, 2.0) is None
+    assert gossip.due_ask(quiet, 115.0, 2.0) == 0
+    assert gossip.due_ask(quiet, 200.0, 2.0) is None  # once
+    live = Cursor()  # a fleet starting together: the first delta comes, nobody asks
+    assert gossip.on_retained_birth(live, 0, 100.0, 2.0, wait=15.0) is None
+    assert gossip.on_delta(live, 0, 10, 105.0, 2.0) is None
+    assert gossip.due_ask(live, 1000.0, 2.0) is None
+    assert gossip.on_retained_birth(Cursor(), 7, 100.0, 2.0, wait=15.0) == 0  # data to fetch
+    held = Cursor(known=7)
+    assert gossip.on_retained_birth(held, 3, 100.0, 2.0, wait=15.0) is None  # nothing new
+    assert gossip.due_ask(held, 1000.0, 2.0) is None
+
+
+def test_fleet_starting_together_asks_nobody_at_once() -> None:
+    """N nodes started one after the other each see the earlier ones' retained births (at 0):
+    no sync request at once (before: one per retained birth, N(N-1)/2, each sent to all N)."""
+    n, asks = 64, 0
+    cursors = [[Cursor() for _ in range(n)] for _ in range(n)]
+    for i in range(n):
+        for j in range(i):  # node i subscribes after j's retained birth
+            asks += gossip.on_retained_birth(cursors[i][j], 0, float(i), 2.0, wait=60.0) is not None
+    assert asks == 0
+    for i in range(n):  # every origin's first delta (from 0) arrives within the wait
+        for j in range(n):
+            if i != j:
+                assert gossip.on_delta(cursors[i][j], 0, 10, 30.0, 2.0) is None
+    assert sum(gossip.due_ask(c, 1e6, 2.0) is not None for row in cursors for c in row) == 0
+
+
 def test_pending_answers_coalesce_to_min_since() -> None:
     """Several sync requests before the publisher runs yield one answer from the lowest ``since``."""
     g = make()

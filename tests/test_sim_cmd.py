@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from peerd.sim.runner import _wait_delivered, federation_problem
+from peerd.sim.runner import _wait_delivered, federation_problem, nudge_plan
 from peerd.testing.broker import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,6 +108,7 @@ class _Holder:
         self.applied_event = asyncio.Event()
         self.asked: list[str] = []
         self.answers: dict[str, _Holder] | None = None  # resync delivers these senders' tails
+        self.transport = SimpleNamespace(backlog=0)  # inbound messages not read yet
 
     def known_version(self, origin: str) -> int:
         return self.known.get(origin, 0)
@@ -138,6 +139,40 @@ async def test_delivery_wait_gives_up_only_without_progress() -> None:
     b.published_version = 20  # nobody will ever deliver versions 11..20
     with pytest.raises(TimeoutError):
         await _wait_delivered(nodes, 0, timeout=1.5)
+
+
+def test_nudge_asks_each_sender_once_from_the_node_furthest_behind() -> None:
+    """Many nodes lack one sender's tail: one re-ask (the sender answers them all from the lowest
+    ``since``), by a node with nothing unread; none while every node behind has a backlog."""
+    n = 64
+    nodes = [_Holder(f"n{i:02d}", 40) for i in range(n)]
+    for nd in nodes:
+        for o in nodes:
+            if o is not nd:
+                nd.known[o.id] = 40
+    for i, nd in enumerate(nodes[1:], start=1):
+        nd.known["n00"] = 30 - i % 7  # everyone lost n00's tail, some more of it
+    plan = nudge_plan(nodes, nodes, 0)  # type: ignore[arg-type]
+    assert [(a.id, o.id) for a, o in plan] == [("n06", "n00")]  # 4,032 pairs before: 63 asks
+    for nd in nodes:
+        if nd.known.get("n00", 40) == 24:
+            nd.transport.backlog = 5  # n00's answer may sit in their queues
+    (asker, _), = nudge_plan(nodes, nodes, 0)  # type: ignore[arg-type]
+    assert asker.known_version("n00") == 25 and asker.transport.backlog == 0
+    for nd in nodes:
+        nd.transport.backlog = 1
+    assert nudge_plan(nodes, nodes, 0) == []  # type: ignore[arg-type]
+
+
+async def test_delivery_wait_nudges_less_often_while_nothing_arrives() -> None:
+    """Without progress the re-asks back off (5, 10, 20 s ... here 0.3, 0.6, 1.2 s): asking again
+    and again while answers queue only lengthens the queues."""
+    a, b = _Holder("a", 40), _Holder("b", 40)
+    a.known["b"], b.known["a"] = 40, 30  # b lost a's tail, and nobody will ever answer
+    with pytest.raises(TimeoutError):
+        await _wait_delivered([a, b], 0, timeout=6.0, nudge=0.3)  # type: ignore[list-item]
+    # progress is checked once a second: asks at ~1, 2, 4 s; without the back-off at 1, 2, 3, 4, 5
+    assert 2 <= len(b.asked) <= 3 and a.asked == []
 
 
 async def test_delivery_wait_asks_again_for_a_dropped_tail() -> None:

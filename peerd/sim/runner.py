@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import re
 import time
 import uuid
@@ -693,12 +695,18 @@ async def _wait_delivered(nodes: list[Node], max_lag: int, timeout: float = 60.0
     (no node learning a newer version of anyone). A fixed deadline stopped an
     N = 64 run whose round was still arriving, slowly, on a machine at load 40.
 
-    ``nudge``: after that many seconds without progress (and every as many
-    after), every node still behind asks the sender again (``Node.resync``).
-    The gossip re-asks for a lost tail only as its clock moves on, and the
-    virtual clock stands still during this wait: when mosquitto dropped the
-    last deltas to a flooded client (a fresh sybil pulling every table at
-    once), nothing was asked again and every sybil run stalled here.
+    ``nudge``: after that many seconds without progress, a sender some node
+    still lacks is asked again (``Node.resync``), and again after twice as long,
+    and so on up to ``6 * nudge`` (reset by progress). A tail the broker dropped (mosquitto drops
+    what passes a client's ``max_queued_messages``; QoS 0 may be lost) shows no
+    gap, and the gossip asks for it only on the origin's next heartbeat. Each
+    sender is asked by one node, the one furthest behind, among those that
+    have read all their inbound messages (``nudge_plan``): a sync request goes
+    to every node, and the origin answers everybody with one delta from the
+    lowest ``since`` asked. Every node behind asking every sender it lacked,
+    every 5 s, is what stalled N = 64 at its first publish: 4,032 requests per
+    nudge, each delivered to 63 nodes, more than the process could read before
+    the next nudge, so the deltas waited behind them forever.
     """
     loop = asyncio.get_running_loop()
     watched = nodes if senders is None else senders
@@ -707,13 +715,12 @@ async def _wait_delivered(nodes: list[Node], max_lag: int, timeout: float = 60.0
         return sum(nd.known_version(o.id) for nd in nodes for o in watched if o is not nd)
 
     def ask_again() -> None:
-        for nd in nodes:
-            for o in watched:
-                if o is not nd and nd.known_version(o.id) < o.published_version - max_lag:
-                    nd.resync(o.id)
+        for asker, origin in nudge_plan(nodes, watched, max_lag):
+            asker.resync(origin.id)
 
     seen, idle_since, checked = progress(), loop.time(), loop.time()
-    nudged = idle_since
+    nudged, every = idle_since, nudge
+    dumped = False
     while True:
         behind = False
         for nd in nodes:
@@ -731,16 +738,95 @@ async def _wait_delivered(nodes: list[Node], max_lag: int, timeout: float = 60.0
         if now - checked >= 1.0:  # O(N²): once a second, not per wake
             checked, p = now, progress()
             if p > seen:
-                seen, idle_since = p, now
+                seen, idle_since, every = p, now, nudge
             elif now - idle_since >= timeout:
+                _dump_stall(nodes, watched, max_lag, "timeout")
                 raise TimeoutError(f"no delivery progress for {timeout:g} s")
-            elif now - max(idle_since, nudged) >= nudge:
-                nudged = now
+            elif now - max(idle_since, nudged) >= every:
+                nudged, every = now, min(2 * every, 6 * nudge)  # 5, 10, 20, 30, 30 ... s
                 ask_again()
+            if now - idle_since >= 20.0 and not dumped:
+                dumped = True
+                _dump_stall(nodes, watched, max_lag, "idle20")
         nd.applied_event.clear()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(0.05):
                 await nd.applied_event.wait()
+
+
+def nudge_plan(nodes: Sequence[Node], senders: Sequence[Node], max_lag: int,
+               ) -> list[tuple[Node, Node]]:
+    """``(asker, sender)``: for each sender some node lacks published cells of (but ``max_lag``),
+    the node holding least of it among those with no unread inbound message.
+
+    A node with a backlog may hold the answer in it already; one ask per sender
+    suffices, since the sender answers every node at once from the lowest
+    ``since`` (``GossipState.on_sync_request``).
+    """
+    plan = []
+    for o in senders:
+        need = o.published_version - max_lag
+        behind = [nd for nd in nodes if nd is not o and nd.known_version(o.id) < need
+                  and not getattr(nd.transport, "backlog", 0)]
+        if behind:
+            plan.append((min(behind, key=lambda nd: nd.known_version(o.id)), o))
+    return plan
+
+
+def _dump_stall(nodes: list[Node], watched: list[Node], max_lag: int, why: str) -> None:
+    """Debug aid: append one JSON line to the file ``$PEERD_SIM_DIAG`` names (unset: nothing).
+
+    Written when a delivery wait has seen no progress for 20 s and at the hang
+    guard: per (node, sender) pair still behind, the versions owed and held and
+    the node's cursor of the sender (last ask, deferred ask); per node, its
+    rejections by reason, unread inbound messages (``backlog``), unconfirmed
+    publishes, relay plans and pending sync answer. How the N = 64 stall was found
+    (docs/presence.md). Reads private state: a diagnosis, not an interface.
+    """
+    path = os.environ.get("PEERD_SIM_DIAG")
+    if not path:
+        return
+    rows = []
+    for nd in nodes:
+        for o in watched:
+            if o is nd:
+                continue
+            need = owed_version(o) - max_lag
+            known = nd.known_version(o.id)
+            if known >= need:
+                continue
+            e = nd._registry.get(o.id)
+            cur = e.cursor if e else None
+            rows.append({
+                "node": nd.id, "origin": o.id, "known": known, "need": need,
+                "owed": owed_version(o), "published": o.published_version,
+                "watermark": o.watermark, "version": o.table.version,
+                "held_max": int(nd.table.max_version(o.id)),
+                "cursor": None if cur is None else {
+                    "last_sync": cur.last_sync, "deferred": cur.deferred,
+                    "not_before": cur.not_before},
+                "origin_pending_answer": o._gossip.pending_answer,
+                "probation": o.id in nd.probation, "quarantine": o.id in nd.quarantine,
+                "trust": nd.trust_of(o.id), "status": nd.liveness_status(o.id),
+            })
+    per_node = {}
+    for nd in nodes:
+        c = nd.counters
+        per_node[nd.id] = {
+            "rejected": dict(c.rejected), "backlog": getattr(nd.transport, "backlog", None),
+            "connected": getattr(nd.transport, "connected", None),
+            "pending_pub": len(getattr(nd.transport, "_pending", ())),
+            "relay_pending": nd.relay_plan.pending(), "sync_sent": c.sync_requests_sent,
+            "answers": c.sync_answers_sent, "deltas_sent": c.deltas_sent,
+            "deltas_applied": c.deltas_applied, "relays_sent": c.relays_sent,
+            "relayed_applied": c.relayed_deltas_applied, "clock": nd.clock(),
+            "version": nd.table.version, "published": nd.published_version,
+            "watermark": nd.watermark, "pending_answer": nd._gossip.pending_answer,
+            "msgs_in": c.messages_received,
+        }
+    with open(path, "a") as f:
+        f.write(json.dumps({"why": why, "t": time.time(), "behind": rows,
+                            "nodes": per_node}, default=str) + "\n")
 
 
 def summarize(results: dict[str, list[RunResult]]) -> dict[str, Any]:
