@@ -472,7 +472,7 @@ class Node:
         now = self.monotonic()
         sigs: tuple[PatternSignature, ...] = ()
         if now - self._signatures_sent >= self.config.heartbeat_interval:
-            sigs = tuple(self.table.signatures(self.config.signatures))
+            sigs = tuple(self.table.signatures(self.config.signatures, upto=version))
         max_cells = min(self.config.max_entries, self.config.max_payload // WORST_BYTES_PER_CELL)
         pending = delta.split(max_cells)  # pieces with contiguous version ranges, in order
         while pending:

@@ -760,8 +760,13 @@ class QTable:
         return value, rel
 
     # ------------------------------------------------------------ signatures
-    def signatures(self, k: int = 32) -> list[PatternSignature]:
+    def signatures(self, k: int = 32, upto: int | None = None) -> list[PatternSignature]:
         """This node's own learned patterns: the k states it visited most.
+
+        ``upto``: sign only states whose own cells are all at versions ≤ ``upto``
+        (what the delta they ride with publishes). A state updated past it holds
+        values the receivers have not seen, and its argmax may contradict the
+        published cells (``Node._check_signatures`` would charge an honest node).
 
         Confidence = n / (n + 10) × (best − second) / (best − worst), over the
         actions this node tried: it grows with visits and with how clearly the
@@ -779,6 +784,8 @@ class QTable:
         n = st.fields["n"][ids].astype(np.int64)
         urows, inv = np.unique(rows, return_inverse=True)
         per_state = np.bincount(inv, weights=n, minlength=urows.shape[0]).astype(np.int64)
+        if upto is not None:
+            per_state[inv[st.fields["version"][ids] > upto]] = 0  # not published yet: unsigned
         cand = np.flatnonzero(per_state > 0)
         if cand.shape[0] == 0:
             return []

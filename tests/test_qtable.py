@@ -358,6 +358,19 @@ def test_signatures_summarise_the_most_visited_own_states() -> None:
     assert t.signatures(0) == [] and table().signatures() == []
 
 
+def test_signatures_upto_leave_out_states_updated_past_the_published_version() -> None:
+    """A state learned past ``upto`` is not signed: its argmax may not be what was published."""
+    t = table()
+    for _ in range(3):
+        t.learn("a", 0, 1.0)  # versions 1-3
+    t.learn("b", 1, 1.0)  # version 4
+    published = t.version
+    t.learn("b", 0, 5.0)  # version 5, not published yet: b's best action is now 0
+    assert {s.key for s in t.signatures(4)} == {t.key("a"), t.key("b")}
+    assert [s.key for s in t.signatures(4, upto=published)] == [t.key("a")]
+    assert len(t.signatures(4, upto=t.version)) == 2
+
+
 # ----------------------------------------------------------------------------- forget, trust, load
 
 

@@ -122,11 +122,11 @@ class LyingTable:
             succ=np.zeros(m, np.uint32), fail=np.zeros(m, np.uint32),
             version=np.array([c[3] for _, c in items], np.uint64))
 
-    def signatures(self, k: int = 32) -> list[PatternSignature]:
+    def signatures(self, k: int = 32, upto: int | None = None) -> list[PatternSignature]:
         if self.kind == "copycat":
             others = [s for s in self._node.peer_signatures().values() if s]
             return list(others[int(self._rng.integers(len(others)))][:k]) if others else []
-        honest = self._table.signatures(k)
+        honest = self._table.signatures(k, upto=upto)
         if not honest:
             return []
         t = self._table
