@@ -70,6 +70,12 @@ PASS_TAIL = 1.5
 RELEASE_CELLS = 100
 #: ... or, where fewer cells can be shared (a small task), after this many times ``rounds`` passes
 SMALL_TASK_ROUNDS = 3
+#: a round is also passed, whatever the ratio, when the origin's mean deviation is at most this share
+#: of the typical |reference value| (``Verdict.relative``): close to the consensus in absolute terms
+PASS_RELATIVE = 0.2
+#: ... judged over at least this many shared cells (fewer than ``RELEASE_CELLS``: the yardstick is
+#: absolute, not a median of scores that early noise, or a bloc of liars, inflates)
+RELATIVE_CELLS = 60
 
 
 @dataclass
@@ -88,6 +94,8 @@ class Probation:
     pass_ratio: float = PASS_RATIO
     pass_tail: float = PASS_TAIL
     release_cells: int = RELEASE_CELLS
+    pass_relative: float = PASS_RELATIVE
+    relative_cells: int = RELATIVE_CELLS
     pending: dict[str, _Entry] = field(default_factory=dict)
     #: deltas of probationers since the last round (what ``due`` reads)
     deltas_since: int = 0
@@ -148,11 +156,13 @@ class Probation:
                 continue
             if v is None or v.score is None:
                 continue
-            if v.ratio is not None and v.ratio > self.pass_ratio:
-                continue  # judged, not an outlier, not clearly inside either: wait
             if v.tail_ratio is not None and v.tail_ratio > self.pass_tail:
                 continue  # typical on average, but far out on some cells: wait
-            if v.cells >= self.release_cells:
+            close = (v.relative is not None and v.relative <= self.pass_relative
+                     and v.cells >= self.relative_cells)  # near the consensus in absolute terms
+            if not close and v.ratio is not None and v.ratio > self.pass_ratio:
+                continue  # judged, not an outlier, not clearly inside either: wait
+            if v.cells >= self.release_cells or close:
                 e.passed += 1
             else:
                 e.small += periodic
@@ -180,4 +190,5 @@ class Probation:
         self.pending.pop(origin, None)
 
 
-__all__ = ["MAX_ROUNDS", "MIN_PEERS", "PASS_TAIL", "ROUNDS", "WEIGHT", "Probation"]
+__all__ = ["MAX_ROUNDS", "MIN_PEERS", "PASS_RELATIVE", "PASS_TAIL", "RELATIVE_CELLS", "ROUNDS", "WEIGHT",
+           "Probation"]

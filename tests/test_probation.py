@@ -156,3 +156,66 @@ def test_passes_on_few_cells_do_not_add_up_to_a_release():
         assert p.judge({"a": _v("a", 0.5, cells=60)}, periodic=False) == ([], [])
     assert p.judge({"a": _v("a", 0.5, cells=100)}) == ([], [])  # one pass that counts
     assert p.judge({"a": _v("a", 0.5, cells=100)}, periodic=False) == (["a"], [])
+
+
+def test_close_in_absolute_terms_passes_above_the_median_and_on_fewer_cells():
+    """Measured (N = 16, Taxi): honest newcomers above the median score (ratio 1.2-1.6) waited
+    100-350 ticks for a round at ratio <= 1, and all of them for 100 shared cells. A round also
+    passes when the mean deviation is at most ``pass_relative`` of the typical |value| over
+    ``relative_cells``; a large relative deviation (a lie) or too few cells does not."""
+    p = Probation(rounds=2, pass_relative=0.2, relative_cells=60, release_cells=100)
+    p.admit("ahead")
+    p.admit("liar")
+    p.admit("thin")
+
+    def v(o: str, ratio: float, relative: float, cells: int, tail: float = 1.0) -> Verdict:
+        return Verdict(o, ratio, ratio, cells, False, tail, relative)
+
+    for _ in range(2):
+        released, _ = p.judge({"ahead": v("ahead", 1.4, 0.1, 70), "liar": v("liar", 1.4, 0.6, 120),
+                               "thin": v("thin", 1.4, 0.1, 40)})
+    assert released == ["ahead"]
+    assert "liar" in p and "thin" in p  # by the ratio and the cells, as before
+    p.admit("spiky")  # close on average, far out on some cells: the square still holds it
+    for _ in range(3):
+        assert p.judge({"spiky": v("spiky", 0.5, 0.05, 200, tail=3.0)}) == ([], [])
+    strict = Probation(rounds=1, pass_relative=0.0)  # the route off: the third pass's rule
+    strict.admit("ahead")
+    assert strict.judge({"ahead": v("ahead", 1.4, 0.1, 120)}) == ([], [])
+
+
+def test_verdicts_carry_the_score_relative_to_the_typical_value():
+    """``Verdict.relative`` = score / evidence-weighted mean |reference|: small for honest noise,
+    about 2 for an inverter (|q - (-q)| = 2|q|), whatever the median score is."""
+    from peerd.quarantine import Quarantine, judge_round
+
+    m = _extreme_bloc()
+    verdicts, _, _ = judge_round(m, {}, Quarantine(), own="h0", now_over_h=0.0)
+    honest = [verdicts[f"h{i}"].relative for i in range(1, 8)]
+    assert all(r is not None and r < 0.3 for r in honest)  # noise 1 on values of |5| on average
+    assert all(v.relative is not None and v.score is not None and v.ratio is not None
+               for v in verdicts.values())
+    inv = _inverter_bloc()
+    verdicts, _, _ = judge_round(inv, {}, Quarantine(), own="h0", now_over_h=0.0)
+    assert verdicts["x0"].relative == pytest.approx(2.0, rel=0.15)
+    assert verdicts["h1"].relative is not None and verdicts["h1"].relative < 0.3
+
+
+def _inverter_bloc(cells: int = 600, seed: int = 2):
+    """8 honest nodes (noise 1 around μ) and one inverter publishing −μ."""
+    from peerd.delta import Delta
+    from peerd.quarantine import gather_origins
+
+    rng = np.random.default_rng(seed)
+    mu = rng.uniform(-10, 10, cells)
+    keys, acts = np.arange(cells) // 6, np.arange(cells) % 6
+
+    def delta(origin: str, q: np.ndarray) -> Delta:
+        return Delta.build(origin, "fp", 0, cells, keys=keys.astype(np.uint64),
+                           actions=acts.astype(np.uint16), q=q.astype(np.float32),
+                           lw=np.zeros(cells), n=np.full(cells, 3, np.uint32),
+                           succ=np.zeros(cells, np.uint32), fail=np.zeros(cells, np.uint32),
+                           version=np.arange(1, cells + 1, dtype=np.uint64))
+
+    return gather_origins([delta(f"h{i}", mu + rng.normal(0, 1.0, cells)) for i in range(8)]
+                          + [delta("x0", -mu)])
