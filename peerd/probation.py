@@ -30,6 +30,17 @@ as much as an ``extreme`` liar's +100 on a sixth of its cells, and the liars
 that passed probation then (a pass counted on any number of cells, only the
 last needed sixty) had their bonus bootstrapped into honest tables; from
 about 100 shared cells (tick 700) the liars score 20-30× the median.
+A round also passes, whatever the ratio, when the origin is close to the
+consensus in absolute terms: mean deviation at most ``pass_relative`` (0.2) of
+the typical |reference value| over at least ``relative_cells`` (60) shared
+cells, with the same square. Measured at N = 16 (Taxi), the ratio and the
+100 cells held honest newcomers until ticks 300-900: a ratio to the median
+holds out half of any honest fleet every round (five of 16 sat at 1.2-1.6
+for 100-350 ticks), and the cells came late; yet honest newcomers scored
+0.03-0.20 of the typical value on 60-100 cells, while ``extreme`` liars scored
+at least 0.53 on 60 or more in every recorded run (a bonus of +100 is large
+against any |value|, and this yardstick is not a median of scores that a
+bloc of liars inflates; ``invert``-like lies score about 2).
 Quarantined on the way, it leaves probation for the quarantine, which restores it like any peer. An
 origin that is never quarantined but does not pass either (it cannot be
 judged: fewer shared cells than the round needs; or it stays between the
