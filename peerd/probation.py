@@ -30,17 +30,6 @@ as much as an ``extreme`` liar's +100 on a sixth of its cells, and the liars
 that passed probation then (a pass counted on any number of cells, only the
 last needed sixty) had their bonus bootstrapped into honest tables; from
 about 100 shared cells (tick 700) the liars score 20-30× the median.
-A round also passes, whatever the ratio, when the origin is close to the
-consensus in absolute terms: mean deviation at most ``pass_relative`` (0.2) of
-the typical |reference value| over at least ``relative_cells`` (60) shared
-cells, with the same square. Measured at N = 16 (Taxi), the ratio and the
-100 cells held honest newcomers until ticks 300-900: a ratio to the median
-holds out half of any honest fleet every round (five of 16 sat at 1.2-1.6
-for 100-350 ticks), and the cells came late; yet honest newcomers scored
-0.03-0.20 of the typical value on 60-100 cells, while ``extreme`` liars scored
-at least 0.53 on 60 or more in every recorded run (a bonus of +100 is large
-against any |value|, and this yardstick is not a median of scores that a
-bloc of liars inflates; ``invert``-like lies score about 2).
 Quarantined on the way, it leaves probation for the quarantine, which restores it like any peer. An
 origin that is never quarantined but does not pass either (it cannot be
 judged: fewer shared cells than the round needs; or it stays between the
@@ -81,12 +70,6 @@ PASS_TAIL = 1.5
 RELEASE_CELLS = 100
 #: ... or, where fewer cells can be shared (a small task), after this many times ``rounds`` passes
 SMALL_TASK_ROUNDS = 3
-#: a round is also passed, whatever the ratio, when the origin's mean deviation is at most this share
-#: of the typical |reference value| (``Verdict.relative``): close to the consensus in absolute terms
-PASS_RELATIVE = 0.2
-#: ... judged over at least this many shared cells (fewer than ``RELEASE_CELLS``: the yardstick is
-#: absolute, not a median of scores that early noise, or a bloc of liars, inflates)
-RELATIVE_CELLS = 60
 
 
 @dataclass
@@ -105,8 +88,6 @@ class Probation:
     pass_ratio: float = PASS_RATIO
     pass_tail: float = PASS_TAIL
     release_cells: int = RELEASE_CELLS
-    pass_relative: float = PASS_RELATIVE
-    relative_cells: int = RELATIVE_CELLS
     pending: dict[str, _Entry] = field(default_factory=dict)
     #: deltas of probationers since the last round (what ``due`` reads)
     deltas_since: int = 0
@@ -167,13 +148,11 @@ class Probation:
                 continue
             if v is None or v.score is None:
                 continue
+            if v.ratio is not None and v.ratio > self.pass_ratio:
+                continue  # judged, not an outlier, not clearly inside either: wait
             if v.tail_ratio is not None and v.tail_ratio > self.pass_tail:
                 continue  # typical on average, but far out on some cells: wait
-            close = (v.relative is not None and v.relative <= self.pass_relative
-                     and v.cells >= self.relative_cells)  # near the consensus in absolute terms
-            if not close and v.ratio is not None and v.ratio > self.pass_ratio:
-                continue  # judged, not an outlier, not clearly inside either: wait
-            if v.cells >= self.release_cells or close:
+            if v.cells >= self.release_cells:
                 e.passed += 1
             else:
                 e.small += periodic
@@ -201,5 +180,4 @@ class Probation:
         self.pending.pop(origin, None)
 
 
-__all__ = ["MAX_ROUNDS", "MIN_PEERS", "PASS_RELATIVE", "PASS_TAIL", "RELATIVE_CELLS", "ROUNDS", "WEIGHT",
-           "Probation"]
+__all__ = ["MAX_ROUNDS", "MIN_PEERS", "PASS_TAIL", "ROUNDS", "WEIGHT", "Probation"]

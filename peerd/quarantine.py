@@ -216,8 +216,9 @@ class Verdict:
     quarantined: bool
     #: root mean square deviation / the median origin's (None: not judged, or not computed)
     tail_ratio: float | None = None
-    #: score / the typical |reference value| over the same cells: an absolute yardstick, which a
-    #: bloc of liars cannot inflate by raising the median score (None: not judged, or no scale)
+    #: score / the typical |reference value| over the same cells: an absolute yardstick, not a ratio
+    #: to other origins' scores (None: not judged, or no scale). Reported and logged only; as a
+    #: probation pass rule it cleared newcomers sooner without fewer steps (docs/prove.md §5)
     relative: float | None = None
 
 
