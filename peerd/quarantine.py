@@ -63,8 +63,9 @@ class OriginMatrix:
         return self.origins.index(origin)
 
 
-def gather_origins(deltas: Sequence[Delta], *, shared_only: bool = False,
-                   max_entries: int | None = None) -> OriginMatrix:
+def gather_origins(
+    deltas: Sequence[Delta], *, shared_only: bool = False, max_entries: int | None = None
+) -> OriginMatrix:
     """Dense ``[cells, origins]`` arrays from each origin's full contribution (``QTable.delta_of(o)``).
 
     O(Σ cells of the origins) with one sort: no per-cell Python. The dense
@@ -123,8 +124,9 @@ def gather_origins(deltas: Sequence[Delta], *, shared_only: bool = False,
 
 def _empty_matrix(origins: tuple[str, ...]) -> OriginMatrix:
     z = np.zeros((0, len(origins)))
-    return OriginMatrix(origins, np.empty(0, np.uint64), np.empty(0, np.int64), z, z - np.inf,
-                        z.astype(np.int64))
+    return OriginMatrix(
+        origins, np.empty(0, np.uint64), np.empty(0, np.int64), z, z - np.inf, z.astype(np.int64)
+    )
 
 
 def evidence_weights(lw: np.ndarray, valid: np.ndarray, now_over_h: float) -> np.ndarray:
@@ -147,10 +149,16 @@ def weighted_median_rows(q: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.where(tot[:, 0] > 0, out, np.nan)
 
 
-def deviation_scores(q: np.ndarray, w: np.ndarray, trust: np.ndarray, active: np.ndarray, *,
-                     reference: str = "median", min_cells: int = MIN_CELLS,
-                     min_others: int = 1
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def deviation_scores(
+    q: np.ndarray,
+    w: np.ndarray,
+    trust: np.ndarray,
+    active: np.ndarray,
+    *,
+    reference: str = "median",
+    min_cells: int = MIN_CELLS,
+    min_others: int = 1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Leave-one-out deviation of every origin (column) of ``q[m, k]``.
 
     ``w[m, k]``: evidence (0 where an origin holds nothing); ``trust[k]``;
@@ -243,10 +251,16 @@ class Quarantine:
     def __contains__(self, peer: object) -> bool:
         return peer in self.held
 
-    def judge(self, scores: Mapping[str, float | None], scales: Mapping[str, float],
-              cells: Mapping[str, int] | None = None, *, own: str | None = None,
-              new_round: bool = True, tails: Mapping[str, float | None] | None = None
-              ) -> tuple[dict[str, Verdict], list[str], list[str]]:
+    def judge(
+        self,
+        scores: Mapping[str, float | None],
+        scales: Mapping[str, float],
+        cells: Mapping[str, int] | None = None,
+        *,
+        own: str | None = None,
+        new_round: bool = True,
+        tails: Mapping[str, float | None] | None = None,
+    ) -> tuple[dict[str, Verdict], list[str], list[str]]:
         """Update the state from one round's scores; returns ``(verdicts, entered, left)``.
 
         ``own`` is the judging node: its score joins the median but it is never
@@ -259,8 +273,9 @@ class Quarantine:
         judged = [s for s in scores.values() if s is not None and np.isfinite(s)]
         med = float(np.median(judged)) if judged else 0.0
         tails = tails or {}
-        tail_vals = [t for p, t in tails.items() if t is not None and np.isfinite(t)
-                     and scores.get(p) is not None]
+        tail_vals = [
+            t for p, t in tails.items() if t is not None and np.isfinite(t) and scores.get(p) is not None
+        ]
         tail_med = float(np.median(tail_vals)) if tail_vals else 0.0
         verdicts: dict[str, Verdict] = {}
         entered: list[str] = []
@@ -281,13 +296,23 @@ class Quarantine:
                 del self.held[peer]
                 left.append(peer)
             t = tails.get(peer)
-            tail_ratio = (None if t is None or not np.isfinite(t) else
-                          t / tail_med if tail_med > 0 else (np.inf if t > 0 else 1.0))
+            tail_ratio = (
+                None
+                if t is None or not np.isfinite(t)
+                else t / tail_med
+                if tail_med > 0
+                else (np.inf if t > 0 else 1.0)
+            )
             scale = scales.get(peer, 0.0)
-            verdicts[peer] = Verdict(peer, float(s), float(ratio), (cells or {}).get(peer, 0),
-                                     peer in self.held,
-                                     None if tail_ratio is None else float(tail_ratio),
-                                     float(s / scale) if scale > 0 else None)
+            verdicts[peer] = Verdict(
+                peer,
+                float(s),
+                float(ratio),
+                (cells or {}).get(peer, 0),
+                peer in self.held,
+                None if tail_ratio is None else float(tail_ratio),
+                float(s / scale) if scale > 0 else None,
+            )
         if new_round:
             for peer in self.held:
                 if peer not in entered:
@@ -298,10 +323,18 @@ class Quarantine:
         self.held.pop(peer, None)
 
 
-def judge_round(matrix: OriginMatrix, trust: Mapping[str, float], state: Quarantine, *,
-                own: str, now_over_h: float, reference: str = "median",
-                min_cells: int = MIN_CELLS, passes: int = 3, min_others: int | None = None
-                ) -> tuple[dict[str, Verdict], list[str], list[str]]:
+def judge_round(
+    matrix: OriginMatrix,
+    trust: Mapping[str, float],
+    state: Quarantine,
+    *,
+    own: str,
+    now_over_h: float,
+    reference: str = "median",
+    min_cells: int = MIN_CELLS,
+    passes: int = 3,
+    min_others: int | None = None,
+) -> tuple[dict[str, Verdict], list[str], list[str]]:
     """Score every origin of ``matrix`` and update ``state``; repeat while new outliers appear.
 
     Leaving a just-quarantined liar out of the references sharpens everyone
@@ -319,15 +352,18 @@ def judge_round(matrix: OriginMatrix, trust: Mapping[str, float], state: Quarant
     verdicts: dict[str, Verdict] = {}
     for p in range(max(1, passes)):
         active = np.array([o not in state for o in matrix.origins], bool)
-        score, cells, scale, tail = deviation_scores(matrix.q, w, tr, active, reference=reference,
-                                                     min_cells=min_cells, min_others=min_others)
-        scores = {o: (None if np.isnan(score[j]) else float(score[j]))
-                  for j, o in enumerate(matrix.origins)}
+        score, cells, scale, tail = deviation_scores(
+            matrix.q, w, tr, active, reference=reference, min_cells=min_cells, min_others=min_others
+        )
+        scores = {o: (None if np.isnan(score[j]) else float(score[j])) for j, o in enumerate(matrix.origins)}
         verdicts, entered, left = state.judge(
-            scores, {o: float(scale[j]) for j, o in enumerate(matrix.origins)},
-            {o: int(cells[j]) for j, o in enumerate(matrix.origins)}, own=own, new_round=p == 0,
-            tails={o: (None if np.isnan(tail[j]) else float(tail[j]))
-                   for j, o in enumerate(matrix.origins)})
+            scores,
+            {o: float(scale[j]) for j, o in enumerate(matrix.origins)},
+            {o: int(cells[j]) for j, o in enumerate(matrix.origins)},
+            own=own,
+            new_round=p == 0,
+            tails={o: (None if np.isnan(tail[j]) else float(tail[j])) for j, o in enumerate(matrix.origins)},
+        )
         all_entered += entered
         all_left += left
         if not entered or k < 3:
@@ -335,8 +371,9 @@ def judge_round(matrix: OriginMatrix, trust: Mapping[str, float], state: Quarant
     return verdicts, all_entered, all_left
 
 
-def signature_mismatches(sig_keys: np.ndarray, sig_actions: np.ndarray, keys: np.ndarray,
-                         actions: np.ndarray, q: np.ndarray) -> tuple[int, int]:
+def signature_mismatches(
+    sig_keys: np.ndarray, sig_actions: np.ndarray, keys: np.ndarray, actions: np.ndarray, q: np.ndarray
+) -> tuple[int, int]:
     """How many of a peer's signatures contradict the peer's own published cells: ``(checked, contradicted)``.
 
     A signature (state, best action) is checked where this node holds at least
@@ -364,7 +401,18 @@ def signature_mismatches(sig_keys: np.ndarray, sig_actions: np.ndarray, keys: np
     return checked, contradicted
 
 
-__all__ = ["ENTER_RATIO", "LEAVE_RATIO", "MAX_MATRIX_ENTRIES", "MIN_OTHERS", "OriginMatrix", "Quarantine",
-           "Verdict",
-           "deviation_scores", "evidence_weights", "gather_origins", "judge_round", "signature_mismatches",
-           "weighted_median_rows"]
+__all__ = [
+    "ENTER_RATIO",
+    "LEAVE_RATIO",
+    "MAX_MATRIX_ENTRIES",
+    "MIN_OTHERS",
+    "OriginMatrix",
+    "Quarantine",
+    "Verdict",
+    "deviation_scores",
+    "evidence_weights",
+    "gather_origins",
+    "judge_round",
+    "signature_mismatches",
+    "weighted_median_rows",
+]

@@ -9,8 +9,9 @@ from peerd.probation import PASS_TAIL, WEIGHT, Probation
 from peerd.quarantine import Verdict
 
 
-def _v(origin: str, score: float | None, quarantined: bool = False, ratio: float = 1.0,
-       cells: int = 100) -> Verdict:
+def _v(
+    origin: str, score: float | None, quarantined: bool = False, ratio: float = 1.0, cells: int = 100
+) -> Verdict:
     return Verdict(origin, score, None if score is None else ratio, cells, quarantined)
 
 
@@ -109,15 +110,26 @@ def _extreme_bloc(cells: int = 1200, every: int = 300, seed: int = 1):
     keys, acts = np.arange(cells) // 6, np.arange(cells) % 6
 
     def delta(origin: str, q: np.ndarray) -> Delta:
-        return Delta.build(origin, "fp", 0, cells, keys=keys.astype(np.uint64),
-                           actions=acts.astype(np.uint16), q=q.astype(np.float32),
-                           lw=np.zeros(cells), n=np.full(cells, 3, np.uint32),
-                           succ=np.zeros(cells, np.uint32), fail=np.zeros(cells, np.uint32),
-                           version=np.arange(1, cells + 1, dtype=np.uint64))
+        return Delta.build(
+            origin,
+            "fp",
+            0,
+            cells,
+            keys=keys.astype(np.uint64),
+            actions=acts.astype(np.uint16),
+            q=q.astype(np.float32),
+            lw=np.zeros(cells),
+            n=np.full(cells, 3, np.uint32),
+            succ=np.zeros(cells, np.uint32),
+            fail=np.zeros(cells, np.uint32),
+            version=np.arange(1, cells + 1, dtype=np.uint64),
+        )
 
     lie = mu + np.where(np.arange(cells) % every == 0, 100.0, 0.0)
-    return gather_origins([delta(f"h{i}", mu + rng.normal(0, 1.0, cells)) for i in range(8)]
-                          + [delta(f"x{i}", lie) for i in range(3)])
+    return gather_origins(
+        [delta(f"h{i}", mu + rng.normal(0, 1.0, cells)) for i in range(8)]
+        + [delta(f"x{i}", lie) for i in range(3)]
+    )
 
 
 @pytest.mark.parametrize("pass_tail, liars_released", [(PASS_TAIL, False), (np.inf, True)])
@@ -168,8 +180,9 @@ def test_verdicts_carry_the_score_relative_to_the_typical_value():
     verdicts, _, _ = judge_round(m, {}, Quarantine(), own="h0", now_over_h=0.0)
     honest = [verdicts[f"h{i}"].relative for i in range(1, 8)]
     assert all(r is not None and r < 0.3 for r in honest)  # noise 1 on values of |5| on average
-    assert all(v.relative is not None and v.score is not None and v.ratio is not None
-               for v in verdicts.values())
+    assert all(
+        v.relative is not None and v.score is not None and v.ratio is not None for v in verdicts.values()
+    )
     inv = _inverter_bloc()
     verdicts, _, _ = judge_round(inv, {}, Quarantine(), own="h0", now_over_h=0.0)
     assert verdicts["x0"].relative == pytest.approx(2.0, rel=0.15)
@@ -186,11 +199,21 @@ def _inverter_bloc(cells: int = 600, seed: int = 2):
     keys, acts = np.arange(cells) // 6, np.arange(cells) % 6
 
     def delta(origin: str, q: np.ndarray) -> Delta:
-        return Delta.build(origin, "fp", 0, cells, keys=keys.astype(np.uint64),
-                           actions=acts.astype(np.uint16), q=q.astype(np.float32),
-                           lw=np.zeros(cells), n=np.full(cells, 3, np.uint32),
-                           succ=np.zeros(cells, np.uint32), fail=np.zeros(cells, np.uint32),
-                           version=np.arange(1, cells + 1, dtype=np.uint64))
+        return Delta.build(
+            origin,
+            "fp",
+            0,
+            cells,
+            keys=keys.astype(np.uint64),
+            actions=acts.astype(np.uint16),
+            q=q.astype(np.float32),
+            lw=np.zeros(cells),
+            n=np.full(cells, 3, np.uint32),
+            succ=np.zeros(cells, np.uint32),
+            fail=np.zeros(cells, np.uint32),
+            version=np.arange(1, cells + 1, dtype=np.uint64),
+        )
 
-    return gather_origins([delta(f"h{i}", mu + rng.normal(0, 1.0, cells)) for i in range(8)]
-                          + [delta("x0", -mu)])
+    return gather_origins(
+        [delta(f"h{i}", mu + rng.normal(0, 1.0, cells)) for i in range(8)] + [delta("x0", -mu)]
+    )
