@@ -1151,6 +1151,7 @@ class Node:
             v = verdicts.get(pid)
             self._log.info("probation_passed" if pid in released else "probation_failed", peer=pid,
                            ratio=None if v is None or v.ratio is None else round(v.ratio, 2),
+                           relative=None if v is None or v.relative is None else round(v.relative, 3),
                            cells=None if v is None else v.cells)
         now = self.clock()
         events = []

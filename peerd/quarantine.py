@@ -217,6 +217,10 @@ class Verdict:
     quarantined: bool
     #: root mean square deviation / the median origin's (None: not judged, or not computed)
     tail_ratio: float | None = None
+    #: score / the typical |reference value| over the same cells: an absolute yardstick, not a ratio
+    #: to other origins' scores (None: not judged, or no scale). Reported and logged only; as a
+    #: probation pass rule it cleared newcomers sooner without fewer steps (docs/prove.md §5)
+    relative: float | None = None
 
 
 @dataclass
@@ -291,9 +295,11 @@ class Quarantine:
             t = tails.get(peer)
             tail_ratio = (None if t is None or not np.isfinite(t) else
                           t / tail_med if tail_med > 0 else (np.inf if t > 0 else 1.0))
+            scale = scales.get(peer, 0.0)
             verdicts[peer] = Verdict(peer, float(s), float(ratio), (cells or {}).get(peer, 0),
                                      peer in self.held,
-                                     None if tail_ratio is None else float(tail_ratio))
+                                     None if tail_ratio is None else float(tail_ratio),
+                                     float(s / scale) if scale > 0 else None)
         if new_round:
             for peer in self.held:
                 if peer not in entered:

@@ -169,3 +169,52 @@ def test_an_offline_newcomer_is_neither_released_nor_passed():
         assert "dead" not in released and not failed
     assert "dead" in p and "live" not in p  # live: out after max_rounds, as before
     assert p.judge({"dead": _v("dead", 0.5)}) == (["dead"], [])  # back online: judged again
+
+
+def test_verdicts_carry_the_score_relative_to_the_typical_value():
+    """``Verdict.relative`` = score / evidence-weighted mean |reference| (what ``probation_passed``
+    logs; the fourth pass's candidate yardstick): small for honest noise, about 2 for an inverter
+    (|q - (-q)| = 2|q|), whatever the median score is."""
+    from peerd.quarantine import Quarantine, judge_round
+
+    m = _extreme_bloc()
+    verdicts, _, _ = judge_round(m, {}, Quarantine(), own="h0", now_over_h=0.0)
+    honest = [verdicts[f"h{i}"].relative for i in range(1, 8)]
+    assert all(r is not None and r < 0.3 for r in honest)  # noise 1 on values of |5| on average
+    assert all(
+        v.relative is not None and v.score is not None and v.ratio is not None for v in verdicts.values()
+    )
+    inv = _inverter_bloc()
+    verdicts, _, _ = judge_round(inv, {}, Quarantine(), own="h0", now_over_h=0.0)
+    assert verdicts["x0"].relative == pytest.approx(2.0, rel=0.15)
+    assert verdicts["h1"].relative is not None and verdicts["h1"].relative < 0.3
+
+
+def _inverter_bloc(cells: int = 600, seed: int = 2):
+    """8 honest nodes (noise 1 around μ) and one inverter publishing −μ."""
+    from peerd.delta import Delta
+    from peerd.quarantine import gather_origins
+
+    rng = np.random.default_rng(seed)
+    mu = rng.uniform(-10, 10, cells)
+    keys, acts = np.arange(cells) // 6, np.arange(cells) % 6
+
+    def delta(origin: str, q: np.ndarray) -> Delta:
+        return Delta.build(
+            origin,
+            "fp",
+            0,
+            cells,
+            keys=keys.astype(np.uint64),
+            actions=acts.astype(np.uint16),
+            q=q.astype(np.float32),
+            lw=np.zeros(cells),
+            n=np.full(cells, 3, np.uint32),
+            succ=np.zeros(cells, np.uint32),
+            fail=np.zeros(cells, np.uint32),
+            version=np.arange(1, cells + 1, dtype=np.uint64),
+        )
+
+    return gather_origins(
+        [delta(f"h{i}", mu + rng.normal(0, 1.0, cells)) for i in range(8)] + [delta("x0", -mu)]
+    )
