@@ -158,6 +158,8 @@ class Node:
                                     n_actions=self.task.n_actions, q_bound=config.q_bound,
                                     max_payload=config.max_payload, max_entries=config.max_entries)
         self.store: Store | None = None
+        #: peers whose cursor holds a deferred ask (``_ask`` notes them, the publisher visits them)
+        self._deferred_asks: set[str] = set()
         #: the peer records as last written to the store: ``_save_peers`` writes only changes
         self._saved_peers: dict[str, PeerRecord] = {}
         #: own versions whose commit has not returned: nothing beyond goes out (DESIGN §4)
@@ -529,10 +531,12 @@ class Node:
             if self.transport is None or not self.transport.connected:
                 continue
             now = self.monotonic()  # the asks' rate limits: monotonic (``_handle``)
-            for peer in self._registry:
-                if peer.cursor.deferred:  # most have nothing deferred: skip the call
-                    self._ask(peer.node_id,
-                              gossip.due_ask(peer.cursor, now, self._gossip.sync_interval))
+            for pid in list(self._deferred_asks):  # the peers with an ask deferred, not all
+                peer = self._registry.get(pid)
+                if peer is None or not peer.cursor.deferred:
+                    self._deferred_asks.discard(pid)
+                    continue
+                self._ask(pid, gossip.due_ask(peer.cursor, now, self._gossip.sync_interval))
             if self.presence.take_answer(self.monotonic()):
                 await self._answer_birth()
             # a node behind on its inbound messages cannot tell yet whether a relay is needed
@@ -974,7 +978,15 @@ class Node:
             self._log.info("peer_online", peer=peer.node_id, epoch=epoch)
 
     def _ask(self, origin: str, since: int | None) -> None:
-        """Send a sync request (already rate-limited by the gossip state)."""
+        """Send a sync request (already rate-limited by the gossip state).
+
+        Every gossip decision passes here, so this is also where an ask the
+        gossip deferred is noted: the publisher then visits only those peers,
+        not the whole registry on every wake-up (a cost per delta × peers).
+        """
+        entry = self._registry.get(origin)
+        if entry is not None and entry.cursor.deferred:
+            self._deferred_asks.add(origin)
         if since is None or self.transport is None:
             return
         req = wire.SyncRequest(self._header(), origin=origin, since=since)

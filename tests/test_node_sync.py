@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from support import eventually
 from test_registry import FED, Clock, SignedPeer, open_node
 
 from peerd import wire
@@ -80,3 +81,33 @@ async def test_retained_birth_at_zero_is_not_asked_at_once() -> None:
     await node.receive(wire.topic(FED, "presence", older.id), older.payload(msg), retain=True)
     await settle()
     assert len(cap.syncs()) == 1  # data to fetch: asked at once
+
+
+async def test_a_deferred_ask_is_sent_when_due_and_only_deferred_peers_are_visited() -> None:
+    """The publisher asks a deferred origin once its rate limit has passed; it keeps the set of
+    peers with a deferred ask instead of walking every peer on every wake-up."""
+    mono = Clock(50.0)
+    node, cap = await node_with(mono, sync_interval=2.0)
+    others = [SignedPeer(f"o{i}", node.task.fingerprint) for i in range(20)]
+    for o in others:
+        await o.birth(node)
+        await o.delta(node, 1, lw=0.0)
+    p = SignedPeer("p", node.task.fingerprint)
+    await p.birth(node)
+    await p.delta(node, 1, lw=0.0)
+    p.version = 5
+    await p.delta(node, 2, lw=0.0)  # a gap: asked at once
+    mono.t = 51.0
+    await p.delta(node, 3, lw=0.0)  # another gap within the interval: deferred
+    await settle()
+    asked = len(cap.syncs())
+    assert node._deferred_asks == {"p"}
+    publisher = asyncio.ensure_future(node._publisher())
+    try:
+        mono.t = 53.0  # the interval has passed
+        node._wake.set()
+        await eventually(lambda: len(cap.syncs()) == asked + 1, what="the deferred ask sent")
+        await eventually(lambda: not node._deferred_asks, what="nothing deferred any more")
+    finally:
+        publisher.cancel()
+        await asyncio.gather(publisher, return_exceptions=True)
