@@ -146,6 +146,23 @@ def _ask(cur: Cursor, since: int, wanted: int, now: float, sync_interval: float)
     return since
 
 
+def on_overheard(cur: Cursor, since: int, now: float, sync_interval: float) -> None:
+    """Another node asked the cursor's origin for everything after ``since``.
+
+    The answer is broadcast, so when it covers what we lack (``since`` ≤
+    ``known``) our own ask can wait: it is deferred as if we had just asked,
+    and still goes out one ``sync_interval`` later if we are still behind.
+    Without this, N nodes behind the same origin each asked, and each request
+    went to all N: O(N²) deliveries for one answer. At most once per two
+    intervals, so a node repeating requests cannot hold our asks back for more
+    than one interval.
+    """
+    if since > cur.known:
+        return
+    if cur.last_sync is None or now - cur.last_sync >= 2 * sync_interval:
+        cur.last_sync = now
+
+
 def due_ask(cur: Cursor, now: float, sync_interval: float) -> int | None:
     """A deferred ask whose rate limit has passed and that is still needed: its ``since``."""
     if not cur.deferred:

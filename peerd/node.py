@@ -884,11 +884,16 @@ class Node:
             if msg.origin == self.id:
                 self._gossip.on_sync_request(msg.since)
                 self._wake.set()
-            elif self.relays.reaches_past(msg.origin, msg.since):
-                # Relayed catch-up: answer for a silent origin now (after a jitter), for a
-                # live one only if it has not answered within a few sync intervals.
-                wait = 0.0 if self._silent(msg.origin) else 3 * sync
-                self.relay_plan.want(msg.origin, msg.since, self.monotonic(), wait=wait)
+            else:
+                # its answer is broadcast: it may cover what we lack of that origin too
+                asked = self._registry.get(msg.origin)
+                if asked is not None:
+                    gossip.on_overheard(asked.cursor, msg.since, mono, sync)
+                if self.relays.reaches_past(msg.origin, msg.since):
+                    # Relayed catch-up: answer for a silent origin now (after a jitter), for
+                    # a live one only if it has not answered within a few sync intervals.
+                    wait = 0.0 if self._silent(msg.origin) else 3 * sync
+                    self.relay_plan.want(msg.origin, msg.since, self.monotonic(), wait=wait)
         elif isinstance(msg, wire.DeltaMsg):
             self._heard(peer, h.epoch, now)
             await self._apply(peer, msg, now)

@@ -271,3 +271,23 @@ def test_known_reaches_max_whatever_the_order(
         now += 0.1
         assert g.on_delta("o", since, top, now) is None
     assert g.known("o") == top
+
+
+def test_an_overheard_ask_that_covers_our_need_defers_ours_once() -> None:
+    """Another node's request for everything after ``since`` ≤ known: its broadcast answer covers
+    us, so our ask waits one interval (and still goes out then); a repeater cannot hold it longer."""
+    cur = gossip.Cursor(known=5)
+    gossip.on_overheard(cur, 7, 10.0, 2.0)  # after 7: would not cover versions 6-7
+    assert cur.last_sync is None
+    assert gossip.on_delta(cur, 9, 9, 10.0, 2.0) == 5  # a gap: asked at once
+    cur = gossip.Cursor(known=5)
+    gossip.on_overheard(cur, 3, 10.0, 2.0)
+    assert gossip.on_delta(cur, 9, 9, 10.5, 2.0) is None and cur.deferred == 9  # deferred
+    gossip.on_overheard(cur, 3, 11.5, 2.0)  # a repeat within two intervals: no further wait
+    assert gossip.due_ask(cur, 11.9, 2.0) is None
+    assert gossip.due_ask(cur, 12.0, 2.0) == 5  # one interval after the first overheard ask
+    cur = gossip.Cursor(known=5)
+    gossip.on_overheard(cur, 3, 10.0, 2.0)
+    assert gossip.on_delta(cur, 8, 9, 10.5, 2.0) is None and cur.deferred == 8  # a gap: waits
+    assert gossip.on_delta(cur, 3, 12, 11.0, 2.0) is None  # the broadcast answer (3, 12] came
+    assert cur.known == 12 and cur.deferred == 0 and gossip.due_ask(cur, 13.0, 2.0) is None
