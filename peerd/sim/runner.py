@@ -767,7 +767,7 @@ def nudge_plan(nodes: Sequence[Node], senders: Sequence[Node], max_lag: int,
     for o in senders:
         need = o.published_version - max_lag
         behind = [nd for nd in nodes if nd is not o and nd.known_version(o.id) < need
-                  and not getattr(nd.transport, "backlog", 0)]
+                  and not (nd.transport is not None and nd.transport.backlog)]
         if behind:
             plan.append((min(behind, key=lambda nd: nd.known_version(o.id)), o))
     return plan
@@ -813,7 +813,7 @@ def _dump_stall(nodes: list[Node], watched: list[Node], max_lag: int, why: str) 
     for nd in nodes:
         c = nd.counters
         per_node[nd.id] = {
-            "rejected": dict(c.rejected), "backlog": getattr(nd.transport, "backlog", None),
+            "rejected": dict(c.rejected), "backlog": None if nd.transport is None else nd.transport.backlog,
             "connected": getattr(nd.transport, "connected", None),
             "pending_pub": len(getattr(nd.transport, "_pending", ())),
             "relay_pending": nd.relay_plan.pending(), "sync_sent": c.sync_requests_sent,
