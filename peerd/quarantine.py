@@ -43,6 +43,8 @@ MIN_RELATIVE = 0.05
 MIN_OTHERS = 2
 #: Bound on cells × origins of the deviation round's dense matrix (3 arrays of 8 B each: ~48 MB).
 MAX_MATRIX_ENTRIES = 1 << 21
+#: two origins are compared (``pairwise_scores``) only over at least this many cells both hold
+MIN_SHARED = 10
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,7 @@ def weighted_median_rows(q: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 def deviation_scores(q: np.ndarray, w: np.ndarray, trust: np.ndarray, active: np.ndarray, *,
-                     reference: str = "median", min_cells: int = MIN_CELLS,
+                     reference: str = "pairwise", min_cells: int = MIN_CELLS,
                      min_others: int = 1
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Leave-one-out deviation of every origin (column) of ``q[m, k]``.
@@ -166,7 +168,14 @@ def deviation_scores(q: np.ndarray, w: np.ndarray, trust: np.ndarray, active: np
     ``min_others``: a cell counts only where at least that many other active
     origins hold it — the "median" of one other is that one's word, and where
     the only other holder is a liar, the honest node is the one that deviates.
+
+    ``reference``: ``"pairwise"`` (default, ``pairwise_scores``: the median over
+    the other origins of the distance to each), ``"median"`` (per cell, the
+    weighted median of its other holders) or ``"mean"`` (for comparison).
     """
+    if reference == "pairwise":
+        return pairwise_scores(q, w, trust, active, min_cells=min_cells,
+                               min_pairs=max(1, min_others), min_others=min_others)
     m, k = q.shape
     score = np.full(k, np.nan)
     tail = np.full(k, np.nan)
@@ -204,6 +213,75 @@ def deviation_scores(q: np.ndarray, w: np.ndarray, trust: np.ndarray, active: np
         tail[j] = float(np.sqrt((wj * dev * dev).sum() / tot))
         scale[j] = float((wj * np.abs(ref[both])).sum() / tot)
     return score, cells, scale, tail
+
+
+def pairwise_scores(q: np.ndarray, w: np.ndarray, trust: np.ndarray, active: np.ndarray, *,
+                    min_cells: int = MIN_CELLS, min_pairs: int = 2, min_shared: int = MIN_SHARED,
+                    min_others: int = 1
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Deviation as the median of an origin's distances to each other origin: a majority of *origins*.
+
+    The per-cell median reference is a majority of a cell's *holders*. A bloc
+    of liars visiting the same sparse cells outnumbers the one or two honest
+    holders there and becomes the reference itself: on `extreme:3` (Taxi, seed
+    2226, node00's rounds) honest nodes deviated by 43–78 on the favoured
+    cells the three liars held, the median origin's score rose with the bloc,
+    and the liars scored 1.0–2.2× it, i.e. passed (docs/prove.md §5, sixth
+    pass). Here each origin p is compared with every other counted origin o
+    on the cells both hold (``min_shared`` or more), with each cell weighed by
+    the smaller of the two evidences:
+
+        d(p, o) = Σ_c min(w_p, w_o)·|q_p(c) − q_o(c)| / Σ_c min(w_p, w_o)
+
+    and ``score(p)`` is the trust-weighted median of ``d(p, ·)``. An honest node
+    is close to the honest majority whatever a bloc does on sparse cells; a
+    liar is far from every honest node. On the same recorded rounds the liars
+    scored 44–84× the median origin from their first judged round, the honest
+    ≤ 1.6×. It holds while honest origins are the (trust-weighted) majority of
+    those an origin is compared with. ``tail`` is the same median of the
+    pairwise root mean square distances; ``scale`` the pair-weighted mean |q|
+    of the others; ``cells`` counts p's cells with ≥ ``min_others`` other
+    counted holders (what probation's cell floor reads). NaN score below
+    ``min_cells`` such cells or ``min_pairs`` comparable origins. Cost: as the
+    per-cell median, O(Σ_p cells(p) · k).
+    """
+    k = q.shape[1]
+    score = np.full(k, np.nan)
+    tail = np.full(k, np.nan)
+    cells = np.zeros(k, np.int64)
+    scale = np.zeros(k)
+    speaks = (w > 0) & (np.asarray(trust, np.float64) * np.asarray(active, bool) > 0)[None, :]
+    tr = np.asarray(trust, np.float64)
+    for j in range(k):
+        rows = np.flatnonzero(w[:, j] > 0)
+        if not rows.size:
+            continue
+        others = speaks[rows]
+        others[:, j] = False
+        cells[j] = int((others.sum(axis=1) >= min_others).sum())
+        if cells[j] < min_cells:
+            continue
+        wr = w[rows]
+        pw = np.where(others, np.minimum(wr, wr[:, j:j + 1]), 0.0)
+        dev = np.abs(q[rows] - q[rows, j:j + 1])
+        tot = pw.sum(axis=0)
+        ok = (others.sum(axis=0) >= min_shared) & (tot > 0)
+        if int(ok.sum()) < min_pairs:
+            continue
+        tot_ok = tot[ok]
+        d = (pw[:, ok] * dev[:, ok]).sum(axis=0) / tot_ok
+        d2 = np.sqrt((pw[:, ok] * dev[:, ok] ** 2).sum(axis=0) / tot_ok)
+        score[j] = _weighted_median(d, tr[ok])
+        tail[j] = _weighted_median(d2, tr[ok])
+        scale[j] = float((pw[:, ok] * np.abs(q[rows][:, ok])).sum() / tot_ok.sum())
+    return score, cells, scale, tail
+
+
+def _weighted_median(x: np.ndarray, w: np.ndarray) -> float:
+    """The lower weighted median of ``x`` (weights ``w`` > 0)."""
+    order = np.argsort(x, kind="stable")
+    c = np.cumsum(w[order])
+    return float(x[order][min(int((c < 0.5 * c[-1]).sum()), len(x) - 1)])
 
 
 @dataclass(frozen=True)
@@ -311,7 +389,7 @@ class Quarantine:
 
 
 def judge_round(matrix: OriginMatrix, trust: Mapping[str, float], state: Quarantine, *,
-                own: str, now_over_h: float, reference: str = "median",
+                own: str, now_over_h: float, reference: str = "pairwise",
                 min_cells: int = MIN_CELLS, passes: int = 3, min_others: int | None = None,
                 silent: AbstractSet[str] = frozenset()
                 ) -> tuple[dict[str, Verdict], list[str], list[str]]:
@@ -380,5 +458,6 @@ def signature_mismatches(sig_keys: np.ndarray, sig_actions: np.ndarray, keys: np
 
 __all__ = ["ENTER_RATIO", "LEAVE_RATIO", "MAX_MATRIX_ENTRIES", "MIN_OTHERS", "OriginMatrix", "Quarantine",
            "Verdict",
-           "deviation_scores", "evidence_weights", "gather_origins", "judge_round", "signature_mismatches",
+           "deviation_scores", "evidence_weights", "gather_origins", "judge_round", "pairwise_scores",
+           "signature_mismatches",
            "weighted_median_rows"]

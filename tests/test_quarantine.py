@@ -11,6 +11,7 @@ from peerd.quarantine import (
     deviation_scores,
     gather_origins,
     judge_round,
+    pairwise_scores,
     signature_mismatches,
     weighted_median_rows,
 )
@@ -155,3 +156,62 @@ def test_signatures_that_contradict_the_signers_cells_are_found():
     assert signature_mismatches(np.array([1, 2, 3], np.uint64), np.array([1, 0, 2]), keys, acts, q) == (2, 0)
     assert signature_mismatches(np.array([1, 2], np.uint64), np.array([2, 1]), keys, acts, q) == (2, 1)
     assert signature_mismatches(np.array([9], np.uint64), np.array([0]), keys, acts, q) == (0, 0)
+
+
+def _bloc_on_sparse_cells(seed=0):
+    """8 honest + 3 ``extreme`` liars. Busy cells: everyone holds them; liars add +100 on one
+    action per state. Sparse cells: one or two honest holders each, plus the whole bloc."""
+    rng = np.random.default_rng(seed)
+    busy, sparse = 120, 240
+    mu = rng.uniform(-10, 10, busy + sparse)
+    keys = np.arange(busy + sparse) // 4
+    acts = np.arange(busy + sparse) % 4
+    lie = mu + np.where(acts == 0, 100.0, 0.0)
+    owners = [list(range(busy)) for _ in range(8)]
+    for c in range(busy, busy + sparse):
+        for h in rng.choice(8, size=rng.integers(1, 3), replace=False):
+            owners[h].append(c)
+    ds = [_delta(f"h{i}", keys[o], acts[o], mu[o] + rng.normal(0, 0.3, len(o)))
+          for i, o in enumerate(owners)]
+    ds += [_delta(f"x{i}", keys, acts, lie) for i in range(3)]
+    return gather_origins(ds, shared_only=True)
+
+
+def test_a_bloc_on_sparse_cells_is_the_per_cell_median_but_not_the_pairwise_one():
+    """Why the default reference is pairwise (docs/prove.md §5, sixth pass): where three liars
+    outnumber the one or two honest holders of a cell, the per-cell median *is* the lie, so the
+    honest holders deviate and the liars look typical; the median of an origin's distances to
+    each other origin is a majority of origins, which the bloc is not."""
+    m = _bloc_on_sparse_cells()
+    w = np.where(m.valid, 1.0, 0.0)
+    ones, act = np.ones(11), np.ones(11, bool)
+    med, _, _, _ = deviation_scores(m.q, w, ones, act, reference="median", min_others=2)
+    pair, cells, _, tail = deviation_scores(m.q, w, ones, act, reference="pairwise", min_others=2)
+    # the per-cell median: some liar is not above the quarantine's 3× the median origin
+    assert med[8:].min() < 3 * np.median(med)
+    # pairwise: every liar far above, every honest node at most 1.5× (probation's pass bar)
+    assert pair[8:].min() > 10 * np.median(pair)
+    assert pair[:8].max() < 1.5 * np.median(pair)
+    assert tail[8:].min() > 3 * np.median(tail)
+    assert (cells >= 120).all()
+
+
+def test_pairwise_judge_round_quarantines_the_bloc_and_no_honest_node():
+    m = _bloc_on_sparse_cells(seed=1)
+    q = Quarantine()
+    _, entered, _ = judge_round(m, {}, q, own="h0", now_over_h=0.0)
+    assert sorted(entered) == ["x0", "x1", "x2"]
+    assert not any(f"h{i}" in q for i in range(8))
+
+
+def test_pairwise_scores_need_enough_comparable_origins_and_shared_cells():
+    """An origin compared with fewer than ``min_pairs`` others (each over ≥ ``min_shared`` cells
+    both hold) gets no score: the median of one other's distance is that other's word."""
+    m = _federation(honest=2, liars=1, cells=60)
+    w = np.where(m.valid, 1.0, 0.0)
+    score, _, _, _ = pairwise_scores(m.q, w, np.ones(3), np.ones(3, bool), min_pairs=2)
+    assert np.isfinite(score).all()
+    score, _, _, _ = pairwise_scores(m.q, w, np.ones(3), np.array([True, True, False]), min_pairs=2)
+    assert np.isnan(score[:2]).all() and np.isfinite(score[2])  # a silenced origin is no comparison
+    score, _, _, _ = pairwise_scores(m.q, w, np.ones(3), np.ones(3, bool), min_shared=61)
+    assert np.isnan(score).all()
