@@ -215,3 +215,19 @@ def test_pairwise_scores_need_enough_comparable_origins_and_shared_cells():
     assert np.isnan(score[:2]).all() and np.isfinite(score[2])  # a silenced origin is no comparison
     score, _, _, _ = pairwise_scores(m.q, w, np.ones(3), np.ones(3, bool), min_shared=61)
     assert np.isnan(score).all()
+
+
+def test_pairwise_with_sampled_partners_still_separates_liars():
+    """Past ``max_partners`` others, each origin is compared with a random sample of them (a
+    cost that does not grow with the fleet); liars still stand out, the honest do not."""
+    m = _federation(honest=24, liars=4, cells=120)
+    k = len(m.origins)
+    w = np.where(m.valid, 1.0, 0.0)
+    full, _, _, _ = pairwise_scores(m.q, w, np.ones(k), np.ones(k, bool))
+    few, cells, _, _ = pairwise_scores(m.q, w, np.ones(k), np.ones(k, bool), max_partners=6, seed=3)
+    again, _, _, _ = pairwise_scores(m.q, w, np.ones(k), np.ones(k, bool), max_partners=6, seed=3)
+    assert np.allclose(few, again)  # reproducible for a seed
+    assert not np.allclose(few, full)  # a sample, not every pair
+    for s in (full, few):
+        assert s[24:].min() > 3 * np.median(s) and s[:24].max() < 1.5 * np.median(s)
+    assert (cells == 120).all()
