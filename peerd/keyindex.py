@@ -163,19 +163,39 @@ class KeyIndex:
         cells = np.empty(m, np.int64)
         at, size = 0, self.size
         while True:
-            limit = min((1 << self._bits) // 2, self.row_keys.shape[0])
             size, at = kern.key_ensure(self._tab, np.uint64(self._mult), np.uint64(64 - self._bits),
-                                       keys, actions, n_actions, self.row_keys, size, limit, at, cells)
+                                       keys, actions, n_actions, self.row_keys, size, self.limit(), at,
+                                       cells)
             if size != self.size:
                 self.size = int(size)
                 self._sorted = None
             if at == m:
                 return cells
-            if self.size >= self.row_keys.shape[0]:  # as ``_append_rows``
-                grown = np.empty(max(self.size + 1, 2 * self.row_keys.shape[0]), np.uint64)
-                grown[: self.size] = self.row_keys[: self.size]
-                self.row_keys = grown
-            self._grow(self.size + 1, kern)
+            self.make_room(kern)
+
+    def limit(self) -> int:
+        """How many keys the index holds before it must grow (``make_room``): its hash half
+        full, or ``row_keys`` full."""
+        return min((1 << self._bits) // 2, self.row_keys.shape[0])
+
+    def make_room(self, kern: ModuleType | None = None) -> None:
+        """Grow what is full once ``limit()`` keys are held: ``row_keys`` as ``_append_rows``
+        grows it, the hash as ``_grow``."""
+        if self.size >= self.row_keys.shape[0]:
+            grown = np.empty(max(self.size + 1, 2 * self.row_keys.shape[0]), np.uint64)
+            grown[: self.size] = self.row_keys[: self.size]
+            self.row_keys = grown
+        self._grow(self.size + 1, kern)
+
+    def kernel_args(self) -> tuple[np.ndarray, np.uint64, np.uint64]:
+        """The hash, its multiplier and shift, as ``kernels_numba.key_ensure`` takes them."""
+        return self._tab, np.uint64(self._mult), np.uint64(64 - self._bits)
+
+    def grew_to(self, size: int) -> None:
+        """After a compiled merge appended rows up to ``size``."""
+        if size != self.size:
+            self.size = int(size)
+            self._sorted = None
 
     def add(self, key: int) -> int:
         """Row of one key, appending it if unknown."""

@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from peerd import kernels
-from peerd.cells import MAX_SLOTS, CellStore
+from peerd.cells import MAX_SLOTS, CellStore, MergeScratch
 from peerd.contribution import OWN, Contribution
 from peerd.delta import DEFAULT_Q_BOUND, Bounds, Delta, MergeStats, PatternSignature
 from peerd.errors import ExcessiveEvidence, UnknownAction
@@ -123,6 +123,7 @@ class QTable:
         self._a = task.n_actions
         self._index = KeyIndex()
         self._store = CellStore()
+        self._scratch = MergeScratch()  # the compiled merge's, kept across deltas
         self._own = Contribution(self._store)
         self._robust = type(self.strategy) is not WeightedAverage
         # each cell's reference log-weight is stored relative to the clock at start-up (float32)
@@ -565,51 +566,63 @@ class QTable:
     def _merge_compiled(self, s: int, keys: np.ndarray, acts: np.ndarray, src: dict[str, np.ndarray],
                         stats: MergeStats, kern: ModuleType, outcomes: bool | None) -> np.ndarray:
         """``_merge`` with the compiled kernels (``peerd.kernels``): the same steps and
-        arithmetic, each stage one loop over the (distinct) cells instead of ~20 numpy passes.
-        ``outcomes``: whether some cell reports succ/fail, if ``scan_order`` found out."""
-        cells = self._index.ensure_cells(keys, acts, self._a, kern)
-        self._reserve()
-        st = self._store
-        e, gaps, q_old, lw_old, n_old, absent, newer = st.lookup_old(cells, s, src["version"], kern)
-        if newer < cells.shape[0]:
-            sel = np.flatnonzero(src["version"] > st.fields["version"][e])
-            cells, e, q_old, lw_old, n_old = cells[sel], e[sel], q_old[sel], lw_old[sel], n_old[sel]
-            gaps = None if gaps is None else gaps[sel]
-            src = {k: v[sel] for k, v in src.items()}
-            absent = np.flatnonzero(e == 0)
-        k = cells.shape[0]
-        if k == 0:
-            return cells
-        n_new = absent.shape[0]
-        stats.new += n_new
-        stats.updated += k - n_new
-        old_of = self._outcomes_before(e, src, outcomes)
-        if n_new:
-            st.insert_at(s, cells, absent, gaps, e, kern)
+        arithmetic in one compiled call (``kernels_numba.merge_delta``), with room for the
+        delta's cells made first here. ``outcomes``: whether some cell reports succ/fail, if
+        ``scan_order`` found out."""
+        m = keys.shape[0]
+        idx, st, view = self._index, self._store, self._view
+        scratch = self._scratch.get(m)
+        st.reserve_entries(m)
+        h = st.origin_hash(s, m)
+        f = st.fields
         floor = 1 if s == OWN else max(self.min_visits, 1)
         now = self.clock() / self.half_life
-        view = self._view
-        bad = np.empty(k, np.int64)
-        f = st.fields
-        nbad, total, conf = kern.merge_swap(
-            *view.rows_for_kernels(), cells, e, f["q"], f["lw"], f["n"], f["version"],
-            src["q"], src["lw"], src["n"], src["version"], q_old, lw_old, n_old,
-            float(self._eff_trust(s)), floor, now, bad)
-        if st.has_outcomes:
+        t = float(self._eff_trust(s))
+        kat = 0
+        while True:
+            (status, ksize, kat, k, n_new, reuse, used, nbad, total, conf, table) = kern.merge_delta(
+                *idx.kernel_args(), keys, acts, self._a, idx.row_keys, idx.size, idx.limit(), kat,
+                min(view.cap, st.head.shape[0]), h.table, h.n, *st.hash_loads, st.cell, st.next,
+                st.slot, st.head, f["q"], f["lw"], f["n"], f["version"], st.free, st.used, s,
+                *view.rows_for_kernels(), src["q"], src["lw"], src["n"], src["version"], t, floor,
+                now, *scratch)
+            idx.grew_to(ksize)
+            if status == kern.DONE:
+                break
+            if status == kern.KEYS_FULL:  # grow the key index as ``ensure_cells`` would, go on
+                idx.make_room(kern)
+            else:  # VIEW_FULL
+                self._reserve()
+        st.inserted(s, table, n_new, reuse, used)
+        cells = scratch[0][:k]
+        if k == 0:
+            return cells.copy()
+        stats.new += n_new
+        stats.updated += k - n_new
+        if outcomes is None:
+            outcomes = bool(src["succ"].any() or src["fail"].any())
+        if outcomes:
+            st.enable_outcomes()
+            view.enable_outcomes()
+        if st.has_outcomes:  # the stored counts before (0 for a new entry), then the delta's
+            e, at = scratch[1][:k], scratch[8][:k]
+            new_at = scratch[6][:n_new]
             for o in ("succ", "fail"):
-                f[o][e] = src[o]
-            if view.succ is not None:
-                ok_in, ok_old = src["n"] >= floor, n_old >= floor
-                for o in ("succ", "fail"):
-                    view.add_counts(o, cells, np.where(ok_in, src[o].astype(np.int64), 0)
-                                    - np.where(ok_old, old_of[o], 0))
+                before = f[o][e].astype(np.int64)
+                before[new_at] = 0
+                src_o = src[o] if k == m else src[o][at]
+                f[o][e] = src_o
+                if view.succ is not None:
+                    n_in, n_old = src["n"] if k == m else src["n"][at], scratch[5][:k]
+                    view.add_counts(o, cells, np.where(n_in >= floor, src_o.astype(np.int64), 0)
+                                    - np.where(n_old >= floor, before, 0))
         stats.total_visits = int(total)
-        self._refresh(cells, cells[bad[:nbad]])
+        self._refresh(cells, cells[scratch[9][:nbad]])
         if nbad:  # some sums were recomputed exactly: read the evidence back
             eff = view.evidence(cells, now)
             conf = float((eff / (eff + 1.0)).sum())
         stats.confidence = float(conf) / k
-        return cells
+        return cells.copy()
 
     def load(self, origin: str, arrays: dict[str, np.ndarray]) -> None:
         """Restore one origin's cells from the durable store (trusted; no evidence guard).

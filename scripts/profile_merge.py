@@ -74,6 +74,7 @@ KERNEL_STAGES = {
     "insert_new": "new entries: link + hash (kernels: insert_new)",
     "hash_put": "origin hash rebuilds (kernels: hash_put)",
     "merge_swap": "field writes + view rows + stats (kernels: merge_swap)",
+    "merge_delta": "the whole merge in one call (kernels: merge_delta)",
 }
 
 
@@ -84,6 +85,16 @@ def instrument_kernels() -> None:
         raise SystemExit(f"--kernel numba: the kernels cannot load: {kernels.status()['error']}")
     for name, label in KERNEL_STAGES.items():
         setattr(kern, name, timed(label, getattr(kern, name)))
+    # the growths the compiled merge leaves to Python (rare, but each a copy of a whole array)
+    view.MergedView.reserve = timed("view growth (MergedView.reserve)", view.MergedView.reserve)
+    cells.CellStore.reserve_cells = timed("holder heads growth (CellStore.reserve_cells)",
+                                          cells.CellStore.reserve_cells)
+    qtable.QTable._refresh = timed("exact recompute of cancelled sums (QTable._refresh)",
+                                   qtable.QTable._refresh)
+    view.MergedView.evidence = timed("evidence read back after a recompute (MergedView.evidence)",
+                                     view.MergedView.evidence)
+    keyindex.KeyIndex.make_room = timed("key index growth (KeyIndex.make_room)",
+                                        keyindex.KeyIndex.make_room)
 
 
 def instrument(warm: bool) -> None:
