@@ -253,6 +253,8 @@ class CellStore:
         self.cell, self.next = rec["cell"], rec["next"]
         for f in PAYLOAD:
             self.fields[f] = rec[f]
+        #: what the compiled merge takes of the store, in its order (rebound with the records)
+        self.kernel_cols = (self.cell, self.next, self.slot, *(self.fields[f] for f in PAYLOAD))
 
     # ---------------------------------------------------------------- sizes
     @property
@@ -510,8 +512,11 @@ class CellStore:
         """Room for ``k`` more entries before a compiled merge (``kernels_numba.merge_delta``),
         which learns how many it adds only once done: records and slots, and the huge-page
         advice for the pages they may begin (``_advise_fresh``)."""
-        self._reserve(self.used + k)
-        self._advise_fresh(self.used, self.used + k)
+        end = self.used + k
+        if end > self.cap:
+            self._reserve(end)
+        if end * REC.itemsize > self._advised_to:
+            self._advise_fresh(self.used, end)
 
     #: an origin hash's loads, for ``kernels_numba.merge_delta``: rebuilt past the first, to the second
     hash_loads = (_MAX_LOAD, _REBUILD_LOAD)

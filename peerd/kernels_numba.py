@@ -347,7 +347,7 @@ DONE, KEYS_FULL, VIEW_FULL = 0, 1, 2
 @njit(cache=True, nogil=True)
 def merge_delta(keytab, mult, shift, keys, actions, n_actions, row_keys, ksize, klimit, kstart,
                 cell_cap, table, hn, max_load, rebuild_load,
-                cellcol, nextcol, slots, head, rec_q, rec_lw, rec_n, rec_version, free, used, slot,
+                cellcol, nextcol, slots, rec_q, rec_lw, rec_n, rec_version, head, free, used, slot,
                 f8, f4, acc_i, base, q_in, lw_in, n_in, version_in, t, floor, now,
                 cells, e, gaps, q_old, lw_old, n_old, absent, ids, at, bad, qc, lwc, nc, vc
                 ):  # type: ignore[no-untyped-def]
@@ -469,20 +469,19 @@ def _warm(readonly: bool) -> None:
     view.reserve(64)
     store.reserve_cells(64)
     keys = src(np.array([3], np.uint64))
-    key_put(*index.kernel_args(), np.array([3], np.uint64), np.zeros(1, np.int64))
+    key_put(*index.kernel_args, np.array([3], np.uint64), np.zeros(1, np.int64))
     index._tab[:] = 0
     one16, one32 = src(np.zeros(1, np.uint16)), src(np.ones(1, np.uint32))
-    key_ensure(*index.kernel_args(), keys, one16, 4, index.row_keys, 0, 1, 0, np.zeros(1, np.int64))
+    key_ensure(*index.kernel_args, keys, one16, 4, index.row_keys, 0, 1, 0, np.zeros(1, np.int64))
     index._tab[:] = 0
     delta_scan(one16, src(np.ones(1, np.float32)), src(np.ones(1)), one32, one32, one32,
                src(np.ones(1, np.uint64)))
     scan_order(keys, one16, one32, one32)
     store.reserve_entries(1)
     h = store.origin_hash(1, 1)
-    f = store.fields
-    merge_delta(*index.kernel_args(), keys, one16, 4, index.row_keys, 0, index.limit(), 0, 64, h.table, 0,
-                *store.hash_loads, store.cell, store.next, store.slot, store.head, f["q"], f["lw"],
-                f["n"], f["version"], store.free, store.used, 1, *view.rows_for_kernels(),
+    merge_delta(*index.kernel_args, keys, one16, 4, index.row_keys, 0, index.limit(), 0, 64, h.table, 0,
+                *store.hash_loads, *store.kernel_cols, store.head, store.free, store.used, 1,
+                *view.kernel_rows,
                 src(np.ones(1, np.float32)), src(np.ones(1)), one32, src(np.full(1, 2, np.uint64)),
                 1.0, 1, 0.0, *MergeScratch().get(1))
 

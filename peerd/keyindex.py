@@ -35,6 +35,12 @@ class KeyIndex:
         self._tab = np.zeros((1 << self._bits, 2), np.uint64)  # [key, row + 1]; row + 1 = 0: empty
         self._slots = self._tab.view("V16").reshape(-1)
         self._sorted: tuple[np.ndarray, np.ndarray] | None = None
+        self._bind()
+
+    def _bind(self) -> None:
+        """``kernel_args``: the hash, its multiplier and shift, as ``kernels_numba.key_ensure``
+        takes them (a tuple kept while the hash stays)."""
+        self.kernel_args = (self._tab, np.uint64(self._mult), np.uint64(64 - self._bits))
 
     # ---------------------------------------------------------------- probes
     def _home(self, keys: np.ndarray) -> np.ndarray:
@@ -131,6 +137,7 @@ class KeyIndex:
         self._bits = bits
         self._tab = np.zeros((1 << bits, 2), np.uint64)
         self._slots = self._tab.view("V16").reshape(-1)
+        self._bind()
         self._put(self.row_keys[: self.size].copy(), np.arange(self.size, dtype=np.int64), kern)
 
     # ----------------------------------------------------------------- adds
@@ -186,10 +193,6 @@ class KeyIndex:
             grown[: self.size] = self.row_keys[: self.size]
             self.row_keys = grown
         self._grow(self.size + 1, kern)
-
-    def kernel_args(self) -> tuple[np.ndarray, np.uint64, np.uint64]:
-        """The hash, its multiplier and shift, as ``kernels_numba.key_ensure`` takes them."""
-        return self._tab, np.uint64(self._mult), np.uint64(64 - self._bits)
 
     def grew_to(self, size: int) -> None:
         """After a compiled merge appended rows up to ``size``."""
