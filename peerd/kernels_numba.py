@@ -239,7 +239,9 @@ def merge_swap(f8, f4, acc_i, base, cells, e, rec_q, rec_lw, rec_n, rec_version,
     float64 (num, den), ``[cap, 8]`` float32 (ref_rel at 4, mass at 5) and
     ``[cap, 4]`` int64 (merged n at 3); ``base`` the view's. Writes the indices
     of the cells whose sums cancelled into ``bad``; returns ``(how many,
-    Σ merged n, Σ eff/(eff+1))`` with ``eff`` as ``peerd.view.evidence_of``.
+    Σ merged n, Σ eff/(eff+1) over the others)`` with ``eff`` as
+    ``peerd.view.evidence_of`` (the caller adds the cancelled cells' once
+    their sums are recomputed).
     """
     nbad = 0
     total = 0

@@ -472,7 +472,8 @@ class QTable:
                          outcomes: bool | None) -> dict[str, np.ndarray]:
         """Outcome columns switched on when a delta first carries outcomes (``outcomes``:
         known already, or None to look), and entries ``e``'s succ/fail before the merge
-        (0 at the sentinel); empty while no origin reports outcomes. Both merge paths."""
+        (0 at the sentinel); empty while no origin reports outcomes. The numpy path's
+        (the compiled one's is ``_outcomes_after``)."""
         st = self._store
         if outcomes is None:
             outcomes = bool(src["succ"].any() or src["fail"].any())
@@ -609,10 +610,11 @@ class QTable:
         if outcomes or st.has_outcomes:
             self._outcomes_after(cells, scratch, k, m, n_new, src, floor, outcomes)
         if nbad or self._robust:
-            self._refresh(cells, cells[scratch[9][:nbad]])
-        if nbad:  # some sums were recomputed exactly: read the evidence back
-            eff = view.evidence(cells, now)
-            conf = float((eff / (eff + 1.0)).sum())
+            bad = cells[scratch[9][:nbad]]
+            self._refresh(cells, bad)
+            if nbad:  # recomputed exactly: their evidence (``conf`` left them out) read back
+                eff = view.evidence(bad, now)
+                conf += float((eff / (eff + 1.0)).sum())
         stats.confidence = conf / k
         return k
 
