@@ -156,30 +156,6 @@ class KeyIndex:
             rows[missing] = new_rows[inv.reshape(-1)]
         return rows
 
-    def ensure_cells(self, keys: np.ndarray, actions: np.ndarray, n_actions: int,
-                     kern: ModuleType) -> np.ndarray:
-        """``ensure`` with the compiled kernels, returning flat cell ids ``row · n_actions + action``.
-
-        One loop finds or adds each key; it stops when the hash would pass
-        half full or ``row_keys`` is full, and goes on after the growth, so
-        the index grows when and as ``ensure``'s would. ``keys`` sorted (a
-        merge's are): new rows in key order, as ``ensure`` numbers them.
-        """
-        keys = np.asarray(keys, np.uint64)
-        m = keys.shape[0]
-        cells = np.empty(m, np.int64)
-        at, size = 0, self.size
-        while True:
-            size, at = kern.key_ensure(self._tab, np.uint64(self._mult), np.uint64(64 - self._bits),
-                                       keys, actions, n_actions, self.row_keys, size, self.limit(), at,
-                                       cells)
-            if size != self.size:
-                self.size = int(size)
-                self._sorted = None
-            if at == m:
-                return cells
-            self.make_room(kern)
-
     def limit(self) -> int:
         """How many keys the index holds before it must grow (``make_room``): its hash half
         full, or ``row_keys`` full."""
@@ -187,7 +163,9 @@ class KeyIndex:
 
     def make_room(self, kern: ModuleType | None = None) -> None:
         """Grow what is full once ``limit()`` keys are held: ``row_keys`` as ``_append_rows``
-        grows it, the hash as ``_grow``."""
+        grows it, the hash as ``_grow``. The compiled merge (``kernels_numba.merge_delta``)
+        adds keys until ``limit()`` and asks for this, then goes on: the index grows when
+        and as ``ensure``'s does."""
         if self.size >= self.row_keys.shape[0]:
             grown = np.empty(max(self.size + 1, 2 * self.row_keys.shape[0]), np.uint64)
             grown[: self.size] = self.row_keys[: self.size]

@@ -592,7 +592,7 @@ class QTable:
             if status == 0:  # kern.DONE
                 break
             idx.grew_to(ksize)
-            if status == kern.KEYS_FULL:  # grow the key index as ``ensure_cells`` would, go on
+            if status == kern.KEYS_FULL:  # grow the key index as ``ensure`` would, go on
                 idx.make_room(kern)
             else:  # VIEW_FULL
                 self._reserve()
