@@ -10,7 +10,9 @@ and Python). ``--warm`` also times, before each stage, one bare gather of the
 rows that stage will touch (key-index slots, view rows, the origin's hash
 slots and records, holder-chain heads): what a cache miss per cell costs on
 this machine, apart from the numpy passes around it. ``--kernel numba``
-times each compiled kernel (``peerd/kernels_numba.py``) as a stage instead.
+times each compiled kernel (``peerd/kernels_numba.py``) that Python calls as
+a stage instead (``merge_delta``: the whole merge in one call), and the
+growths and recomputes that stay in Python.
 ``--cprofile`` prints the top functions instead.
 
     python scripts/profile_merge.py --origins 64 --deltas 100
