@@ -456,9 +456,9 @@ class CellStore:
 
         Records are written in entry order, so the 2 MiB pages below the
         batch's end are complete once it is written: they are advised
-        ``MADV_HUGEPAGE`` (a page this batch fills whole is faulted as a huge
-        page; one that earlier batches began in 4 KiB pages may be collapsed by
-        the kernel's ``khugepaged`` later, in the background). The page the
+        ``MADV_HUGEPAGE`` (a page a bulk batch fills whole is faulted as a huge
+        page; one written in 4 KiB pages may be collapsed by the kernel's
+        ``khugepaged`` later, in the background). The page the
         batch leaves unfinished gets a huge page only if the batch is at least
         2 MiB of records itself (a restore, a bulk load); a delta adding a few
         thousand entries writes it in 4 KiB pages (``MADV_NOHUGEPAGE``) instead of
