@@ -62,7 +62,6 @@ from __future__ import annotations
 import contextlib
 import mmap
 import sys
-from types import ModuleType
 
 import numpy as np
 
@@ -78,7 +77,6 @@ _SMALL = 16  # batches up to this size are probed in plain Python
 _TAIL = 48  # a vectorised probe loop finishes its last this-many cells in plain Python
 _ALIGN = 64  # a cache line
 _HUGE = 2 << 20  # a transparent huge page
-_NO_GAPS = np.empty(0, np.int64)  # ``insert_at`` without gaps: every probe from home
 
 
 def _map_bytes(cap: int) -> int:
@@ -186,6 +184,38 @@ def _step(pos: np.ndarray, size: int) -> np.ndarray:
     return pos
 
 
+#: the compiled merge's scratch arrays (``kernels_numba.merge_delta``'s, in order): cells, e,
+#: gaps, q_old, lw_old, n_old, absent, ids, at, bad, then the kept cells' incoming q, lw, n, version
+_SCRATCH = (np.int64, np.int64, np.int64, np.float32, np.float64, np.uint32, np.int64, np.int64,
+            np.int64, np.int64, np.float32, np.float64, np.uint32, np.uint64)
+
+
+class MergeScratch:
+    """Per-cell scratch of the compiled merge, kept across deltas of up to ``KEEP`` cells.
+
+    Allocating ~14 arrays per delta (and first touching their pages) was
+    part of the Python glue between the compiled stages; a larger delta (a
+    bulk load) gets its own, dropped after it, so an idle table keeps at
+    most ``KEEP`` × 96 B.
+    """
+
+    KEEP = 1 << 15
+
+    def __init__(self) -> None:
+        self.cap = 0
+        self.arrays: tuple[np.ndarray, ...] = ()
+
+    def get(self, m: int) -> tuple[np.ndarray, ...]:
+        """Arrays of at least ``m`` cells each."""
+        if m <= self.cap:
+            return self.arrays
+        if m > self.KEEP:
+            return tuple(np.empty(m, d) for d in _SCRATCH)
+        self.cap = min(self.KEEP, max(m, 2 * self.cap))
+        self.arrays = tuple(np.empty(self.cap, d) for d in _SCRATCH)
+        return self.arrays
+
+
 class CellStore:
     """The (slot, cell) entries of every origin, with per-origin hashes and holder chains."""
 
@@ -223,6 +253,8 @@ class CellStore:
         self.cell, self.next = rec["cell"], rec["next"]
         for f in PAYLOAD:
             self.fields[f] = rec[f]
+        #: what the compiled merge takes of the store, in its order (rebound with the records)
+        self.kernel_cols = (self.cell, self.next, self.slot, *(self.fields[f] for f in PAYLOAD))
 
     # ---------------------------------------------------------------- sizes
     @property
@@ -318,29 +350,6 @@ class CellStore:
                     break
                 p = p + 1 if p + 1 < size else 0
         return out, gaps
-
-    def lookup_old(self, cell: np.ndarray, slot: int, version: np.ndarray, kern: ModuleType
-                   ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, np.ndarray,
-                              np.ndarray, int]:
-        """The merge's look-up with the compiled kernels: ``lookup``, the version test and the
-        held records, in one loop over the cells.
-
-        Returns ``(entries, gaps, q_old, lw_old, n_old, absent, newer)``: as
-        ``lookup`` (entry 0 and the sentinel's values where absent), the held
-        ``q``, ``lw``, ``n``, the indices of the absent cells, and how many
-        ``version``s are greater than the held ones.
-        """
-        m = cell.shape[0]
-        h = self.hashes.get(slot)
-        if h is None or h.n == 0:  # nothing held: every cell absent, every (validated) version newer
-            return (np.zeros(m, np.int64), None, np.zeros(m, np.float32), np.full(m, -np.inf),
-                    np.zeros(m, np.uint32), np.arange(m), int(np.count_nonzero(version > 0)))
-        e, gaps, absent = np.empty(m, np.int64), np.empty(m, np.int64), np.empty(m, np.int64)
-        q_old, lw_old, n_old = np.empty(m, np.float32), np.empty(m), np.empty(m, np.uint32)
-        f = self.fields
-        newer, na = kern.cell_probe(h.table, self.cell, f["q"], f["lw"], f["n"], f["version"], cell,
-                                    version, e, gaps, q_old, lw_old, n_old, absent)
-        return e, gaps, q_old, lw_old, n_old, absent[:na], int(newer)
 
     def find_one(self, cell: int, slot: int) -> int:
         """``find`` for one cell in plain Python ints: the own-update hot path (no array set-up)."""
@@ -447,9 +456,9 @@ class CellStore:
 
         Records are written in entry order, so the 2 MiB pages below the
         batch's end are complete once it is written: they are advised
-        ``MADV_HUGEPAGE`` (a page this batch fills whole is faulted as a huge
-        page; one that earlier batches began in 4 KiB pages may be collapsed by
-        the kernel's ``khugepaged`` later, in the background). The page the
+        ``MADV_HUGEPAGE`` (a page a bulk batch fills whole is faulted as a huge
+        page; one written in 4 KiB pages may be collapsed by the kernel's
+        ``khugepaged`` later, in the background). The page the
         batch leaves unfinished gets a huge page only if the batch is at least
         2 MiB of records itself (a restore, a bulk load); a delta adding a few
         thousand entries writes it in 4 KiB pages (``MADV_NOHUGEPAGE``) instead of
@@ -458,49 +467,79 @@ class CellStore:
         (``docs/merge.md``). Only within the reservation: one mapping whose
         parts may differ (``mremap`` would need one region).
         """
+        self._advise_fresh(first, end)
+        self._advise_done(end)
+
+    def _advise_fresh(self, first: int, bound: int) -> None:
+        """``_advise``'s advice for the pages fresh entries ``[first, end)`` may begin, ``end ≤ bound``
+        (the compiled merge knows its count only once done): a bulk batch's pages huge, as
+        ``_advise``; else the pages up to ``bound``'s not advised yet ``MADV_NOHUGEPAGE``
+        (a page the batch may leave unfinished; one it completes is advised huge by
+        ``_advise_done`` afterwards, for ``khugepaged``)."""
         if not self._reserved or self._buf is None or not hasattr(mmap, "MADV_HUGEPAGE"):
             return
-        lo, hi, size = first * REC.itemsize, end * REC.itemsize, len(self._buf)
-        b = hi // _HUGE * _HUGE  # the page the batch ends in
-        # Only where a batch crosses a page boundary: most deltas' records lie within one page.
+        lo, hi, size = first * REC.itemsize, bound * REC.itemsize, len(self._buf)
+        if hi <= lo:
+            return
         with contextlib.suppress(OSError, ValueError):
-            if b > self._huge_to:  # pages complete after this batch (and whole fresh ones)
+            if hi - lo >= _HUGE:  # a bulk batch (a restore): huge pages throughout
+                b = hi // _HUGE * _HUGE
+                if b > self._huge_to:
+                    self._buf.madvise(mmap.MADV_HUGEPAGE, self._huge_to, b - self._huge_to)
+                    self._huge_to = b
+                if hi > b and b < size and self._advised_to <= b:
+                    self._buf.madvise(mmap.MADV_HUGEPAGE, b, min(_HUGE, size - b))
+                    self._huge_to = self._advised_to = b + _HUGE
+                return
+            start = max(self._advised_to, lo // _HUGE * _HUGE)
+            stop = min(-(-hi // _HUGE) * _HUGE, size)  # end of the page the bound ends in
+            if stop > start:
+                self._buf.madvise(mmap.MADV_NOHUGEPAGE, start, stop - start)
+                self._advised_to = stop
+
+    def _advise_done(self, end: int) -> None:
+        """The 2 MiB pages below the one entry ``end`` is in are complete: ``MADV_HUGEPAGE``."""
+        if not self._reserved or self._buf is None or not hasattr(mmap, "MADV_HUGEPAGE"):
+            return
+        b = end * REC.itemsize // _HUGE * _HUGE
+        if b > self._huge_to:  # only where a batch crossed a page boundary
+            with contextlib.suppress(OSError, ValueError):
                 self._buf.madvise(mmap.MADV_HUGEPAGE, self._huge_to, b - self._huge_to)
-                self._huge_to = b
-            if hi > b and b < size and self._advised_to <= b:  # the page it begins and leaves unfinished
-                bulk = hi - lo >= _HUGE
-                self._buf.madvise(mmap.MADV_HUGEPAGE if bulk else mmap.MADV_NOHUGEPAGE, b,
-                                  min(_HUGE, size - b))
-                if bulk:
-                    self._huge_to = b + _HUGE
-                self._advised_to = b + _HUGE
+            self._huge_to = b
 
-    def insert_at(self, slot: int, cells: np.ndarray, at: np.ndarray, gaps: np.ndarray | None,
-                  e: np.ndarray, kern: ModuleType) -> None:
-        """``insert`` of the cells ``cells[at]`` with the compiled kernels; ``e[at]`` = their ids.
+    # ------------------------------------------------- the compiled merge
+    def reserve_entries(self, k: int) -> None:
+        """Room for ``k`` more entries before a compiled merge (``kernels_numba.merge_delta``),
+        which learns how many it adds only once done: records and slots, and the huge-page
+        advice for the pages they may begin (``_advise_fresh``)."""
+        end = self.used + k
+        if end > self.cap:
+            self._reserve(end)
+        if end * REC.itemsize > self._advised_to:
+            self._advise_fresh(self.used, end)
 
-        ``gaps``: ``lookup_old``'s, for all of ``cells`` (the hash unchanged
-        since), or None. One loop links, hashes and records the new entries;
-        only the id allocation and a hash's growth stay in Python.
-        """
-        k = at.shape[0]
-        ids, _ = self._allocate(k)
-        if self.has_outcomes:  # a recycled entry may hold old counts; the caller writes the rest
-            self.fields["succ"][ids] = 0
-            self.fields["fail"][ids] = 0
+    #: an origin hash's loads, for ``kernels_numba.merge_delta``: rebuilt past the first, to the second
+    hash_loads = (_MAX_LOAD, _REBUILD_LOAD)
+
+    def origin_hash(self, slot: int, k: int) -> _OriginHash:
+        """The hash of origin ``slot``; a new one sized for ``k`` entries if it has none."""
         h = self.hashes.get(slot)
         if h is None:
             h = self.hashes[slot] = _OriginHash(k)
-            gaps = None
-        if h.n + k > _MAX_LOAD * h.size:  # grow: rebuild at 1/4 full, every probe from home
-            old = np.sort(h.ids()).astype(np.int64)  # in entry order: records read in sequence
-            h = self.hashes[slot] = _OriginHash(h.n + k)
-            kern.hash_put(h.table, self.cell, old, np.full(old.shape[0], -1, np.int64))
-            h.n = old.shape[0]
-            gaps = None
-        kern.insert_new(ids, at, cells, _NO_GAPS if gaps is None else gaps, slot, self.cell, self.next,
-                        self.slot, self.head, h.table, e)
+        return h
+
+    def inserted(self, slot: int, table: np.ndarray, k: int, reuse: int, used: int) -> None:
+        """After a compiled merge added ``k`` entries (``reuse`` of them freed ones, the fresh ones
+        up to ``used``) with ``table`` as the origin's hash (a rebuilt one, or the same)."""
+        h = self.hashes[slot]
+        if table is not h.table:
+            h.table, h.size = table, table.shape[0]
         h.n += k
+        if reuse:
+            self.free = self.free[: self.free.shape[0] - reuse]
+        if used != self.used:
+            self.used = used
+            self._advise_done(used)
 
     def _reserve(self, n: int) -> None:
         if n <= self.cap:

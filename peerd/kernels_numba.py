@@ -24,6 +24,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
+from numba.cpython.unsafe.numbers import trailing_zeros
 from numba.extending import intrinsic
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -238,7 +239,9 @@ def merge_swap(f8, f4, acc_i, base, cells, e, rec_q, rec_lw, rec_n, rec_version,
     float64 (num, den), ``[cap, 8]`` float32 (ref_rel at 4, mass at 5) and
     ``[cap, 4]`` int64 (merged n at 3); ``base`` the view's. Writes the indices
     of the cells whose sums cancelled into ``bad``; returns ``(how many,
-    Σ merged n, Σ eff/(eff+1))`` with ``eff`` as ``peerd.view.evidence_of``.
+    Σ merged n, Σ eff/(eff+1) over the others)`` with ``eff`` as
+    ``peerd.view.evidence_of`` (the caller adds the cancelled cells' once
+    their sums are recomputed).
     """
     nbad = 0
     total = 0
@@ -317,6 +320,130 @@ def merge_swap(f8, f4, acc_i, base, cells, e, rec_q, rec_lw, rec_n, rec_version,
     return nbad, total, conf
 
 
+@njit(cache=True, nogil=True)
+def _entry_order(table, n, end):  # type: ignore[no-untyped-def]
+    """The ``n`` entry ids in a hash (all ``< end``), ascending: a bitmap of ``end`` bits, then its
+    set bits in order. ``np.sort`` of them cost 12 ms at 200 k ids on this project's VM (numpy's
+    5 ms), a third of a merge's time over 200 deltas at 8 origins; this is ~1 ms."""
+    words = np.zeros((end >> 6) + 1, np.uint64)
+    one = np.uint64(1)
+    for p in range(table.shape[0]):
+        x = table[p]
+        if x != 0:
+            words[x >> 6] |= one << np.uint64(x & 63)
+    out = np.empty(n, np.int64)
+    j = 0
+    for w in range(words.shape[0]):
+        b = words[w]
+        while b != 0:
+            out[j] = (w << 6) + np.int64(trailing_zeros(b))
+            j += 1
+            b &= b - one
+    return out[:j]
+
+
+#: ``merge_delta``'s status: merged; the key index must grow; the view must grow
+DONE, KEYS_FULL, VIEW_FULL = 0, 1, 2
+
+
+@njit(cache=True, nogil=True)
+def merge_delta(keytab, mult, shift, keys, actions, n_actions, row_keys, ksize, klimit, kstart,
+                cell_cap, table, hn, max_load, rebuild_load,
+                cellcol, nextcol, slots, rec_q, rec_lw, rec_n, rec_version, head, free, used, slot,
+                f8, f4, acc_i, base, q_in, lw_in, n_in, version_in, t, floor, now,
+                cells, e, gaps, q_old, lw_old, n_old, absent, ids, at, bad, qc, lwc, nc, vc
+                ):  # type: ignore[no-untyped-def]
+    """A delta's whole merge in one call: ``key_ensure``, ``cell_probe``, the drop of cells
+    whose version is not newer, the origin hash's growth, new ids + ``insert_new``, ``merge_swap``.
+
+    The stages and their arithmetic are the kernels above, called in turn;
+    what the caller did between them in Python (growth checks, temporaries,
+    bookkeeping) is done here, or checked up front: the records and slots
+    hold ``len(keys)`` more entries. Two growths stay the caller's, each
+    returned as a status before anything but the key index changed, and
+    the caller calls again once it has grown: ``KEYS_FULL``, the key index
+    reached ``klimit`` keys (as ``key_ensure``; again from ``kstart``, the
+    cell it stopped at), and ``VIEW_FULL``, the key index's cells pass
+    ``cell_cap`` (the view's and ``head``'s length; again with ``kstart =
+    len(keys)``). ``cells``, ``e``, ``gaps``, ``q_old``, ``lw_old``,
+    ``n_old``, ``absent``, ``ids``, ``at``, ``bad``, ``qc``, ``lwc``,
+    ``nc``, ``vc``: scratch of at least ``len(keys)`` each, which the caller
+    keeps across deltas (and across such calls: ``cells`` holds the ids of
+    the cells before ``kstart``).
+
+    New entries take freed ids first (the last ``reuse`` of ``free``, in
+    order), then fresh ones from ``used``, as ``CellStore._allocate``. The
+    origin's hash (``hn`` entries) is rebuilt as ``CellStore.insert`` rebuilds
+    it (past ``max_load`` full, to ``rebuild_load``), its entries put back
+    in entry order: the hash after the merge is returned (``table`` itself
+    unless rebuilt).
+
+    Returns ``(status, key index size, kstart, k, na, reuse, used, nbad,
+    Σ merged n, Σ eff/(eff+1), hash)``; once ``DONE``, ``cells[:k]`` are the
+    changed cells and ``e[:k]`` their entries, ``absent[:na]`` the positions
+    of the new ones among them, ``at[:k]`` where each is in the delta (only
+    if ``k < len(keys)``), ``bad[:nbad]`` the positions whose sums cancelled.
+    """
+    m = keys.shape[0]
+    cells, e, gaps, q_old, lw_old, n_old = cells[:m], e[:m], gaps[:m], q_old[:m], lw_old[:m], n_old[:m]
+    if kstart < m:
+        ksize, kstart = key_ensure(keytab, mult, shift, keys, actions, n_actions, row_keys, ksize,
+                                   klimit, kstart, cells)
+        if kstart < m:
+            return KEYS_FULL, ksize, kstart, 0, 0, 0, used, 0, 0, 0.0, table
+    if ksize * n_actions > cell_cap:
+        return VIEW_FULL, ksize, m, 0, 0, 0, used, 0, 0, 0.0, table
+    newer, na = cell_probe(table, cellcol, rec_q, rec_lw, rec_n, rec_version, cells, version_in, e,
+                           gaps, q_old, lw_old, n_old, absent)
+    k = m
+    if newer < m:  # keep the newer cells in order, in place (the delta's arrays: copied)
+        k = 0
+        na = 0
+        for i in range(m):
+            if version_in[i] > rec_version[e[i]]:
+                cells[k] = cells[i]
+                e[k] = e[i]
+                gaps[k] = gaps[i]
+                q_old[k] = q_old[i]
+                lw_old[k] = lw_old[i]
+                n_old[k] = n_old[i]
+                at[k] = i
+                qc[k] = q_in[i]
+                lwc[k] = lw_in[i]
+                nc[k] = n_in[i]
+                vc[k] = version_in[i]
+                if e[i] == 0:
+                    absent[na] = k
+                    na += 1
+                k += 1
+    if k == 0:
+        return DONE, ksize, m, 0, 0, 0, used, 0, 0, 0.0, table
+    reuse = 0
+    if na:
+        use_gaps = True
+        if hn + na > max_load * table.shape[0]:  # rebuild at rebuild_load, every probe from home
+            old = _entry_order(table, hn, used)  # entry order: records read in sequence
+            table = np.zeros(max(64, np.int64((hn + na) / rebuild_load) + 1), np.int32)
+            hash_put(table, cellcol, old, np.full(old.shape[0], -1, np.int64))
+            use_gaps = False
+        nfree = free.shape[0]
+        reuse = min(na, nfree)
+        for j in range(na):
+            ids[j] = np.int64(free[nfree - reuse + j]) if j < reuse else used + j - reuse
+        insert_new(ids[:na], absent[:na], cells, gaps if use_gaps else gaps[:0], slot, cellcol,
+                   nextcol, slots, head, table, e)
+        used += na - reuse
+    if k < m:
+        nbad, total, conf = merge_swap(f8, f4, acc_i, base, cells[:k], e[:k], rec_q, rec_lw, rec_n,
+                                       rec_version, qc[:k], lwc[:k], nc[:k], vc[:k], q_old[:k],
+                                       lw_old[:k], n_old[:k], t, floor, now, bad)
+    else:
+        nbad, total, conf = merge_swap(f8, f4, acc_i, base, cells, e, rec_q, rec_lw, rec_n,
+                                       rec_version, q_in, lw_in, n_in, version_in, q_old, lw_old,
+                                       n_old, t, floor, now, bad)
+    return DONE, ksize, m, k, na, reuse, used, nbad, total, conf, table
+
+
 def warm() -> None:
     """Call every kernel once on tiny arrays of the merge path's exact types.
 
@@ -332,44 +459,33 @@ def warm() -> None:
 
 def _warm(readonly: bool) -> None:
     """``warm`` with the delta's arrays writable or not."""
-    from peerd.cells import REC  # here: peerd.cells does not need this module
-
-    rec = np.zeros(4, REC)
-    rec["lw"][0] = -np.inf
-    cellcol, nextcol = rec["cell"], rec["next"]
-    q, lw, n, ver = rec["q"], rec["lw"], rec["n"], rec["version"]
+    from peerd.cells import CellStore, MergeScratch  # here: peerd.cells does not need this module
+    from peerd.keyindex import KeyIndex
+    from peerd.view import MergedView  # the view's exact row arrays
 
     def src(a: np.ndarray) -> np.ndarray:  # an array as a delta holds it
         a.setflags(write=not readonly)
         return a
 
-    tab = np.zeros((64, 2), np.uint64)
+    index, store, view = KeyIndex(), CellStore(), MergedView(0.0, robust=False)
+    view.reserve(64)
+    store.reserve_cells(64)
     keys = src(np.array([3], np.uint64))
-    rows = np.zeros(1, np.int64)
-    mult, shift = np.uint64(0x9E3779B97F4A7C15), np.uint64(58)
-    key_put(tab, mult, shift, np.array([3], np.uint64), rows)  # the index's own copy: writable
-    table = np.zeros(64, np.int32)
-    cells, ids, gaps = np.array([5], np.int64), np.array([1], np.int64), np.full(1, -1, np.int64)
-    e = np.zeros(1, np.int64)
-    q_old, lw_old, n_old = np.zeros(1, np.float32), np.zeros(1), np.zeros(1, np.uint32)
-    head = np.full(8, -1, np.int32)
-    hash_put(table, cellcol, ids, gaps)
-    cell_probe(table, cellcol, q, lw, n, ver, cells, src(np.ones(1, np.uint64)), e, gaps, q_old, lw_old,
-               n_old, np.empty(1, np.int64))
-    insert_new(ids, np.zeros(1, np.int64), cells, gaps, 1, cellcol, nextcol, np.zeros(4, np.uint16),
-               head, table, e)
-    key_ensure(tab, mult, shift, keys, src(np.zeros(1, np.uint16)), 4, np.zeros(4, np.uint64), 1, 2, 0,
-               rows)
-    from peerd.view import MergedView  # the view's exact row arrays
-
-    view = MergedView(0.0, robust=False)
+    key_put(*index.kernel_args, np.array([3], np.uint64), np.zeros(1, np.int64))
+    index._tab[:] = 0
     one16, one32 = src(np.zeros(1, np.uint16)), src(np.ones(1, np.uint32))
+    key_ensure(*index.kernel_args, keys, one16, 4, index.row_keys, 0, 1, 0, np.zeros(1, np.int64))
+    index._tab[:] = 0
     delta_scan(one16, src(np.ones(1, np.float32)), src(np.ones(1)), one32, one32, one32,
                src(np.ones(1, np.uint64)))
     scan_order(keys, one16, one32, one32)
-    merge_swap(*view.rows_for_kernels(), cells, ids, q, lw, n, ver,
-               src(np.ones(1, np.float32)), src(np.ones(1)), one32, src(np.full(1, 2, np.uint64)),
-               q_old, lw_old, n_old, 1.0, 1, 0.0, np.empty(1, np.int64))
+    store.reserve_entries(1)
+    h = store.origin_hash(1, 1)
+    merge_delta(*index.kernel_args, keys, one16, 4, index.row_keys, 0, index.limit(), 0, 64, h.table, 0,
+                *store.hash_loads, *store.kernel_cols, store.head, store.free, store.used, 1,
+                *view.kernel_rows,
+                src(np.ones(1, np.float32)), src(np.ones(1)), one32, src(np.full(1, 2, np.uint64)),
+                1.0, 1, 0.0, *MergeScratch().get(1))
 
 
 @njit(cache=True, nogil=True)

@@ -35,6 +35,12 @@ class KeyIndex:
         self._tab = np.zeros((1 << self._bits, 2), np.uint64)  # [key, row + 1]; row + 1 = 0: empty
         self._slots = self._tab.view("V16").reshape(-1)
         self._sorted: tuple[np.ndarray, np.ndarray] | None = None
+        self._bind()
+
+    def _bind(self) -> None:
+        """``kernel_args``: the hash, its multiplier and shift, as ``kernels_numba.key_ensure``
+        takes them (a tuple kept while the hash stays)."""
+        self.kernel_args = (self._tab, np.uint64(self._mult), np.uint64(64 - self._bits))
 
     # ---------------------------------------------------------------- probes
     def _home(self, keys: np.ndarray) -> np.ndarray:
@@ -131,6 +137,7 @@ class KeyIndex:
         self._bits = bits
         self._tab = np.zeros((1 << bits, 2), np.uint64)
         self._slots = self._tab.view("V16").reshape(-1)
+        self._bind()
         self._put(self.row_keys[: self.size].copy(), np.arange(self.size, dtype=np.int64), kern)
 
     # ----------------------------------------------------------------- adds
@@ -149,33 +156,27 @@ class KeyIndex:
             rows[missing] = new_rows[inv.reshape(-1)]
         return rows
 
-    def ensure_cells(self, keys: np.ndarray, actions: np.ndarray, n_actions: int,
-                     kern: ModuleType) -> np.ndarray:
-        """``ensure`` with the compiled kernels, returning flat cell ids ``row · n_actions + action``.
+    def limit(self) -> int:
+        """How many keys the index holds before it must grow (``make_room``): its hash half
+        full, or ``row_keys`` full."""
+        return min((1 << self._bits) // 2, self.row_keys.shape[0])
 
-        One loop finds or adds each key; it stops when the hash would pass
-        half full or ``row_keys`` is full, and goes on after the growth, so
-        the index grows when and as ``ensure``'s would. ``keys`` sorted (a
-        merge's are): new rows in key order, as ``ensure`` numbers them.
-        """
-        keys = np.asarray(keys, np.uint64)
-        m = keys.shape[0]
-        cells = np.empty(m, np.int64)
-        at, size = 0, self.size
-        while True:
-            limit = min((1 << self._bits) // 2, self.row_keys.shape[0])
-            size, at = kern.key_ensure(self._tab, np.uint64(self._mult), np.uint64(64 - self._bits),
-                                       keys, actions, n_actions, self.row_keys, size, limit, at, cells)
-            if size != self.size:
-                self.size = int(size)
-                self._sorted = None
-            if at == m:
-                return cells
-            if self.size >= self.row_keys.shape[0]:  # as ``_append_rows``
-                grown = np.empty(max(self.size + 1, 2 * self.row_keys.shape[0]), np.uint64)
-                grown[: self.size] = self.row_keys[: self.size]
-                self.row_keys = grown
-            self._grow(self.size + 1, kern)
+    def make_room(self, kern: ModuleType | None = None) -> None:
+        """Grow what is full once ``limit()`` keys are held: ``row_keys`` as ``_append_rows``
+        grows it, the hash as ``_grow``. The compiled merge (``kernels_numba.merge_delta``)
+        adds keys until ``limit()`` and asks for this, then goes on: the index grows when
+        and as ``ensure``'s does."""
+        if self.size >= self.row_keys.shape[0]:
+            grown = np.empty(max(self.size + 1, 2 * self.row_keys.shape[0]), np.uint64)
+            grown[: self.size] = self.row_keys[: self.size]
+            self.row_keys = grown
+        self._grow(self.size + 1, kern)
+
+    def grew_to(self, size: int) -> None:
+        """After a compiled merge appended rows up to ``size``."""
+        if size != self.size:
+            self.size = int(size)
+            self._sorted = None
 
     def add(self, key: int) -> int:
         """Row of one key, appending it if unknown."""

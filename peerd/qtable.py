@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from peerd import kernels
-from peerd.cells import MAX_SLOTS, CellStore
+from peerd.cells import MAX_SLOTS, CellStore, MergeScratch
 from peerd.contribution import OWN, Contribution
 from peerd.delta import DEFAULT_Q_BOUND, Bounds, Delta, MergeStats, PatternSignature
 from peerd.errors import ExcessiveEvidence, UnknownAction
@@ -123,6 +123,7 @@ class QTable:
         self._a = task.n_actions
         self._index = KeyIndex()
         self._store = CellStore()
+        self._scratch = MergeScratch()  # the compiled merge's, kept across deltas
         self._own = Contribution(self._store)
         self._robust = type(self.strategy) is not WeightedAverage
         # each cell's reference log-weight is stored relative to the clock at start-up (float32)
@@ -471,7 +472,8 @@ class QTable:
                          outcomes: bool | None) -> dict[str, np.ndarray]:
         """Outcome columns switched on when a delta first carries outcomes (``outcomes``:
         known already, or None to look), and entries ``e``'s succ/fail before the merge
-        (0 at the sentinel); empty while no origin reports outcomes. Both merge paths."""
+        (0 at the sentinel); empty while no origin reports outcomes. The numpy path's
+        (the compiled one's is ``_outcomes_after``)."""
         st = self._store
         if outcomes is None:
             outcomes = bool(src["succ"].any() or src["fail"].any())
@@ -482,10 +484,10 @@ class QTable:
             return {}
         return {o: st.fields[o][e].astype(np.int64) for o in ("succ", "fail")}
 
-    def _merge(self, s: int, delta: Delta, stats: MergeStats) -> np.ndarray:
+    def _merge(self, s: int, delta: Delta, stats: MergeStats) -> int:
         """Store the delta's newer cells under slot ``s`` and swap their terms in the view.
 
-        Returns the flat ids of the cells that changed. Vectorised throughout:
+        Returns how many cells changed. Vectorised throughout:
         dedup, key rows, hash look-up, version test, store, view update.
         """
         keys, acts = delta.keys, delta.actions
@@ -523,7 +525,7 @@ class QTable:
             src = {k: v[newer] for k, v in src.items()}
         k = cells.shape[0]
         if k == 0:
-            return cells
+            return 0
         have = e != 0
         n_new = k - int(np.count_nonzero(have))
         stats.new += n_new
@@ -560,56 +562,80 @@ class QTable:
         if eff is None:  # some sums were recomputed exactly: read them back
             eff = self._view.evidence(cells, now)
         stats.confidence = float((eff / (eff + 1.0)).sum()) / k
-        return cells
+        return k
 
     def _merge_compiled(self, s: int, keys: np.ndarray, acts: np.ndarray, src: dict[str, np.ndarray],
-                        stats: MergeStats, kern: ModuleType, outcomes: bool | None) -> np.ndarray:
+                        stats: MergeStats, kern: ModuleType, outcomes: bool | None) -> int:
         """``_merge`` with the compiled kernels (``peerd.kernels``): the same steps and
-        arithmetic, each stage one loop over the (distinct) cells instead of ~20 numpy passes.
-        ``outcomes``: whether some cell reports succ/fail, if ``scan_order`` found out."""
-        cells = self._index.ensure_cells(keys, acts, self._a, kern)
-        self._reserve()
-        st = self._store
-        e, gaps, q_old, lw_old, n_old, absent, newer = st.lookup_old(cells, s, src["version"], kern)
-        if newer < cells.shape[0]:
-            sel = np.flatnonzero(src["version"] > st.fields["version"][e])
-            cells, e, q_old, lw_old, n_old = cells[sel], e[sel], q_old[sel], lw_old[sel], n_old[sel]
-            gaps = None if gaps is None else gaps[sel]
-            src = {k: v[sel] for k, v in src.items()}
-            absent = np.flatnonzero(e == 0)
-        k = cells.shape[0]
-        if k == 0:
-            return cells
-        n_new = absent.shape[0]
-        stats.new += n_new
-        stats.updated += k - n_new
-        old_of = self._outcomes_before(e, src, outcomes)
-        if n_new:
-            st.insert_at(s, cells, absent, gaps, e, kern)
+        arithmetic in one compiled call (``kernels_numba.merge_delta``), after room for the
+        delta's entries is made here; the key index and the view grow when the call says so.
+        ``outcomes``: whether some cell reports succ/fail, if ``scan_order`` found out.
+
+        Lean on purpose: between two deltas the caches hold other work (a daemon's, the
+        benchmark's dict loop), and each Python step here costs cache misses, ~1–3 µs cold."""
+        m = keys.shape[0]
+        idx, st, view, sc = self._index, self._store, self._view, self._scratch
+        scratch = sc.arrays if m <= sc.cap else sc.get(m)
+        st.reserve_entries(m)
+        h = st.hashes.get(s) or st.origin_hash(s, m)
         floor = 1 if s == OWN else max(self.min_visits, 1)
         now = self.clock() / self.half_life
-        view = self._view
-        bad = np.empty(k, np.int64)
-        f = st.fields
-        nbad, total, conf = kern.merge_swap(
-            *view.rows_for_kernels(), cells, e, f["q"], f["lw"], f["n"], f["version"],
-            src["q"], src["lw"], src["n"], src["version"], q_old, lw_old, n_old,
-            float(self._eff_trust(s)), floor, now, bad)
-        if st.has_outcomes:
-            for o in ("succ", "fail"):
-                f[o][e] = src[o]
-            if view.succ is not None:
-                ok_in, ok_old = src["n"] >= floor, n_old >= floor
-                for o in ("succ", "fail"):
-                    view.add_counts(o, cells, np.where(ok_in, src[o].astype(np.int64), 0)
-                                    - np.where(ok_old, old_of[o], 0))
+        t = self._eff_trust(s)
+        q, lw, n, version = src["q"], src["lw"], src["n"], src["version"]
+        kat = 0
+        while True:
+            (status, ksize, kat, k, n_new, reuse, used, nbad, total, conf, table) = kern.merge_delta(
+                *idx.kernel_args, keys, acts, self._a, idx.row_keys, idx.size, idx.limit(), kat,
+                min(view.cap, st.head.shape[0]), h.table, h.n, *st.hash_loads, *st.kernel_cols,
+                st.head, st.free, st.used, s, *view.kernel_rows, q, lw, n, version, t, floor, now,
+                *scratch)
+            if status == 0:  # kern.DONE
+                break
+            idx.grew_to(ksize)
+            if status == kern.KEYS_FULL:  # grow the key index as ``ensure`` would, go on
+                idx.make_room(kern)
+            else:  # VIEW_FULL
+                self._reserve()
+        if ksize != idx.size:
+            idx.grew_to(ksize)
+        st.inserted(s, table, n_new, reuse, used)
+        if k == 0:
+            return 0
+        stats.new += n_new
+        stats.updated += k - n_new
         stats.total_visits = int(total)
-        self._refresh(cells, cells[bad[:nbad]])
-        if nbad:  # some sums were recomputed exactly: read the evidence back
-            eff = view.evidence(cells, now)
-            conf = float((eff / (eff + 1.0)).sum())
-        stats.confidence = float(conf) / k
-        return cells
+        cells = scratch[0][:k]
+        if outcomes is None:
+            outcomes = bool(src["succ"].any() or src["fail"].any())
+        if outcomes or st.has_outcomes:
+            self._outcomes_after(cells, scratch, k, m, n_new, src, floor, outcomes)
+        if nbad or self._robust:
+            bad = cells[scratch[9][:nbad]]
+            self._refresh(cells, bad)
+            if nbad:  # recomputed exactly: their evidence (``conf`` left them out) read back
+                eff = view.evidence(bad, now)
+                conf += float((eff / (eff + 1.0)).sum())
+        stats.confidence = conf / k
+        return k
+
+    def _outcomes_after(self, cells: np.ndarray, scratch: tuple[np.ndarray, ...], k: int, m: int,
+                        n_new: int, src: dict[str, np.ndarray], floor: int, outcomes: bool) -> None:
+        """The compiled merge's succ/fail: stored for the changed entries, the view's counts moved
+        by (new − old) where each counts; outcome columns switched on the first time."""
+        st, view, f = self._store, self._view, self._store.fields
+        if outcomes:
+            st.enable_outcomes()
+            view.enable_outcomes()
+        e, at = scratch[1][:k], scratch[8][:k]
+        for o in ("succ", "fail"):
+            before = f[o][e].astype(np.int64)  # the stored counts before; 0 for a new entry
+            before[scratch[6][:n_new]] = 0
+            src_o = src[o] if k == m else src[o][at]
+            f[o][e] = src_o
+            if view.succ is not None:
+                n_in, n_old = src["n"] if k == m else src["n"][at], scratch[5][:k]
+                view.add_counts(o, cells, np.where(n_in >= floor, src_o.astype(np.int64), 0)
+                                - np.where(n_old >= floor, before, 0))
 
     def load(self, origin: str, arrays: dict[str, np.ndarray]) -> None:
         """Restore one origin's cells from the durable store (trusted; no evidence guard).

@@ -122,6 +122,7 @@ class MergedView:
         self.ref_rel, self.mass = f4[:, 4], f4[:, 5]
         self.n = buf.view(np.uint64).reshape(-1, 4)[:, 3]
         self._rows = buf.view(f"V{ROW_BYTES}")
+        self.kernel_rows = (f8, f4, self._i8, self.base)  # ``rows_for_kernels``, kept
 
     def enable_outcomes(self) -> None:
         if self.succ is None:
@@ -282,7 +283,7 @@ class MergedView:
         mass at 5) and ``[cap, 4]`` int64 (merged n at 3), and ``base``:
         ``kernels_numba.merge_swap``'s view of the same memory (``swap``'s arithmetic, as
         one compiled loop)."""
-        return self._f8, self._f4, self._i8, self.base
+        return self.kernel_rows
 
     def replace_one(self, cell: int, t_old: float, q_old: float, lw_old: float, t_new: float,
                     q_new: float, lw_new: float) -> bool:

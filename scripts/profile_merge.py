@@ -10,7 +10,9 @@ and Python). ``--warm`` also times, before each stage, one bare gather of the
 rows that stage will touch (key-index slots, view rows, the origin's hash
 slots and records, holder-chain heads): what a cache miss per cell costs on
 this machine, apart from the numpy passes around it. ``--kernel numba``
-times each compiled kernel (``peerd/kernels_numba.py``) as a stage instead.
+times each compiled kernel (``peerd/kernels_numba.py``) that Python calls as
+a stage instead (``merge_delta``: the whole merge in one call), and the
+growths and recomputes that stay in Python.
 ``--cprofile`` prints the top functions instead.
 
     python scripts/profile_merge.py --origins 64 --deltas 100
@@ -74,6 +76,7 @@ KERNEL_STAGES = {
     "insert_new": "new entries: link + hash (kernels: insert_new)",
     "hash_put": "origin hash rebuilds (kernels: hash_put)",
     "merge_swap": "field writes + view rows + stats (kernels: merge_swap)",
+    "merge_delta": "the whole merge in one call (kernels: merge_delta)",
 }
 
 
@@ -84,6 +87,16 @@ def instrument_kernels() -> None:
         raise SystemExit(f"--kernel numba: the kernels cannot load: {kernels.status()['error']}")
     for name, label in KERNEL_STAGES.items():
         setattr(kern, name, timed(label, getattr(kern, name)))
+    # the growths the compiled merge leaves to Python (rare, but each a copy of a whole array)
+    view.MergedView.reserve = timed("view growth (MergedView.reserve)", view.MergedView.reserve)
+    cells.CellStore.reserve_cells = timed("holder heads growth (CellStore.reserve_cells)",
+                                          cells.CellStore.reserve_cells)
+    qtable.QTable._refresh = timed("exact recompute of cancelled sums (QTable._refresh)",
+                                   qtable.QTable._refresh)
+    view.MergedView.evidence = timed("evidence read back after a recompute (MergedView.evidence)",
+                                     view.MergedView.evidence)
+    keyindex.KeyIndex.make_room = timed("key index growth (KeyIndex.make_room)",
+                                        keyindex.KeyIndex.make_room)
 
 
 def instrument(warm: bool) -> None:

@@ -165,3 +165,29 @@ def test_both_paths_report_the_same_merge_statistics(start: float) -> None:
         assert [getattr(a, c) for c in counts] == [getattr(b, c) for c in counts]
         assert 0.0 < a.confidence < 1.0
         assert b.confidence == pytest.approx(a.confidence, rel=1e-9)
+
+
+@needs_numba
+def test_an_origin_hash_rebuild_lists_its_entries_in_entry_order() -> None:
+    """``_entry_order`` (the rebuild's replacement for ``np.sort`` of the ids a hash holds) gives
+    exactly those ids, ascending, for tables of any fill, ids up to the store's high mark."""
+    import numpy as np
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    kern = kernels.load()
+    assert kern is not None
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.integers(64, 4096), st.data())
+    def check(size: int, data: st.DataObject) -> None:
+        end = data.draw(st.integers(2, 50_000))
+        n = data.draw(st.integers(0, min(size // 2, end - 1)))
+        rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+        ids = rng.choice(np.arange(1, end), n, replace=False).astype(np.int32)
+        table = np.zeros(size, np.int32)
+        table[rng.choice(size, n, replace=False)] = ids
+        out = kern._entry_order(table, n, end)
+        np.testing.assert_array_equal(out, np.sort(ids).astype(np.int64))
+
+    check()
