@@ -51,9 +51,6 @@ MAX_MATRIX_ENTRIES = 1 << 21
 MIN_SHARED = 10
 #: ``pairwise_scores`` compares an origin with at most this many others (a random sample past it)
 MAX_PARTNERS = 32
-#: ``pairwise_scores`` judges an origin only once compared with this share of the other speaking
-#: origins (or ``MAX_PARTNERS`` of them)
-QUORUM = 0.5
 
 
 @dataclass(frozen=True)
@@ -226,7 +223,7 @@ def deviation_scores(q: np.ndarray, w: np.ndarray, trust: np.ndarray, active: np
 
 def pairwise_scores(q: np.ndarray, w: np.ndarray, trust: np.ndarray, active: np.ndarray, *,
                     min_cells: int = MIN_CELLS, min_pairs: int = 2, min_shared: int = MIN_SHARED,
-                    max_partners: int = MAX_PARTNERS, seed: int = 0, quorum: float = QUORUM
+                    max_partners: int = MAX_PARTNERS, seed: int = 0
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Deviation as the median of an origin's distances to each other origin: a majority of *origins*.
 
@@ -278,8 +275,6 @@ def pairwise_scores(q: np.ndarray, w: np.ndarray, trust: np.ndarray, active: np.
     held = w > 0
     speaks = held & (tr * np.asarray(active, bool) > 0)[None, :]
     sample = k - 1 > max_partners
-    speaks_j = speaks.any(axis=0)
-    n_speak = int(speaks_j.sum())
     if sample:  # cells each origin shares with each speaking one: one BLAS product, k × k
         shared = held.T.astype(np.float32) @ speaks.astype(np.float32)
         rng = np.random.default_rng(seed)
@@ -300,8 +295,7 @@ def pairwise_scores(q: np.ndarray, w: np.ndarray, trust: np.ndarray, active: np.
         tot = pw.sum(axis=0)
         ok = (others.sum(axis=0) >= min_shared) & (tot > 0)
         cells[j] = int(others[:, ok].any(axis=1).sum())
-        need = max(min_pairs, min(max_partners, int(np.ceil(quorum * (n_speak - speaks_j[j])))))
-        if int(ok.sum()) < need or cells[j] < min_cells:
+        if int(ok.sum()) < min_pairs or cells[j] < min_cells:
             continue
         qo = q[sub][:, ok]
         pw = pw[:, ok]
