@@ -430,7 +430,9 @@ def judge_round(matrix: OriginMatrix, trust: Mapping[str, float], state: Quarant
     Leaving a just-quarantined liar out of the references sharpens everyone
     else's score: up to ``passes`` passes per round. ``min_others`` (default:
     ``MIN_OTHERS``, at most k − 2 so that a small federation is still judged):
-    the other holders a cell needs to count (``deviation_scores``). ``silent``:
+    with the pairwise reference, the other origins a peer must be compared
+    with; with ``"median"``, the other holders a cell needs to count
+    (``deviation_scores``). ``silent``:
     origins that have gone offline (``Quarantine.judge``).
     """
     k = len(matrix.origins)
