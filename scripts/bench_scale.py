@@ -50,14 +50,17 @@ def _progress(nodes: int, t0: float) -> Any:
 def run_n(env: str, nodes: int, seeds: int, broker_kind: str, seed: int,
           publish_every: int, trust_every: int,
           node_options: dict[str, Any] | None = None,
-          eval_every: int | None = None, progress: bool = False) -> dict[str, Any]:
+          eval_every: int | None = None, progress: bool = False,
+          modes: tuple[str, ...] = MODES, defences: bool = True,
+          curves: bool = False, max_lag: int | None = None) -> dict[str, Any]:
     """One ``peerd sim`` run at ``nodes``: per mode, wall seconds and steps to the target."""
     row: dict[str, Any] = {"wall_s": {}, "steps_to_target": {}, "steps_per_seed": {}}
     t_all = time.perf_counter()
-    for mode in MODES:  # one Simulation per mode, to time each including its setup
+    for mode in modes:  # one Simulation per mode, to time each including its setup
         s = SimSettings(env=env, nodes=nodes, seeds=seeds, modes=[mode], broker_kind=broker_kind,
                         seed=seed, publish_every=publish_every, trust_every=trust_every,
                         node_options=node_options or {}, eval_every=eval_every,
+                        defences=defences, max_lag=max_lag,
                         # N births, each answered by every node that saw it live (coalesced per burst),
                         # each delivered to N nodes by one broker: meeting grows faster than N
                         peer_timeout=max(30.0, 0.05 * nodes**2))
@@ -67,6 +70,8 @@ def run_n(env: str, nodes: int, seeds: int, broker_kind: str, seed: int,
         row["wall_s"][mode] = round(time.perf_counter() - t0, 1)
         row["steps_to_target"][mode] = out["steps_to_target"]
         row["steps_per_seed"][mode] = out["steps_per_seed"]
+        if curves:
+            row.setdefault("curve_per_seed", {})[mode] = out["curve_per_seed"]
         if mode == "federated":
             row["lag_wait_s"] = round(out["lag_wait_s"], 1)
             row["messages_per_node"] = out["messages_per_node"]
@@ -76,7 +81,7 @@ def run_n(env: str, nodes: int, seeds: int, broker_kind: str, seed: int,
                 for t in out.get("trace_per_seed", [])]
     row["total_wall_s"] = round(time.perf_counter() - t_all, 1)
     row["load_avg"] = [round(x, 1) for x in os.getloadavg()]  # 1, 5, 15 min, at the end of this N
-    f, c = row["steps_to_target"]["federated"], row["steps_to_target"]["centralized"]
+    f, c = row["steps_to_target"].get("federated"), row["steps_to_target"].get("centralized")
     row["fed_over_central"] = round(c / f, 3) if f and c else None
     return row
 
@@ -96,6 +101,16 @@ def main() -> int:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
                    help="override a NodeConfig field on every node, e.g. probation_rounds=0 "
                         "(what a defence costs); repeatable")
+    p.add_argument("--modes", default=",".join(MODES),
+                   help="comma-separated, of federated,centralized (centralized is deterministic "
+                        "per seed and build: one run of it serves every federated arm)")
+    p.add_argument("--max-lag", type=int, default=None,
+                   help="ticks a delta may arrive late (default: --publish-every; the simulation "
+                        "steps on while the broker delivers, so deltas land about this late)")
+    p.add_argument("--no-defences", action="store_true",
+                   help="evidence budget and deviation quarantine off (what the defences cost)")
+    p.add_argument("--curves", action="store_true",
+                   help="per mode and seed, every evaluation's [tick, median metric over nodes]")
     p.add_argument("--progress", action="store_true", help="a stderr line every 1,000 ticks")
     p.add_argument("--json", action="store_true", help="compact JSON")
     args = p.parse_args()
@@ -106,11 +121,14 @@ def main() -> int:
                               "publish_every": args.publish_every,
                               "trust_every": args.trust_every, "node_options": options,
                               "eval_every": args.eval_every,
+                              "defences": not args.no_defences, "max_lag": args.max_lag,
                               "nodes": {}}
     prev: float | None = None
     for n in sizes:
         row = run_n(args.env, n, args.seeds, args.broker_kind, args.seed, args.publish_every,
-                    args.trust_every, options, args.eval_every, args.progress)
+                    args.trust_every, options, args.eval_every, args.progress,
+                    tuple(m for m in args.modes.split(",") if m), not args.no_defences, args.curves,
+                    args.max_lag)
         row["wall_ratio_vs_prev"] = round(row["total_wall_s"] / prev, 2) if prev else None
         prev = row["total_wall_s"]
         report["nodes"][str(n)] = row

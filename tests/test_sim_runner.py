@@ -6,6 +6,8 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from peerd.sim.runner import SimSettings, Simulation, _FleetTrace, _wait_delivered, owed_version
 
 
@@ -97,3 +99,15 @@ async def test_no_peer_cell_is_older_than_a_publish_period_plus_max_lag() -> Non
     assert trace["samples"] >= 25
     assert 0 < trace["staleness_max"] <= 15, trace
     assert trace["first_peer_tick"]["max"] is not None  # every node counted a peer
+
+
+def test_summarize_reports_the_median_curve_per_seed() -> None:
+    """Where the modes part: per seed, every evaluation's tick and median metric over nodes."""
+    from peerd.sim.runner import RunResult, summarize
+
+    r = RunResult("federated", 2024, 100, [100, 100, 150],
+                  curve_steps=[50, 100], curve_metric=[[-200.0, -150.0, -100.0], [1.0, 7.0, 9.0]])
+    out = summarize({"federated": [r]})["modes"]["federated"]
+    (curve,) = out["curve_per_seed"]
+    assert [t for t, _ in curve] == [50, 100]
+    assert [m for _, m in curve] == pytest.approx([-150.0, 7.0])

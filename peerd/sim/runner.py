@@ -851,6 +851,10 @@ def summarize(results: dict[str, list[RunResult]]) -> dict[str, Any]:
         }
         if any(r.trace for r in runs):
             modes[mode]["trace_per_seed"] = [r.trace for r in runs]
+        # per seed, per evaluation: [tick, median metric over nodes] (where the modes part)
+        modes[mode]["curve_per_seed"] = [
+            [[t, round(float(np.median(m)), 3)] for t, m in zip(r.curve_steps, r.curve_metric,
+                                                                  strict=True)] for r in runs]
         if any(r.attacker_excluded for r in runs):
             rq = [r.rounds_to_quarantine for r in runs]
             modes[mode]["rounds_to_quarantine_per_seed"] = rq
