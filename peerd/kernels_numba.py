@@ -444,6 +444,60 @@ def merge_delta(keytab, mult, shift, keys, actions, n_actions, row_keys, ksize, 
     return DONE, ksize, m, k, na, reuse, used, nbad, total, conf, table
 
 
+@njit(cache=True, nogil=True)
+def recompute_exact(f8, f4, base, cells, which, head, nextcol, slots, rec_q, rec_lw, rec_n, trust,
+                    floor, now):  # type: ignore[no-untyped-def]
+    """``QTable._recompute_exact`` of cells ``cells[which]`` (those whose sums cancelled in
+    ``merge_swap``), walking each one's holder chain twice instead of ~40 numpy calls, and
+    their ``Σ eff/(eff+1)`` (``merge_swap`` left them out of its own).
+
+    As the numpy code: a holder counts with ``trust[slot]`` (the effective trusts, the last
+    one standing for any slot past the array) where its ``n`` reaches the floor (1 for
+    the own slot 0); the reference is ``quantize`` of the largest counting ``lw``; each
+    weight ``t·2^min(lw − ref, 1000)``; the sums are written as ``set_exact`` writes them,
+    the evidence read as ``evidence_of``. The sums run in chain order (numpy's
+    ``sum(axis=1)`` runs pairwise past 8 holders: the same within a few ulp).
+    """
+    conf = 0.0
+    last = trust.shape[0] - 1
+    for i in range(which.shape[0]):
+        c = cells[which[i]]
+        top = -np.inf
+        x = head[c]
+        while x >= 0:
+            sl = slots[x]
+            if rec_n[x] >= (1 if sl == 0 else floor) and trust[min(sl, last)] > 0.0 and rec_lw[x] > top:
+                top = rec_lw[x]
+            x = nextcol[x]
+        r32 = np.float32(np.floor(top - base))  # peerd.view.MergedView.quantize
+        ref = np.float64(r32) + base
+        b = ref if np.isfinite(ref) else 0.0
+        num = 0.0
+        den = 0.0
+        x = head[c]
+        while x >= 0:
+            sl = slots[x]
+            t = trust[min(sl, last)] if rec_n[x] >= (1 if sl == 0 else floor) else 0.0
+            if t > 0.0:
+                d = rec_lw[x] - b
+                if d > 1000.0:
+                    d = 1000.0
+                w = t * np.exp2(d)
+                num += w * np.float64(rec_q[x])
+                den += w
+            x = nextcol[x]
+        f8[c, 0] = num
+        f8[c, 1] = den
+        f4[c, 4] = r32
+        f4[c, 5] = np.float32(den)
+        sc = ref - now  # peerd.view.evidence_of
+        if sc > 30.0:
+            sc = 30.0
+        eff = np.exp2(sc) * (den if den > 0.0 else 0.0)
+        conf += eff / (eff + 1.0)
+    return conf
+
+
 def warm() -> None:
     """Call every kernel once on tiny arrays of the merge path's exact types.
 
@@ -486,6 +540,9 @@ def _warm(readonly: bool) -> None:
                 *view.kernel_rows,
                 src(np.ones(1, np.float32)), src(np.ones(1)), one32, src(np.full(1, 2, np.uint64)),
                 1.0, 1, 0.0, *MergeScratch().get(1))
+    f8, f4, _, base = view.kernel_rows
+    recompute_exact(f8, f4, base, np.zeros(1, np.int64), np.zeros(1, np.int64), store.head,
+                    store.next, store.slot, *store.kernel_cols[3:6], np.ones(2), 1, 0.0)
 
 
 #: an IEEE double's bits, with this xor-ed in where the sign bit is set, order as signed integers

@@ -613,7 +613,12 @@ class QTable:
             outcomes = bool(src["succ"].any() or src["fail"].any())
         if outcomes or st.has_outcomes:
             self._outcomes_after(cells, scratch, k, m, n_new, src, floor, outcomes)
-        if nbad or self._robust:
+        if nbad and not self._robust:  # the cancelled sums, exactly, in one compiled call
+            f8, f4, _, base = view.kernel_rows
+            conf += kern.recompute_exact(f8, f4, base, cells, scratch[9][:nbad], st.head, st.next,
+                                         st.slot, *st.kernel_cols[3:6], self._eff_trusts(),
+                                         max(self.min_visits, 1), now)
+        elif nbad or self._robust:
             bad = cells[scratch[9][:nbad]]
             self._refresh(cells, bad)
             if nbad:  # recomputed exactly: their evidence (``conf`` left them out) read back

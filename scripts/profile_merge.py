@@ -77,6 +77,7 @@ KERNEL_STAGES = {
     "hash_put": "origin hash rebuilds (kernels: hash_put)",
     "merge_swap": "field writes + view rows + stats (kernels: merge_swap)",
     "merge_delta": "the whole merge in one call (kernels: merge_delta)",
+    "recompute_exact": "exact recompute of cancelled sums (kernels: recompute_exact)",
 }
 
 
