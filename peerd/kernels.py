@@ -13,7 +13,10 @@ kernels costs ~100 MB of RSS (LLVM), more than an idle daemon. So
 ``QTable`` asks ``load()`` only for a delta of at least ``MIN_CELLS`` cells
 that is not a restore from the node's own store, and a daemon that only sees
 small deltas never pays. Disabled with ``PEERD_NO_NUMBA=1`` (any value but
-``""``/``"0"``) or ``QTable(kernel="numpy")``.
+``""``/``"0"``) or ``QTable(kernel="numpy")``. The variable is read until the kernels
+load, not after: it stops their import, and once imported they stay in use (reading
+``os.environ`` raises and catches a ``KeyError`` inside, ~1 µs hot and several cold, twice
+per delta before this).
 
 The module is pure: no I/O, no logging. ``status()`` tells what happened
 (for ``bench_merge`` and the tests).
@@ -49,7 +52,7 @@ def available() -> bool:
 
 def loaded() -> ModuleType | None:
     """The kernels if already loaded (never loads them)."""
-    return None if disabled() else _loaded
+    return _loaded
 
 
 def load() -> ModuleType | None:
@@ -59,9 +62,11 @@ def load() -> ModuleType | None:
     numpy) is remembered: the numpy path runs, and ``status()`` says why.
     """
     global _loaded, _error
+    if _loaded is not None:
+        return _loaded
     if disabled():
         return None
-    if _loaded is None and _error is None:
+    if _error is None:
         if importlib.util.find_spec("numba") is None:
             _error = "numba is not installed (pip install 'peerd[fast]')"
             return None

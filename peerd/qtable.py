@@ -460,7 +460,7 @@ class QTable:
             stats.conflicts = m
             return stats
         s = self._slot(delta.origin)
-        self._merge(s, delta, stats)
+        self._merge(s, delta, stats, bounds)
         stats.conflicts = m - stats.changed
         if stats.changed:
             top = int(delta.version.max()) if bounds is None else bounds.version_max
@@ -484,11 +484,13 @@ class QTable:
             return {}
         return {o: st.fields[o][e].astype(np.int64) for o in ("succ", "fail")}
 
-    def _merge(self, s: int, delta: Delta, stats: MergeStats) -> int:
+    def _merge(self, s: int, delta: Delta, stats: MergeStats, bounds: Bounds | None = None) -> int:
         """Store the delta's newer cells under slot ``s`` and swap their terms in the view.
 
         Returns how many cells changed. Vectorised throughout:
         dedup, key rows, hash look-up, version test, store, view update.
+        ``bounds``: the validation's, if it ran here (its compiled scan may
+        have found whether the cells are in order and carry outcomes).
         """
         keys, acts = delta.keys, delta.actions
         src = {f: getattr(delta, f) for f in ("q", "lw", "n", "succ", "fail", "version")}
@@ -497,6 +499,8 @@ class QTable:
         outcomes: bool | None = None  # whether some cell reports succ/fail (None: not known yet)
         if kern is None or keys.shape[0] < 2:
             ordered = _strictly_sorted(keys, acts)
+        elif bounds is not None and bounds.ordered is not None:  # delta_scan found out
+            ordered, outcomes = bounds.ordered, bounds.outcomes
         else:
             ordered, outcomes = kern.scan_order(keys, acts, delta.succ, delta.fail)
         if not ordered:  # duplicates possible: keep the newest per cell
@@ -609,7 +613,12 @@ class QTable:
             outcomes = bool(src["succ"].any() or src["fail"].any())
         if outcomes or st.has_outcomes:
             self._outcomes_after(cells, scratch, k, m, n_new, src, floor, outcomes)
-        if nbad or self._robust:
+        if nbad and not self._robust:  # the cancelled sums, exactly, in one compiled call
+            f8, f4, _, base = view.kernel_rows
+            conf += kern.recompute_exact(f8, f4, base, cells, scratch[9][:nbad], st.head, st.next,
+                                         st.slot, *st.kernel_cols[3:6], self._eff_trusts(),
+                                         max(self.min_visits, 1), now)
+        elif nbad or self._robust:
             bad = cells[scratch[9][:nbad]]
             self._refresh(cells, bad)
             if nbad:  # recomputed exactly: their evidence (``conf`` left them out) read back

@@ -69,14 +69,15 @@ def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 
 #: the compiled kernels, each its own stage (``--kernel numba``)
 KERNEL_STAGES = {
-    "delta_scan": "validate (kernels: delta_scan)",
-    "scan_order": "sorted + outcomes check (kernels: scan_order)",
+    "delta_scan": "validate + order (kernels: delta_scan)",
+    "scan_order": "sorted + outcomes check (kernels: scan_order; in delta_scan when validated here)",
     "key_ensure": "key index + cell ids (kernels: key_ensure)",
     "cell_probe": "origin hash + version test + old records (kernels: cell_probe)",
     "insert_new": "new entries: link + hash (kernels: insert_new)",
     "hash_put": "origin hash rebuilds (kernels: hash_put)",
     "merge_swap": "field writes + view rows + stats (kernels: merge_swap)",
     "merge_delta": "the whole merge in one call (kernels: merge_delta)",
+    "recompute_exact": "exact recompute of cancelled sums (kernels: recompute_exact)",
 }
 
 
