@@ -303,17 +303,10 @@ def pairwise_scores(q: np.ndarray, w: np.ndarray, trust: np.ndarray, active: np.
         tot_ok = tot[ok]
         d = (pw * dev).sum(axis=0) / tot_ok
         d2 = np.sqrt((pw * dev * dev).sum(axis=0) / tot_ok)
-        score[j] = _weighted_median(d, tr[cols[ok]])
-        tail[j] = _weighted_median(d2, tr[cols[ok]])
+        wt = tr[cols[ok]]
+        score[j], tail[j] = weighted_median_rows(np.stack([d, d2]), np.stack([wt, wt]))
         scale[j] = float((pw * np.abs(qo)).sum() / tot_ok.sum())
     return score, cells, scale, tail
-
-
-def _weighted_median(x: np.ndarray, w: np.ndarray) -> float:
-    """The lower weighted median of ``x`` (weights ``w`` > 0)."""
-    order = np.argsort(x, kind="stable")
-    c = np.cumsum(w[order])
-    return float(x[order][min(int((c < 0.5 * c[-1]).sum()), len(x) - 1)])
 
 
 @dataclass(frozen=True)
