@@ -93,14 +93,22 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--arm", action="append", default=[],
-                   help="publish_every,lag,hold,trust (repeatable); 'central' for centralized")
+                   help="publish_every,lag[,hold[,trust]] (repeatable; hold 0 and trust 1 when "
+                        "left out); 'central' for centralized")
     args = p.parse_args()
-    out: dict[str, Any] = {"nodes": args.nodes, "seed": args.seed, "arms": {}}
+    arms = []
     for arm in args.arm or ["central", "10,10,0,1"]:
+        parts = arm.split(",")
+        if arm != "central" and not 2 <= len(parts) <= 4:
+            p.error(f"--arm wants 'central' or publish_every,lag[,hold[,trust]], got {arm!r}")
+        arms.append(arm)
+    out: dict[str, Any] = {"nodes": args.nodes, "seed": args.seed, "arms": {}}
+    for arm in arms:
         if arm == "central":
             r = run_central(args.nodes, args.seed, args.eval_every)
         else:
-            pe, lag, hold, trust = arm.split(",")
+            parts = arm.split(",")
+            pe, lag, hold, trust = parts + ["0", "0", "0", "1"][len(parts):]
             r = run_arm(args.nodes, args.seed, int(pe), int(lag), int(hold), float(trust),
                         args.eval_every)
         out["arms"][arm] = r

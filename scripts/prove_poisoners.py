@@ -127,11 +127,13 @@ async def _series(broker_url: str, env: str, cfg: dict[str, Any], attack: str | 
 
 
 async def _run(quick: bool, broker_url: str, *, seeds: int | None = None,
+               seed_list: tuple[int, ...] | None = None,
                attacks: tuple[str, ...] | None = None, counts: tuple[int, ...] | None = None,
                frozenlake: bool | None = None, before: bool = False,
                frozenlake_only: bool = False, no_honest: bool = False) -> dict[str, Any]:
     cfg = dict(QUICK if quick else FULL)
-    seed_list = [2024 + 101 * k for k in range(seeds or cfg["seeds"])]
+    seed_list = (list(seed_list) if seed_list
+                 else [2024 + 101 * k for k in range(seeds or cfg["seeds"])])
     envs = [cfg["env"]] + (["frozenlake8x8"] if (cfg["frozenlake"] if frozenlake is None
                                                   else frozenlake) else [])
     if frozenlake_only:
@@ -250,7 +252,11 @@ if __name__ == "__main__":
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--seeds", type=int, default=None)
+    p.add_argument("--seeds", type=int, default=None,
+                   help="how many seeds: 2024, 2125, 2226, ... (default: 3, --quick 1)")
+    p.add_argument("--seed-list", default=None,
+                   help="comma-separated seeds instead of --seeds (to extend a matrix measured "
+                        "elsewhere; merge the logs with --merge-logs)")
     p.add_argument("--attacks", default=None, help="comma-separated kinds (default: all)")
     p.add_argument("--counts", default=None, help="comma-separated liar counts (default: 2,3)")
     p.add_argument("--no-frozenlake", action="store_true")
@@ -271,7 +277,13 @@ if __name__ == "__main__":
     elif args.merge_logs:
         doc = merge_logs(args.merge_logs)
     else:
-        doc = run(args.quick, seeds=args.seeds,
+        if args.seeds is not None and args.seed_list:
+            p.error("give --seeds or --seed-list, not both")
+        try:
+            chosen = tuple(int(x) for x in args.seed_list.split(",")) if args.seed_list else None
+        except ValueError:
+            p.error(f"--seed-list wants comma-separated integers, got {args.seed_list!r}")
+        doc = run(args.quick, seeds=args.seeds, seed_list=chosen,
                   attacks=tuple(args.attacks.split(",")) if args.attacks else None,
                   counts=tuple(int(c) for c in args.counts.split(",")) if args.counts else None,
                   frozenlake=False if args.no_frozenlake else None, before=args.before,
