@@ -1,9 +1,11 @@
 """``Node``: one peer of a federation — the daemon, the simulation and the tests all use it.
 
 A node owns a ``QTable`` (what it knows), a ``Store`` (what survives a crash),
-a transport (how it talks) and a ``PeerRegistry`` (one entry per peer: key,
+a transport (how it talks), a ``PeerRegistry`` (one entry per peer: key,
 replay window, liveness, gossip cursor, trust, signatures; its verifier decides
-whom it believes). Its background work runs in one ``TaskGroup``:
+whom it believes) and a ``RelayDesk`` (relayed catch-up: origins' signed payloads
+kept to re-send for them, ``peerd.relay_desk``). Its background work runs in one
+``TaskGroup``:
 
 - the transport loop: connect forever, deliver messages to ``_on_message``;
 - the publisher: own delta after ``publish_every`` interactions or
@@ -48,13 +50,12 @@ from peerd.errors import (
     ContradictingSignatures,
     OriginLimit,
     OriginMismatch,
-    StoreError,
     WireError,
 )
 from peerd.evidence import VersionRate, check_budget
 from peerd.gossip import GossipState
 from peerd.identity import Identity, Verifier
-from peerd.liveness import OFFLINE, ONLINE, UNKNOWN, LivenessPolicy
+from peerd.liveness import OFFLINE, UNKNOWN, LivenessPolicy
 from peerd.logs import get_logger
 from peerd.peers import PeerRecord, TrustEvent
 from peerd.presence import PresenceState
@@ -70,6 +71,7 @@ from peerd.quarantine import (
 )
 from peerd.registry import Peer, PeerRegistry
 from peerd.relay import RelayPlanner, RelayStore
+from peerd.relay_desk import RelayDesk
 from peerd.store import Store
 from peerd.transport_api import Transport
 from peerd.trust import (
@@ -166,10 +168,11 @@ class Node:
         self.durable = DurableWatermark()
         #: rebirth requests out and births in answer (presence without retained messages)
         self.presence = PresenceState(ask_interval=max(1.0, 4 * config.sync_interval))
-        #: origins' own signed payloads, re-sent verbatim for them when they are silent
-        #: (with a store, only their index: the payloads are read back from it to relay)
-        self.relays = RelayStore(keep_payloads=not config.state_dir)
-        self.relay_plan = RelayPlanner(delay=max(0.5, config.sync_interval))
+        #: relayed catch-up (``peerd.relay_desk``): origins' own signed payloads, kept to re-send
+        #: verbatim for them when they are silent (with a store, only their index: the payloads
+        #: are read back from it to relay), and the plans of when to
+        self.relay_desk = RelayDesk(self, keep_payloads=not config.state_dir,
+                                    delay=max(0.5, config.sync_interval))
         self.transport: Transport | None = None
         self._transport_factory = transport_factory
         self.epoch = 0
@@ -240,11 +243,26 @@ class Node:
         self._registry.load(stored, json.loads(snap) if snap else None)
         self._saved_peers = stored
         self.table.set_trusts(self._registry.trusts())  # one recompute, not one per peer
-        await self._load_relay_payloads()
+        await self.relay_desk.load()
         published = int(await self.store.get_meta("published_version", 0))
         self._gossip.published_version = min(published, self.table.version)
         self._log.info("state_loaded", cells=self.table.size, origins=len(cells),
                        version=self.table.version, peers=len(self._registry))
+
+    @property
+    def relays(self) -> RelayStore:
+        """The origins' payloads this node keeps to relay (``RelayDesk.relays``)."""
+        return self.relay_desk.relays
+
+    @property
+    def relay_plan(self) -> RelayPlanner:
+        """When this node relays which origin (``RelayDesk.plan``)."""
+        return self.relay_desk.plan
+
+    @property
+    def log(self) -> Any:
+        """The node's logger, bound to its id, federation and epoch (rebound on a new epoch)."""
+        return self._log
 
     @property
     def verifier(self) -> Verifier:
@@ -541,8 +559,7 @@ class Node:
                 await self._answer_birth()
             # a node behind on its inbound messages cannot tell yet whether a relay is needed
             backlog = self.transport.backlog
-            for origin, relay_since in self.relay_plan.due(self.monotonic(), hold=backlog > 0):
-                await self._relay(origin, relay_since)
+            await self.relay_desk.relay_due(hold=backlog > 0)
             since = self._gossip.take_answer()
             if since is not None and not await self._publish_delta(since=since):
                 self._gossip.on_sync_request(since)  # not sent: try again next time
@@ -616,8 +633,7 @@ class Node:
         next birth admits it as a new peer (key pinned anew, everything re-synced).
         """
         entry = self._registry.remove(pid)
-        self.relays.forget(pid)
-        self.relay_plan.forget(pid)
+        self.relay_desk.forget(pid)
         if entry is not None and entry.trust != 1.0:
             self.table.set_trusts({pid: 1.0})  # a returning peer starts afresh, in the table too
         dropped = self.table.forget(pid)
@@ -668,96 +684,35 @@ class Node:
             await self._reject(sender, exc, retain)
             return
         verifier.commit(msg)  # only an accepted message moves the replay window
-        self._keep_for_relay(msg, payload)
-
-    def _keep_for_relay(self, msg: Any, payload: bytes, *, persist: bool = True) -> None:
-        """Keep an origin's own signed birth and deltas, to re-send for it when it is silent.
-
-        Also in the store, so that a restarted node can still relay; written
-        without waiting and without a commit of its own (it joins the next
-        one): losing the last few on a crash only makes a relay smaller, never
-        wrong.
-        """
-        if not self.config.relay:
-            return
-        h: wire.Header = msg.header
-        stamp = (h.epoch, h.seq)
-        dropped: list[tuple[int, int]] = []
-        if isinstance(msg, wire.Birth):
-            kind, kept = "birth", self.relays.add_birth(h.node, stamp, payload)
-        elif isinstance(msg, wire.DeltaMsg) and msg.delta.origin == h.node and len(msg.delta):
-            d = msg.delta
-            kind = "delta"
-            kept, dropped = self.relays.add_delta(
-                h.node, stamp, payload, d.to_version, (d.keys, d.actions, d.version))
-        else:
-            return
-        if persist and self.store is not None and (kept or dropped):
-            with contextlib.suppress(StoreError):  # closing: a relay after a restart is smaller
-                if kept:
-                    self.store.keep_relay_payload_soon(h.node, kind, stamp, payload, drop=dropped)
-                else:
-                    self.store.drop_relay_payloads_soon(h.node, kind, dropped)
-
-    async def _load_relay_payloads(self) -> None:
-        """Rebuild the relay store from the payloads kept on disk (verified when received)."""
-        assert self.store is not None
-        rows = await self.store.load_relay_payloads()
-        self.decoder.verifier = None
-        try:
-            for origin, _kind, _stamp, payload in rows:
-                try:
-                    msg = self.decoder.decode(payload, commit=False)
-                except WireError as exc:  # another task, a damaged row: not relayable
-                    self._log.warning("relay_payload_unreadable", peer=origin, error=str(exc))
-                    continue
-                if msg.header.node == origin:
-                    self._keep_for_relay(msg, payload, persist=False)
-        finally:
-            self.decoder.verifier = self._registry.verifier
+        self.relay_desk.keep(msg, payload)
 
     async def _on_relayed(self, relayer: str, payload: bytes) -> None:
         """A payload another node signed, relayed: verify it as the origin's own, apply it.
 
-        The relayer cannot forge it (the origin's signature covers every byte)
-        and is not who speaks, so a bad relay costs nobody trust: it is counted.
+        The relayer cannot forge it (``RelayDesk.verify``) and is not who
+        speaks, so a bad relay costs nobody trust: it is counted.
         """
         try:
-            self.decoder.verifier = self._registry.verifier.relayed(own=self.id)
-            msg = self.decoder.decode(payload, commit=False)
-            origin = msg.header.node
-            if msg.type not in wire.RELAYABLE_TYPES:
-                raise wire.MalformedMessage(f"{msg.type} of {origin!r} cannot be relayed")
-            if isinstance(msg, wire.DeltaMsg) and msg.delta.origin != origin:
-                raise OriginMismatch(f"relayed delta of {origin!r} holds cells of "
-                                     f"{msg.delta.origin!r}")
-            if origin != self.id and not self._registry.admits(origin):
-                raise OriginLimit(f"relayed origin {origin!r} would be past max_origins = "
-                                  f"{self._registry.max_origins}")
+            msg = self.relay_desk.verify(payload, self._registry)
         except WireError as exc:
             exc.authenticated = False  # the relayer is not the author: nobody loses trust
             await self._reject(relayer, exc, False)
             return
-        finally:
-            self.decoder.verifier = self._registry.verifier
+        origin = msg.header.node
         if origin == self.id:
             return
-        now = self.clock()
         if isinstance(msg, wire.Birth):
-            # A relay starts with the origin's birth: someone else is relaying it, ours is moot.
-            self.relay_plan.covered(origin, 0)
-            if self._registry.verifier.pin_first(origin, msg.public_key):
-                self._log.info("peer_key_pinned_from_relay", peer=origin, relayer=relayer)
+            self.relay_desk.on_relayed_birth(msg, relayer)
         else:
             delta: Delta = msg.delta
             try:
-                stats = await self._merge(origin, delta, now, relayed=True)
+                stats = await self._merge(origin, delta, self.clock(), relayed=True)
             except WireError as exc:
                 exc.authenticated = False
                 await self._reject(relayer, exc, False)
                 return
             self.counters.relayed_deltas_applied += 1
-            self.relay_plan.covered(origin, delta.from_version)
+            self.relay_desk.covered(origin, delta.from_version)
             cursor = self._registry.admit(origin).cursor
             if delta.from_version <= cursor.known:  # contiguous: the cursor moves; a gap asks nobody
                 cursor.known = max(cursor.known, delta.to_version)
@@ -766,66 +721,7 @@ class Node:
             if self.on_merge:
                 self.on_merge(msg.header, stats)
             self.applied_event.set()
-        self._keep_for_relay(msg, payload)
-
-    def _silent(self, origin: str) -> bool:
-        """Not heard from lately (suspect, offline, or never seen live by this node)."""
-        return self.liveness_status(origin) != ONLINE
-
-    def _offer_relays(self, newcomer: str) -> None:
-        """A new node, or a new life of one, appeared: it may lack silent origins' knowledge.
-
-        Nobody advertises a silent origin's version any more, so the newcomer
-        would never ask for it: relay it (each origin at most once per
-        ``RelayPlanner.min_interval``, usually by one holder).
-        """
-        now = self.monotonic()
-        for origin in self.relays.origins():
-            if origin != newcomer and self._silent(origin) and not self._judged_out(origin):
-                self.relay_plan.want(origin, 0, now)
-
-    def _judged_out(self, origin: str) -> bool:
-        """Quarantined or distrusted here: this node does not pass the origin's payloads on.
-
-        A relay is a courtesy to newcomers, with the cells this node itself
-        counts; a liar it judged out is not one of them (the newcomer still
-        hears the liar itself while it is live, and judges it). Without this,
-        every holder relayed every quarantined sybil identity, gone silent, to
-        each fresh one: hundreds of payloads per identity, broadcast to every
-        node, which queued ~1,200 messages at each and stalled the simulation.
-        Newcomers on probation are not judged yet: still relayed.
-        """
-        q = self.table.quarantine_below
-        return origin in self.quarantine or (q > 0 and self.trust_of(origin) < q)
-
-    async def _relay(self, origin: str, since: int) -> None:
-        """Re-send ``origin``'s kept payloads after ``since``, verbatim, on our relay topic."""
-        if self.transport is None or origin == self.id or self._judged_out(origin):
-            return
-        topic = wire.topic(self.fed, "relay", self.id)
-        kept = self.relays.kept(origin, since)
-        if all(kind != "delta" for kind, _stamp, _p in kept):
-            return  # its deltas were superseded meanwhile: a birth alone brings nobody anything
-        stored: dict[tuple[int, int], bytes] = {}
-        missing = [stamp for kind, stamp, p in kept if p is None and kind == "delta"]
-        if missing and self.store is not None:
-            try:
-                stored = await self.store.relay_payloads(origin, "delta", missing)
-            except StoreError as exc:  # a relay is a courtesy: send what is in memory
-                self._log.warning("relay_payloads_unreadable", peer=origin, error=str(exc))
-        sent = 0
-        for _kind, stamp, held in kept:
-            payload = held if held is not None else stored.get(stamp)
-            if payload is None:  # its write did not commit (yet): the relay is smaller, not wrong
-                continue
-            if not await self.transport.publish(topic, payload, qos=1):
-                break
-            sent += 1
-            self.counters.bytes_sent += len(payload)
-        if sent:
-            self.counters.relays_sent += 1
-            self.counters.relayed_payloads_sent += sent
-            self._log.info("origin_relayed", peer=origin, since=since, payloads=sent)
+        self.relay_desk.keep(msg, payload)
 
     async def _handle(self, msg: Any, retain: bool = False) -> None:
         now = self.clock()
@@ -851,7 +747,7 @@ class Node:
                 self.presence.on_retained_birth(pid, h.epoch)
             elif self.presence.on_live_birth(pid, h.epoch, self.monotonic()):
                 self._wake.set()
-                self._offer_relays(pid)
+                self.relay_desk.offer(pid)
             # A node asks every origin it hears of and holds nothing of: a retained
             # birth may advertise an old version (0 included: asked one heartbeat later
             # unless a delta came, gossip.on_retained_birth). A live birth's version is
@@ -872,7 +768,7 @@ class Node:
                                             wait=self.config.heartbeat_interval))
         elif isinstance(msg, wire.Rebirth):
             if newcomer:
-                self._offer_relays(pid)
+                self.relay_desk.offer(pid)
             self._heard(peer, h.epoch, now)
             self.presence.known(pid)
             if msg.to == self.id:
@@ -889,11 +785,9 @@ class Node:
                 asked = self._registry.get(msg.origin)
                 if asked is not None:
                     gossip.on_overheard(asked.cursor, msg.since, mono, sync)
-                if self.relays.reaches_past(msg.origin, msg.since):
-                    # Relayed catch-up: answer for a silent origin now (after a jitter), for
-                    # a live one only if it has not answered within a few sync intervals.
-                    wait = 0.0 if self._silent(msg.origin) else 3 * sync
-                    self.relay_plan.want(msg.origin, msg.since, self.monotonic(), wait=wait)
+                # relayed catch-up: answer for a silent origin now (after a jitter), for
+                # a live one only if it has not answered within a few sync intervals
+                self.relay_desk.on_sync_request(msg.origin, msg.since, sync_interval=sync)
         elif isinstance(msg, wire.DeltaMsg):
             self._heard(peer, h.epoch, now)
             await self._apply(peer, msg, now)
@@ -938,7 +832,7 @@ class Node:
         if delta.origin != peer:
             raise OriginMismatch(f"{peer!r} sent cells of origin {delta.origin!r}")
         stats = await self._merge(peer, delta, now)
-        self.relay_plan.covered(peer, delta.from_version)  # the origin answered itself
+        self.relay_desk.covered(peer, delta.from_version)  # the origin answered itself
         if msg.signatures and (not self.config.deviation_ratio
                                or await self._check_signatures(peer, tuple(msg.signatures))):
             entry.signatures = tuple(msg.signatures)

@@ -21,6 +21,9 @@ of many holders usually one speaks), and is cancelled when another node relays
 the same origin first or the origin itself answers. An origin is relayed at
 most once per ``min_interval``: births of new ids cost an attacker nothing, and
 must not make every holder re-send megabytes each time.
+
+A node uses both through its ``RelayDesk`` (``peerd.relay_desk``), which adds
+the I/O: the node's store, its transport, the relayed messages it receives.
 """
 
 from __future__ import annotations

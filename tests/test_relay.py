@@ -151,10 +151,10 @@ async def test_an_origin_judged_out_is_not_relayed() -> None:
         node.quarantine.held["X"] = 1
         await b.birth(node)  # a newcomer: silent origins are offered to it
         assert node.relay_plan.pending() == 0
-        await node._relay("X", 0)
+        await node.relay_desk.relay("X", 0)
         assert sent.topics == []
         del node.quarantine.held["X"]
-        await node._relay("X", 0)
+        await node.relay_desk.relay("X", 0)
         assert sent.topics == [wire.topic(FED, "relay", node.id)] * 2  # X's birth and delta
     finally:
         node.transport = None
