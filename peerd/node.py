@@ -1188,7 +1188,8 @@ class Node:
 
     async def _round_off_loop(self, periodic: bool) -> dict[str, Verdict]:
         # the copy's memory is taken and touched in the thread: first-touch page faults of a
-        # fresh copy cost the loop ~0.1 s at 1 M stored cells (a memcpy into touched pages: ~5 ms)
+        # fresh copy cost the loop 0.08-0.17 s at 1 M stored cells, a memcpy into touched pages
+        # 5-25 ms (scripts/bench_trust.py)
         n = self.table.stored_entries
         room = await asyncio.to_thread(cells_room, n + n // 4 + 1024)
         return await self._deviation_round(periodic, room)
@@ -1223,7 +1224,7 @@ class Node:
         try:
             verdicts, entered, left = await asyncio.to_thread(judge, state)
         finally:
-            gone, self._round_forgotten = self._round_forgotten, None
+            gone, self._round_forgotten = self._round_forgotten or set(), None
         # swap the judged copy in, without the peers forgotten (``_expire``) while it was judged
         for pid in gone:
             state.forget(pid)
