@@ -1083,5 +1083,5 @@ class CellsSnapshot(NamedTuple):
                 rec["lw"].astype(np.float64), rec["n"].astype(np.int64))
 
 
-__all__ = ["TRUST_MAX", "TRUST_MIN", "CellsRoom", "CellsSnapshot", "LeaveOneOut", "QTable", "UnknownAction",
-           "cells_room"]
+__all__ = ["TRUST_MAX", "TRUST_MIN", "CellsRoom", "CellsSnapshot", "LeaveOneOut", "QTable",
+           "UnknownAction", "cells_room"]
