@@ -21,6 +21,8 @@ rounds quarantine someone). For each N, in the same process:
   loop and records the gaps between its wake-ups: ``round_ms`` (median wall
   time of a round), ``loop_max_gap_ms`` and ``loop_p99_gap_ms``, ``ticks``
   (wake-ups of the concurrent task during the rounds);
+- ``idle``: the same ticker for as long as the threaded rounds took (at most
+  5 s), with no round: what the machine's other load alone costs it;
 - ``stall_ratio``: inline max gap / thread max gap, ``round_ratio``: thread
   round time / inline; ``same_verdicts``: both paths judged alike (each
   round starts from the same state: quarantine emptied, trusts reset to 1).
@@ -164,6 +166,21 @@ async def rounds(node: Node, n: int, *, threaded: bool) -> tuple[dict[str, Any],
             "quarantined": sorted(node.quarantine.held)}, verdicts
 
 
+async def idle(seconds: float) -> dict[str, Any]:
+    """The same ticker with nothing else to do: the machine's own noise (other processes' load)."""
+    gaps: list[float] = []
+    end = time.perf_counter() + seconds
+    last = time.perf_counter()
+    while last < end:
+        await asyncio.sleep(0.001)
+        t = time.perf_counter()
+        gaps.append(t - last)
+        last = t
+    g = np.array(gaps) * 1e3
+    return {"loop_max_gap_ms": round(float(g.max()), 1),
+            "loop_p99_gap_ms": round(float(np.percentile(g, 99)), 1), "ticks": int(g.size)}
+
+
 def same_verdicts(a: list[dict], b: list[dict]) -> bool:
     for va, vb in zip(a, b, strict=True):
         if va.keys() != vb.keys():
@@ -185,6 +202,7 @@ async def one(origins: int, args: argparse.Namespace) -> dict[str, Any]:
     inline, v_in = await rounds(node, args.rounds, threaded=False)
     thread, v_th = await rounds(node, args.rounds, threaded=True)
     out["inline"], out["thread"] = inline, thread
+    out["idle"] = await idle(min(5.0, args.rounds * thread["round_ms"] / 1e3))
     out["stall_ratio"] = (round(inline["loop_max_gap_ms"] / thread["loop_max_gap_ms"], 1)
                           if inline["loop_max_gap_ms"] and thread["loop_max_gap_ms"] else None)
     out["round_ratio"] = round(thread["round_ms"] / inline["round_ms"], 2) if inline["round_ms"] else None
