@@ -5,8 +5,9 @@ One ``Node`` (no store, no broker, a virtual clock) holds the cells of N
 validly signed origins (births from ``bench_fleet.Fleet``, the registry filled
 through ``Node.receive``): a universe of ``--cells`` (state, action) cells,
 each origin holding a random ``--hold`` share of them with its own evidence,
-honest values near a common truth, ``--liars`` of them inverted (so that the
-rounds quarantine someone). For each N, in the same process:
+honest values near a common truth, one in 16 origins (at least one) with its
+values inverted (so that the rounds quarantine someone). For each N, in the
+same process:
 
 - ``phases_ms``: what one round is made of, timed apart: ``snapshot_cells_room``
   (the copy of the table into touched memory: what stays on the loop; ``_fresh``:
