@@ -196,6 +196,7 @@ class Node:
         #: (``_expire``) while it runs: its verdicts must not bring them back
         self._round: asyncio.Task[dict[str, Verdict]] | None = None
         self._round_forgotten: set[str] | None = None
+        self._rounds_waiting = 0  # periodic rounds waiting for the one in flight
         #: per-peer version rates (``peerd.evidence``), on the node's clock
         self.version_rate = VersionRate(cap=config.version_rate_cap,
                                         multiple=config.version_rate_multiple,
@@ -1169,14 +1170,20 @@ class Node:
         the table as it was when copied and concludes as if it had run then:
         whatever happened meanwhile comes after it (a peer forgotten meanwhile
         stays forgotten). One round at a time: an extra round asked for while
-        one is in flight is not run (that one judges the probationers), a
-        periodic one waits for it to end. ``wait=False``: return the last
-        verdicts at once and let a round off the loop finish in the background.
+        one is in flight, or while a periodic one waits, is not run (those
+        judge the probationers); a periodic one waits for the round in flight
+        to end. ``wait=False``: return the last verdicts at once and let a
+        round off the loop finish in the background.
         """
-        if self._round is not None and not periodic:
+        if not periodic and (self._round is not None or self._rounds_waiting):
             return self.deviation
-        while self._round is not None:
-            await asyncio.wait([self._round])
+        if self._round is not None:  # counted: extra rounds must not keep a waiting one out
+            self._rounds_waiting += 1
+            try:
+                while self._round is not None:
+                    await asyncio.wait([self._round])
+            finally:
+                self._rounds_waiting -= 1
         t = self.table
         if (not off_loop or not self.config.deviation_ratio
                 or sum(t.origin_cells(o) for o in t.origins
