@@ -60,12 +60,12 @@ from peerd.logs import get_logger
 from peerd.peers import PeerRecord, TrustEvent
 from peerd.presence import PresenceState
 from peerd.probation import MIN_PEERS, Probation
-from peerd.qtable import QTable
+from peerd.qtable import CellsRoom, CellsSnapshot, QTable, cells_room
 from peerd.quarantine import (
     MAX_MATRIX_ENTRIES,
     Quarantine,
     Verdict,
-    gather_origins,
+    gather_cells,
     judge_round,
     signature_mismatches,
 )
@@ -94,6 +94,10 @@ TransportFactory = Callable[..., Transport]
 REJECT_LOG_INTERVAL = 60.0
 #: Rejection-log rate-limit slots kept for senders that hold no registry entry.
 STRANGER_LOG_SLOTS = 256
+#: Cells (Σ over the judged origins) from which a deviation round builds and scores its matrix
+#: in a worker thread. Below, the whole round costs ~1-3 ms and runs on the event loop; a thread
+#: hop costs ~40 µs, but also lets the loop run between the copy and the verdicts (docs/trust.md).
+OFF_LOOP_CELLS = 2048
 
 
 @dataclass
@@ -185,6 +189,17 @@ class Node:
         self.deviation: dict[str, Verdict] = {}
         #: newcomers whose cells do not count until judged (``peerd.probation``)
         self.probation = Probation(rounds=config.probation_rounds if config.deviation_ratio else 0)
+        #: a deviation round over at least this many cells is scored in a worker thread
+        self.off_loop_cells: int = OFF_LOOP_CELLS
+        #: the extra rounds probation asks for on receipt (``_merge``) finish in the background,
+        #: off the loop; a simulation on a virtual clock, whose time moves on while a thread
+        #: works, sets False: they then run inline, their verdicts at the time their cells were read
+        self.extra_rounds_off_loop = True
+        #: the deviation round in flight off the loop (one at a time), and the peers forgotten
+        #: (``_expire``) while it runs: its verdicts must not bring them back
+        self._round: asyncio.Task[dict[str, Verdict]] | None = None
+        self._round_forgotten: set[str] | None = None
+        self._rounds_waiting = 0  # periodic rounds waiting for the one in flight
         #: per-peer version rates (``peerd.evidence``), on the node's clock
         self.version_rate = VersionRate(cap=config.version_rate_cap,
                                         multiple=config.version_rate_multiple,
@@ -339,6 +354,9 @@ class Node:
         await self._close_store()
 
     async def _close_store(self) -> None:
+        if self._round is not None:  # a round in flight: its verdicts are not written any more
+            self._round.cancel()
+            await asyncio.wait([self._round])
         if self.store is not None:
             await self._save_peers()
             await self.store.set_meta("published_version", self._gossip.published_version)
@@ -638,6 +656,8 @@ class Node:
             self.table.set_trusts({pid: 1.0})  # a returning peer starts afresh, in the table too
         dropped = self.table.forget(pid)
         self.quarantine.forget(pid)
+        if self._round_forgotten is not None:
+            self._round_forgotten.add(pid)
         self.probation.forget(pid)
         self.version_rate.forget(pid)
         self._visits_held.pop(pid, None)
@@ -823,7 +843,9 @@ class Node:
         self.counters.cells_applied += stats.changed
         self.probation.note_delta(origin)
         if self.probation.due():  # newcomers wait for a verdict a few publishes, not trust rounds
-            await self.deviation_round(periodic=False)
+            # (and the messages queued behind this one do not wait for a round off the loop)
+            await self.deviation_round(periodic=False, wait=False,
+                                       off_loop=self.extra_rounds_off_loop)
         return stats
 
     async def _apply(self, entry: Peer, msg: Any, now: float) -> None:
@@ -1025,14 +1047,56 @@ class Node:
         return (peer in self.quarantine or peer in self.probation
                 or (q > 0 and self.trust_of(peer) < q))
 
-    async def deviation_round(self, *, periodic: bool = True) -> dict[str, Verdict]:
+    async def deviation_round(self, *, periodic: bool = True, wait: bool = True,
+                              off_loop: bool = True) -> dict[str, Verdict]:
         """Score every origin by how far its values deviate from the others'; (un)quarantine.
 
         Quarantine sets a peer's trust to the floor (below ``quarantine_below``:
         out of the view, its cells kept); leaving it restores trust to at least 1.
         Newcomers on probation (``peerd.probation``) are judged here and released
         or failed; ``periodic=False`` is an extra round for them between trust rounds.
+
+        Over ``off_loop_cells`` cells or more (and ``off_loop``), only a copy
+        of the table is made on the event loop; the matrix is built and scored
+        in a worker thread, on a copy of the quarantine that is swapped in on
+        the loop when it returns: the node keeps receiving and beating
+        meanwhile (seconds at 256 origins, docs/trust.md). Such a round reads
+        the table as it was when copied and concludes as if it had run then:
+        whatever happened meanwhile comes after it (a peer forgotten meanwhile
+        stays forgotten). One round at a time: an extra round asked for while
+        one is in flight, or while a periodic one waits, is not run (those
+        judge the probationers); a periodic one waits for the round in flight
+        to end. ``wait=False``: return the last verdicts at once and let a
+        round off the loop finish in the background.
         """
+        if not periodic and (self._round is not None or self._rounds_waiting):
+            return self.deviation
+        if self._round is not None:  # counted: extra rounds must not keep a waiting one out
+            self._rounds_waiting += 1
+            try:
+                while self._round is not None:
+                    await asyncio.wait([self._round])
+            finally:
+                self._rounds_waiting -= 1
+        t = self.table
+        if (not off_loop or not self.config.deviation_ratio
+                or sum(t.origin_cells(o) for o in t.origins
+                       if o == self.id or o in self._registry) < self.off_loop_cells):
+            return await self._deviation_round(periodic, None)
+        self._round = asyncio.ensure_future(self._round_off_loop(periodic))
+        self._round.add_done_callback(self._round_ended)
+        return await self._round if wait else self.deviation
+
+    async def _round_off_loop(self, periodic: bool) -> dict[str, Verdict]:
+        # the copy's memory is taken and touched in the thread: first-touch page faults of a
+        # fresh copy cost the loop 0.08-0.17 s at 1 M stored cells, a memcpy into touched pages
+        # 5-25 ms (scripts/bench_trust.py)
+        n = self.table.stored_entries
+        room = await asyncio.to_thread(cells_room, n + n // 4 + 1024)
+        return await self._deviation_round(periodic, room)
+
+    async def _deviation_round(self, periodic: bool, room: CellsRoom | None) -> dict[str, Verdict]:
+        """The round itself: inline (``room`` None) or off the loop (the copy goes into ``room``)."""
         t = self.table
         origins = [o for o in t.origins
                    if o == self.id or (o in self._registry and t.max_version(o) > 0)]
@@ -1048,16 +1112,45 @@ class Node:
         if len(origins) < 3 or not t.shared_cells():
             self._release(self.probation.judge({}, periodic=periodic, silent=silent)[0])
             return {}  # (no cell held by two origins: no value to compare, verdicts stand)
-        # Shared cells only, and at most MAX_MATRIX_ENTRIES of them × origins: the round's
-        # cost stays bounded however large the fleet (docs/trust.md).
-        matrix = gather_origins([t.delta_of(o) for o in origins], shared_only=True,
-                                max_entries=MAX_MATRIX_ENTRIES)
-        trust = {o: self.trust_of(o) for o in origins}
-        verdicts, entered, left = judge_round(matrix, trust, self.quarantine, own=self.id,
-                                              now_over_h=self.clock() / t.half_life, silent=silent)
+        judge = functools.partial(_judge_cells, t.snapshot_cells(origins, room=room),
+                                  {o: self.trust_of(o) for o in origins}, own=self.id,
+                                  now_over_h=self.clock() / t.half_life, silent=silent)
+        conclude: dict[str, Any] = dict(periodic=periodic, silent=silent, seen=self.probation.deltas_since,
+                                        among=frozenset(self.probation.pending))
+        if room is None:
+            verdicts, entered, left = judge(self.quarantine)
+            return await self._conclude_round(verdicts, entered, left, **conclude)
+        state = dataclasses.replace(self.quarantine, held=dict(self.quarantine.held))
+        self._round_forgotten = set()
+        try:
+            verdicts, entered, left = await asyncio.to_thread(judge, state)
+        finally:
+            gone, self._round_forgotten = self._round_forgotten or set(), None
+        # swap the judged copy in, without the peers forgotten (``_expire``) while it was judged
+        for pid in gone:
+            state.forget(pid)
+        self.quarantine.held = state.held
+        if gone:
+            verdicts = {p: v for p, v in verdicts.items() if p not in gone}
+            entered = [p for p in entered if p not in gone]
+            left = [p for p in left if p not in gone]
+            conclude["among"] -= gone
+        return await self._conclude_round(verdicts, entered, left, **conclude)
+
+    def _round_ended(self, task: asyncio.Task[dict[str, Verdict]]) -> None:
+        if self._round is task:
+            self._round = None
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self._log.warning("deviation_round_failed", error=repr(exc))
+
+    async def _conclude_round(self, verdicts: dict[str, Verdict], entered: list[str],
+                              left: list[str], *, periodic: bool, silent: frozenset[str],
+                              among: frozenset[str], seen: int) -> dict[str, Verdict]:
+        """Act on a round's verdicts: probation, trust, logs, events (``among``, ``seen``: see
+        ``Probation.judge``)."""
         self.deviation = verdicts
         released, failed = self.probation.judge(verdicts, periodic=periodic,  # failed: quarantined
-                                                silent=silent)
+                                                silent=silent, among=among, seen=seen)
         for pid in released + failed:
             v = verdicts.get(pid)
             self._log.info("probation_passed" if pid in released else "probation_failed", peer=pid,
@@ -1215,6 +1308,17 @@ def _policy_options(cfg: NodeConfig) -> dict[str, float]:
     if cfg.policy == "epsilon_greedy":
         return {"start": cfg.eps_start, "end": cfg.eps_end, "decay_steps": cfg.eps_decay_steps}
     return {}
+
+
+def _judge_cells(cells: CellsSnapshot, trust: dict[str, float], state: Quarantine, *, own: str,
+                 now_over_h: float, silent: frozenset[str]
+                 ) -> tuple[dict[str, Verdict], list[str], list[str]]:
+    """The heavy part of a deviation round, on copies only (it may run in a worker thread)."""
+    # Shared cells only, and at most MAX_MATRIX_ENTRIES of them × origins: the round's
+    # cost stays bounded however large the fleet (docs/trust.md).
+    matrix = gather_cells(cells.origins, *cells.arrays(), shared_only=True,
+                          max_entries=MAX_MATRIX_ENTRIES)
+    return judge_round(matrix, trust, state, own=own, now_over_h=now_over_h, silent=silent)
 
 
 def _ignore_result(task: asyncio.Future[Any]) -> None:

@@ -128,7 +128,8 @@ class Probation:
         return bool(self.pending) and self.deltas_since >= len(self.pending)
 
     def judge(self, verdicts: Mapping[str, Verdict], *, periodic: bool = True,
-              silent: AbstractSet[str] = frozenset()) -> tuple[list[str], list[str]]:
+              silent: AbstractSet[str] = frozenset(), among: AbstractSet[str] | None = None,
+              seen: int | None = None) -> tuple[list[str], list[str]]:
         """One deviation round's verdicts; returns ``(released, failed)``.
 
         ``failed``: quarantined while on probation (the quarantine holds them now).
@@ -137,11 +138,19 @@ class Probation:
         ``silent`` origins (gone offline) stay on probation as they are: a dead
         identity has nothing more to show, and releasing it after ``max_rounds``
         let the dead identities of a returning liar into every view.
+
+        A round that read the cells earlier than it concludes (scored off the
+        event loop) passes what probation was then: ``among``, the origins on
+        probation when the cells were read (those admitted since wait for the
+        next round), and ``seen``, ``deltas_since`` then (the deltas since
+        still count toward the next ``due``).
         """
-        self.deltas_since = 0
+        self.deltas_since = 0 if seen is None else max(0, self.deltas_since - seen)
         released: list[str] = []
         failed: list[str] = []
         for origin, e in list(self.pending.items()):
+            if among is not None and origin not in among:
+                continue
             v = verdicts.get(origin)
             if v is not None and v.quarantined:
                 failed.append(origin)

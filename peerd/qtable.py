@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from peerd import kernels
-from peerd.cells import MAX_SLOTS, CellStore, MergeScratch
+from peerd.cells import MAX_SLOTS, REC, CellStore, MergeScratch
 from peerd.contribution import OWN, Contribution
 from peerd.delta import DEFAULT_Q_BOUND, Bounds, Delta, MergeStats, PatternSignature
 from peerd.errors import ExcessiveEvidence, UnknownAction
@@ -415,6 +415,34 @@ class QTable:
                            succ=f["succ"][ids] if "succ" in f else zeros,
                            fail=f["fail"][ids] if "fail" in f else zeros,
                            version=f["version"][ids])
+
+    @property
+    def stored_entries(self) -> int:
+        """Entries of the cell store a ``snapshot_cells`` copies (freed ones included)."""
+        return self._store.used
+
+    def snapshot_cells(self, origins: list[str], *, room: CellsRoom | None = None) -> CellsSnapshot:
+        """A copy of every stored cell of ``origins``, to read away from the table (another thread).
+
+        Only copies here: the store's records and slots and the row keys, a
+        memcpy where ``delta_of`` for 256 origins of 4 k cells took ~0.1 s.
+        Selecting and decoding the entries is ``CellsSnapshot.arrays``, which
+        touches nothing the table owns. Same cells as ``delta_of(o)`` for each
+        origin. ``room`` (``cells_room``, if large enough): memory to copy
+        into, already touched, so that the copy costs no page faults.
+        """
+        st = self._store
+        used = st.used
+        if room is not None and room.rec.shape[0] >= used:
+            rec, slot = room.rec[:used], room.slot[:used]
+            np.copyto(rec, st.rec[:used])
+            np.copyto(slot, st.slot[:used])
+        else:
+            rec, slot = st.rec[:used].copy(), st.slot[:used].copy()
+        return CellsSnapshot(origins=tuple(origins),
+                             slots=tuple(self._slots.get(o, -1) for o in origins), rec=rec,
+                             slot=slot, row_keys=self._index.row_keys[: self._index.size].copy(),
+                             n_actions=self._a)
 
     # ------------------------------------------------------------- deltas in
     def check(self, delta: Delta) -> Bounds:
@@ -1010,4 +1038,50 @@ def _strictly_sorted(keys: np.ndarray, acts: np.ndarray) -> bool:
     return bool(((k1 > k0) | ((k1 == k0) & (acts[1:] > acts[:-1]))).all())
 
 
-__all__ = ["TRUST_MAX", "TRUST_MIN", "LeaveOneOut", "QTable", "UnknownAction"]
+class CellsRoom(NamedTuple):
+    """Touched memory for ``QTable.snapshot_cells`` to copy into (``cells_room``)."""
+
+    rec: np.ndarray
+    slot: np.ndarray
+
+
+def cells_room(entries: int) -> CellsRoom:
+    """Room for a snapshot of up to ``entries`` entries, every page touched (no table needed:
+    a worker thread can pay the page faults)."""
+    rec = np.empty(entries, REC)
+    slot = np.empty(entries, np.uint16)
+    for a in (rec, slot):
+        a.view(np.uint8)[::4096] = 0
+    return CellsRoom(rec, slot)
+
+
+class CellsSnapshot(NamedTuple):
+    """Copies of a table's stored cells (``QTable.snapshot_cells``): nothing in it is shared."""
+
+    origins: tuple[str, ...]
+    slots: tuple[int, ...]  # each origin's slot, -1 if the table holds none of its cells
+    rec: np.ndarray  # the store's records [:used]
+    slot: np.ndarray  # uint16 slot of each record (FREE: freed, or the sentinel)
+    row_keys: np.ndarray  # uint64 key of each row
+    n_actions: int
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """``(col, keys, actions, q, lw, n)`` of every cell of the origins, ``col`` indexing ``origins``.
+
+        In no particular order; the same cells and values as the origins'
+        ``delta_of`` (entries of version 0 are not cells). O(entries), vectorised.
+        """
+        of_slot = np.full(MAX_SLOTS + 1, -1, np.int64)
+        for j, s in enumerate(self.slots):
+            if s >= 0:
+                of_slot[s] = j
+        col = of_slot[self.slot]
+        ids = np.flatnonzero((col >= 0) & (self.rec["version"] > 0))
+        rec = self.rec[ids]
+        rows, acts = np.divmod(rec["cell"].astype(np.int64), self.n_actions)
+        return (col[ids], self.row_keys[rows], acts, rec["q"].astype(np.float64),
+                rec["lw"].astype(np.float64), rec["n"].astype(np.int64))
+
+
+__all__ = ["TRUST_MAX", "TRUST_MIN", "CellsRoom", "CellsSnapshot", "LeaveOneOut", "QTable",
+           "UnknownAction", "cells_room"]

@@ -85,16 +85,39 @@ def gather_origins(deltas: Sequence[Delta], *, shared_only: bool = False,
     holders (ties: lowest key first), where comparisons are richest.
     """
     origins = tuple(d.origin for d in deltas)
-    k = len(deltas)
-    if not k or not sum(len(d) for d in deltas):
+    if not deltas:
         return _empty_matrix(origins)
-    keys = np.concatenate([d.keys for d in deltas])
-    acts = np.concatenate([d.actions.astype(np.int64) for d in deltas])
+
+    def cat(f: str, dtype: type) -> np.ndarray:
+        return np.concatenate([getattr(d, f).astype(dtype) for d in deltas])
+
     col = np.concatenate([np.full(len(d), j, np.int64) for j, d in enumerate(deltas)])
-    # one id per (key, action): unique over a structured view
-    pair = np.empty(keys.shape[0], dtype=[("k", "<u8"), ("a", "<i8")])
-    pair["k"], pair["a"] = keys, acts
-    uniq, row, holders = np.unique(pair, return_inverse=True, return_counts=True)
+    return gather_cells(origins, col, cat("keys", np.uint64), cat("actions", np.int64),
+                        cat("q", np.float64), cat("lw", np.float64), cat("n", np.int64),
+                        shared_only=shared_only, max_entries=max_entries)
+
+
+def gather_cells(origins: Sequence[str], col: np.ndarray, keys: np.ndarray, actions: np.ndarray,
+                 q: np.ndarray, lw: np.ndarray, n: np.ndarray, *, shared_only: bool = False,
+                 max_entries: int | None = None) -> OriginMatrix:
+    """``gather_origins`` from flat arrays: cell ``i`` is ``origins[col[i]]``'s, in any order.
+
+    What ``QTable.snapshot_cells(...).arrays()`` gives: the deviation round
+    copies the table on the event loop and builds the matrix in a worker
+    thread. One (origin, key, action) at most once; the result does not
+    depend on the order of the cells.
+    """
+    origins = tuple(origins)
+    k = len(origins)
+    if not k or not keys.shape[0]:
+        return _empty_matrix(origins)
+    # one id per (key, action), in (key, action) order: the key's rank × actions + action. Two
+    # integer sorts, which numpy runs without the GIL (a structured array's sort holds it: 0.2 s
+    # of a stalled event loop at 64 origins, with the round in a worker thread)
+    ukeys, rank = np.unique(keys, return_inverse=True)
+    na = int(actions.max()) + 1
+    uniq, row, holders = np.unique(rank.reshape(-1).astype(np.int64) * na + actions,
+                                   return_inverse=True, return_counts=True)
     row = row.reshape(-1)
     keep = np.ones(uniq.shape[0], bool)
     if shared_only:
@@ -110,24 +133,18 @@ def gather_origins(deltas: Sequence[Delta], *, shared_only: bool = False,
         new_row = np.cumsum(keep) - 1
         sel = keep[row]
         row, col = new_row[row[sel]], col[sel]
+        q, lw, n = q[sel], lw[sel], n[sel]
         uniq = uniq[keep]
-    else:
-        sel = None
     m = uniq.shape[0]
     if m == 0:
         return _empty_matrix(origins)
-
-    def cat(f: str, dtype: type) -> np.ndarray:
-        v = np.concatenate([getattr(d, f).astype(dtype) for d in deltas])
-        return v if sel is None else v[sel]
-
-    q = np.zeros((m, k))
-    lw = np.full((m, k), -np.inf)
-    n = np.zeros((m, k), np.int64)
-    q[row, col] = cat("q", np.float64)
-    lw[row, col] = cat("lw", np.float64)
-    n[row, col] = cat("n", np.int64)
-    return OriginMatrix(origins, uniq["k"].copy(), uniq["a"].copy(), q, lw, n)
+    qm = np.zeros((m, k))
+    lwm = np.full((m, k), -np.inf)
+    nm = np.zeros((m, k), np.int64)
+    qm[row, col] = q
+    lwm[row, col] = lw
+    nm[row, col] = n
+    return OriginMatrix(origins, ukeys[uniq // na], uniq % na, qm, lwm, nm)
 
 
 def _empty_matrix(origins: tuple[str, ...]) -> OriginMatrix:
@@ -485,5 +502,5 @@ def signature_mismatches(sig_keys: np.ndarray, sig_actions: np.ndarray, keys: np
 
 __all__ = ["ENTER_RATIO", "LEAVE_RATIO", "MAX_MATRIX_ENTRIES", "MAX_PARTNERS", "MIN_OTHERS",
            "OriginMatrix", "Quarantine", "Verdict", "deviation_scores", "evidence_weights",
-           "gather_origins", "judge_round", "pairwise_scores", "signature_mismatches",
+           "gather_cells", "gather_origins", "judge_round", "pairwise_scores", "signature_mismatches",
            "weighted_median_rows"]

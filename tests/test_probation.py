@@ -79,6 +79,23 @@ def test_due_after_one_delta_per_probationer():
     assert not p.due()  # a round resets the count
 
 
+
+def test_a_round_that_read_the_cells_earlier_judges_only_who_was_on_probation_then():
+    """``among``/``seen``: a round scored off the event loop concludes as if it ran when it read the
+    cells; a newcomer admitted meanwhile waits, and the deltas since still count toward ``due``."""
+    p = Probation(rounds=1, max_rounds=1)
+    p.admit("a")
+    p.note_delta("a")
+    among, seen = frozenset(p.pending), p.deltas_since  # the round reads the cells here ...
+    p.admit("b")  # ... a newcomer and two deltas arrive while it is scored ...
+    p.note_delta("a")
+    p.note_delta("b")
+    released, failed = p.judge({}, among=among, seen=seen)  # ... and it concludes
+    assert released == ["a"] and failed == []  # max_rounds trust rounds: released
+    assert "b" in p and p.pending["b"].rounds == 0  # not judged by a round that never saw it
+    assert p.deltas_since == 2 and p.due()  # one delta of each probationer: due again
+
+
 def test_off_admits_nobody_and_release_all_empties():
     off = Probation(rounds=0)
     assert not off.enabled and not off.admit("a")

@@ -398,6 +398,9 @@ class Simulation:
                                    self.half_life, fed), clock=clock) for i in range(n + n_att)]
         for nd in nodes:
             nd.auto_trust_rounds = False  # rounds every trust_every ticks, below
+            # probation's extra rounds inline: the virtual clock must not move while they score
+            # (trust rounds, awaited by the driver, still score off the loop)
+            nd.extra_rounds_off_loop = False
         for k, nd in enumerate(nodes[n:]):
             nd.table = LyingTable(nd.table, kinds[k], nd,  # type: ignore[assignment]
                                   np.random.default_rng(seed + k))
@@ -428,6 +431,7 @@ class Simulation:
                 cfg = cfg.replace(node_id=f"sybil{n + j:02d}x{sybils['next']}")
                 fresh = Node(cfg, clock=clock)
                 fresh.auto_trust_rounds = False
+                fresh.extra_rounds_off_loop = False
                 fresh.table = LyingTable(fresh.table, "sybil", fresh,  # type: ignore[assignment]
                                          np.random.default_rng(seed + 7919 * sybils["next"]))
                 await fresh.start()
