@@ -417,12 +417,17 @@ class QTable:
                            version=f["version"][ids])
 
     # ------------------------------------------------------------- deltas in
-    def check(self, delta: Delta) -> Bounds:
+    def check(self, delta: Delta, bounds: Bounds | None = None) -> Bounds:
         """Validate a peer's delta without applying it; raise an ``InvalidDelta``.
 
-        Returns ``Delta.validate``'s bounds (largest ``lw`` and ``version``)."""
-        bounds = delta.validate(fingerprint=self.task.fingerprint, n_actions=self._a,
-                                q_bound=self.q_bound)
+        ``bounds``: what ``Delta.validate`` returned for this delta with this
+        table's task fingerprint, action count and ``q_bound`` (a node's wire
+        decoder validates with exactly those: ``DeltaMsg.bounds``); only the
+        clock-based evidence guard is then left to check. Returns
+        ``Delta.validate``'s bounds (largest ``lw`` and ``version``)."""
+        if bounds is None:
+            bounds = delta.validate(fingerprint=self.task.fingerprint, n_actions=self._a,
+                                    q_bound=self.q_bound)
         if len(delta):
             limit = math.log2(self.visit_cap) + (self.clock() + self.clock_skew) / self.half_life
             if bounds.lw_max > limit:
@@ -432,7 +437,8 @@ class QTable:
                     "or evidence from the future")
         return bounds
 
-    def apply(self, delta: Delta, *, guard: bool = True, checked: bool = False) -> MergeStats:
+    def apply(self, delta: Delta, *, guard: bool = True, checked: bool = False,
+              bounds: Bounds | None = None) -> MergeStats:
         """Merge a peer's delta: each cell replaces the stored one iff its version is greater.
 
         Validates everything first; a rejected delta raises and changes nothing
@@ -442,14 +448,16 @@ class QTable:
         only the clock-based evidence guard: for cells restored from this
         node's own store. ``checked=True``: the caller has just run ``check``
         on this delta (the node's evidence budget does), so it is not run twice.
+        ``bounds``: ``Delta.validate``'s result for this table's task and
+        ``q_bound``, if the caller has it (``check`` returned it, or the wire
+        decoder did: ``DeltaMsg.bounds``); the cells are then not checked again.
         Costs O(cells in the delta), whatever the number of origins.
         """
-        bounds: Bounds | None = None  # from the validation, if it ran here
         if checked:
             pass
         elif guard:
-            bounds = self.check(delta)
-        else:
+            bounds = self.check(delta, bounds)
+        elif bounds is None:
             bounds = delta.validate(fingerprint=self.task.fingerprint, n_actions=self._a,
                                     q_bound=self.q_bound)
         m = len(delta)
