@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from peerd import kernels
-from peerd.cells import MAX_SLOTS, CellStore, MergeScratch
+from peerd.cells import MAX_SLOTS, CellStore, MergeScratch, ScratchArrays
 from peerd.contribution import OWN, Contribution
 from peerd.delta import DEFAULT_Q_BOUND, Bounds, Delta, MergeStats, PatternSignature
 from peerd.errors import ExcessiveEvidence, UnknownAction
@@ -616,18 +616,18 @@ class QTable:
         stats.new += n_new
         stats.updated += k - n_new
         stats.total_visits = int(total)
-        cells = scratch[0][:k]
+        cells = scratch.cells[:k]
         if outcomes is None:
             outcomes = bool(src["succ"].any() or src["fail"].any())
         if outcomes or st.has_outcomes:
             self._outcomes_after(cells, scratch, k, m, n_new, src, floor, outcomes)
         if nbad and not self._robust:  # the cancelled sums, exactly, in one compiled call
             f8, f4, _, base = view.kernel_rows
-            conf += kern.recompute_exact(f8, f4, base, cells, scratch[9][:nbad], st.head, st.next,
+            conf += kern.recompute_exact(f8, f4, base, cells, scratch.bad[:nbad], st.head, st.next,
                                          st.slot, *st.kernel_cols[3:6], self._eff_trusts(),
                                          max(self.min_visits, 1), now)
         elif nbad or self._robust:
-            bad = cells[scratch[9][:nbad]]
+            bad = cells[scratch.bad[:nbad]]
             self._refresh(cells, bad)
             if nbad:  # recomputed exactly: their evidence (``conf`` left them out) read back
                 eff = view.evidence(bad, now)
@@ -635,7 +635,7 @@ class QTable:
         stats.confidence = conf / k
         return k
 
-    def _outcomes_after(self, cells: np.ndarray, scratch: tuple[np.ndarray, ...], k: int, m: int,
+    def _outcomes_after(self, cells: np.ndarray, scratch: ScratchArrays, k: int, m: int,
                         n_new: int, src: dict[str, np.ndarray], floor: int, outcomes: bool) -> None:
         """The compiled merge's succ/fail: stored for the changed entries, the view's counts moved
         by (new − old) where each counts; outcome columns switched on the first time."""
@@ -643,14 +643,14 @@ class QTable:
         if outcomes:
             st.enable_outcomes()
             view.enable_outcomes()
-        e, at = scratch[1][:k], scratch[8][:k]
+        e, at = scratch.e[:k], scratch.at[:k]
         for o in ("succ", "fail"):
             before = f[o][e].astype(np.int64)  # the stored counts before; 0 for a new entry
-            before[scratch[6][:n_new]] = 0
+            before[scratch.absent[:n_new]] = 0
             src_o = src[o] if k == m else src[o][at]
             f[o][e] = src_o
             if view.succ is not None:
-                n_in, n_old = src["n"] if k == m else src["n"][at], scratch[5][:k]
+                n_in, n_old = src["n"] if k == m else src["n"][at], scratch.n_old[:k]
                 view.add_counts(o, cells, np.where(n_in >= floor, src_o.astype(np.int64), 0)
                                 - np.where(n_old >= floor, before, 0))
 
