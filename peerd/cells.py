@@ -62,6 +62,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import sys
+from typing import NamedTuple
 
 import numpy as np
 
@@ -184,10 +185,34 @@ def _step(pos: np.ndarray, size: int) -> np.ndarray:
     return pos
 
 
-#: the compiled merge's scratch arrays (``kernels_numba.merge_delta``'s, in order): cells, e,
-#: gaps, q_old, lw_old, n_old, absent, ids, at, bad, then the kept cells' incoming q, lw, n, version
-_SCRATCH = (np.int64, np.int64, np.int64, np.float32, np.float64, np.uint32, np.int64, np.int64,
-            np.int64, np.int64, np.float32, np.float64, np.uint32, np.uint64)
+class ScratchArrays(NamedTuple):
+    """The compiled merge's per-cell scratch: ``kernels_numba.merge_delta``'s last arguments,
+    in its order and under its names (passed as ``*scratch``); each of at least the delta's
+    length. After a merge of ``k`` changed cells (of ``na`` new ones, ``nbad`` cancelled):"""
+
+    cells: np.ndarray  #: int64: ``[:k]`` the changed cells (flat ids)
+    e: np.ndarray  #: int64: ``[:k]`` their entries in the store
+    gaps: np.ndarray  #: int64: hash probe distances (the kernel's own)
+    q_old: np.ndarray  #: float32: ``[:k]`` the stored q before the merge
+    lw_old: np.ndarray  #: float64: ``[:k]`` the stored lw before
+    n_old: np.ndarray  #: uint32: ``[:k]`` the stored n before (0 for a new entry)
+    absent: np.ndarray  #: int64: ``[:na]`` positions (in ``cells[:k]``) of the new entries
+    ids: np.ndarray  #: int64: the new entries' ids (the kernel's own)
+    at: np.ndarray  #: int64: ``[:k]`` where each changed cell is in the delta (if ``k < m``)
+    bad: np.ndarray  #: int64: ``[:nbad]`` positions whose sums cancelled (recomputed exactly)
+    qc: np.ndarray  #: float32: the kept cells' incoming q (if ``k < m``)
+    lwc: np.ndarray  #: float64: ... lw
+    nc: np.ndarray  #: uint32: ... n
+    vc: np.ndarray  #: uint64: ... version
+
+
+_SCRATCH_DTYPES = ScratchArrays(np.int64, np.int64, np.int64, np.float32, np.float64, np.uint32,
+                                np.int64, np.int64, np.int64, np.int64, np.float32, np.float64,
+                                np.uint32, np.uint64)
+
+
+def _scratch(m: int) -> ScratchArrays:
+    return ScratchArrays._make(np.empty(m, d) for d in _SCRATCH_DTYPES)
 
 
 class MergeScratch:
@@ -203,16 +228,16 @@ class MergeScratch:
 
     def __init__(self) -> None:
         self.cap = 0
-        self.arrays: tuple[np.ndarray, ...] = ()
+        self.arrays = _scratch(0)
 
-    def get(self, m: int) -> tuple[np.ndarray, ...]:
+    def get(self, m: int) -> ScratchArrays:
         """Arrays of at least ``m`` cells each."""
         if m <= self.cap:
             return self.arrays
         if m > self.KEEP:
-            return tuple(np.empty(m, d) for d in _SCRATCH)
+            return _scratch(m)
         self.cap = min(self.KEEP, max(m, 2 * self.cap))
-        self.arrays = tuple(np.empty(self.cap, d) for d in _SCRATCH)
+        self.arrays = _scratch(self.cap)
         return self.arrays
 
 

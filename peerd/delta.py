@@ -123,9 +123,13 @@ class Delta:
         return {f: getattr(self, f) for f in CELL_FIELDS}
 
     def validate(self, *, fingerprint: str, n_actions: int,
-                 q_bound: float = DEFAULT_Q_BOUND, max_entries: int | None = None) -> Bounds:
+                 q_bound: float = DEFAULT_Q_BOUND) -> Bounds:
         """Check everything that needs no clock; raise an ``InvalidDelta`` subclass.
 
+        The one place where a delta's cells are checked, whatever built it:
+        the wire decoder (``peerd.wire.codec``, which also bounds the cell
+        count before inflating anything), ``QTable.check`` for a delta that
+        did not come through a decoder, ``QTable.load`` for stored cells.
         Checks are ordered cheapest first and read each array once. Returns
         the largest ``lw`` and ``version`` (``-inf`` and 0 for an empty delta).
         """
@@ -142,8 +146,6 @@ class Delta:
                 raise ShapeMismatch(f"{f} has dtype {a.dtype}, expected {CELL_DTYPES[f]}")
             if a.shape[0] != m:
                 raise ShapeMismatch(f"{f} has {a.shape[0]} entries, keys has {m}")
-        if max_entries is not None and m > max_entries:
-            raise ShapeMismatch(f"delta has {m} cells, limit is {max_entries}")
         if not (0 <= self.from_version <= self.to_version):
             raise ValueOutOfBounds(
                 f"version range ({self.from_version}, {self.to_version}] is not ordered")

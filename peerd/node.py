@@ -44,7 +44,7 @@ import numpy as np
 
 from peerd import gossip, liveness, wire
 from peerd.config import NodeConfig
-from peerd.delta import Delta, MergeStats, PatternSignature
+from peerd.delta import Bounds, Delta, MergeStats, PatternSignature
 from peerd.durable import DurableWatermark
 from peerd.errors import (
     ContradictingSignatures,
@@ -159,7 +159,9 @@ class Node:
         self._registry = PeerRegistry(allowlist=self.verifier_allowlist(), strict=config.strict,
                                       max_origins=config.max_origins)
         #: Validates every incoming payload; built once per node (the registry's verifier is
-        #: handed to it per message, since reconfiguring replaces that verifier).
+        #: handed to it per message, since reconfiguring replaces that verifier). Its task and
+        #: ``q_bound`` are the table's: a decoded delta's cells are checked here only
+        #: (``DeltaMsg.bounds``), the table adds the clock-based guard.
         self.decoder = wire.Decoder(fed=self.fed, fingerprint=self.task.fingerprint,
                                     n_actions=self.task.n_actions, q_bound=config.q_bound,
                                     max_payload=config.max_payload, max_entries=config.max_entries)
@@ -726,7 +728,8 @@ class Node:
         else:
             delta: Delta = msg.delta
             try:
-                stats = await self._merge(origin, delta, self.clock(), relayed=True)
+                stats = await self._merge(origin, delta, self.clock(), relayed=True,
+                                          bounds=msg.bounds)
             except WireError as exc:
                 exc.authenticated = False
                 await self._reject(relayer, exc, False)
@@ -815,12 +818,14 @@ class Node:
             raise AssertionError(type(msg))
 
     async def _merge(self, origin: str, delta: Delta, now: float, *,
-                     relayed: bool = False) -> MergeStats:
+                     relayed: bool = False, bounds: Bounds | None = None) -> MergeStats:
         """Apply an origin's cells (its own or relayed for it) and persist what changed.
 
         The evidence budget is checked first, whoever carried the cells. A
         relayed delta never starts the origin's version-rate track (its version
-        is the origin's past: ``VersionRate.observe``).
+        is the origin's past: ``VersionRate.observe``). ``bounds``: the
+        decoder's ``DeltaMsg.bounds`` (its cells are checked already: the
+        decoder and the table share task and ``q_bound``, see ``__init__``).
         """
         self._pending_gain = 0
         if (self.probation.enabled and origin != self.id and len(self._registry) >= MIN_PEERS
@@ -828,9 +833,10 @@ class Node:
             self.table.set_trusts(self.probation.weigh({origin: self.trust_of(origin)}))
         checked = bool(self.config.evidence_budget)
         if checked:
-            self.check_evidence(delta)  # runs QTable.check first
-        # validates everything first (unless check_evidence just did); raises InvalidDelta
-        stats = self.table.apply(delta, checked=checked)
+            bounds = self.check_evidence(delta, bounds)  # runs QTable.check first
+        # validates everything first (unless check_evidence or the decoder just did);
+        # raises InvalidDelta
+        stats = self.table.apply(delta, checked=checked, bounds=bounds)
         if origin in self._visits_held:
             self._visits_held[origin] += self._pending_gain
         self.version_rate.observe(origin, delta.to_version, self.clock(), anchor=not relayed)
@@ -853,7 +859,7 @@ class Node:
         peer = entry.node_id
         if delta.origin != peer:
             raise OriginMismatch(f"{peer!r} sent cells of origin {delta.origin!r}")
-        stats = await self._merge(peer, delta, now)
+        stats = await self._merge(peer, delta, now, bounds=msg.bounds)
         self.relay_desk.covered(peer, delta.from_version)  # the origin answered itself
         if msg.signatures and (not self.config.deviation_ratio
                                or await self._check_signatures(peer, tuple(msg.signatures))):
@@ -869,20 +875,23 @@ class Node:
             self.on_merge(msg.header, stats)
         self.applied_event.set()
 
-    def check_evidence(self, delta: Delta) -> None:
+    def check_evidence(self, delta: Delta, bounds: Bounds | None = None) -> Bounds:
         """The evidence budget of DESIGN §2 (``peerd.evidence``); raises ``InvalidDelta``.
 
         Compares the delta with what this node holds of the origin's cells:
         visits added vs. the version range, each cell's weight vs. its new
         visits, and the origin's version rate. O(cells in the delta).
+        ``bounds``: as for ``QTable.check``. Returns ``QTable.check``'s bounds.
         """
         origin, t = delta.origin, self.table
         now = self.clock()
         self.version_rate.observe(self.id, t.version, now)
         self.version_rate.check(origin, delta.to_version, now)
-        t.check(delta)  # shape, bounds and the visit_cap guard first: their reasons are more precise
+        # shape, bounds (unless the decoder checked them) and the visit_cap guard first:
+        # their reasons are more precise
+        bounds = t.check(delta, bounds)
         if not len(delta):
-            return
+            return bounds
         n_held, lw_held, v_held, _ = t.held_cells(origin, delta.keys, delta.actions)
         held_total = self._visits_held.get(origin)
         if held_total is None:  # first sight (or after a restart): O(its cells) once
@@ -893,6 +902,7 @@ class Node:
             replaces=delta.version > v_held, now_over_h=(now + t.clock_skew) / t.half_life,
             v_new=delta.version, v_held=v_held, held_total=held_total,
             top_version=t.max_version(origin))
+        return bounds
 
     def _heard(self, peer: Peer, epoch: int, now: float) -> None:
         if liveness.on_heard(peer.life, epoch, now):

@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from peerd import kernels
-from peerd.cells import MAX_SLOTS, REC, CellStore, MergeScratch
+from peerd.cells import MAX_SLOTS, REC, CellStore, MergeScratch, ScratchArrays
 from peerd.contribution import OWN, Contribution
 from peerd.delta import DEFAULT_Q_BOUND, Bounds, Delta, MergeStats, PatternSignature
 from peerd.errors import ExcessiveEvidence, UnknownAction
@@ -445,12 +445,17 @@ class QTable:
                              n_actions=self._a)
 
     # ------------------------------------------------------------- deltas in
-    def check(self, delta: Delta) -> Bounds:
+    def check(self, delta: Delta, bounds: Bounds | None = None) -> Bounds:
         """Validate a peer's delta without applying it; raise an ``InvalidDelta``.
 
-        Returns ``Delta.validate``'s bounds (largest ``lw`` and ``version``)."""
-        bounds = delta.validate(fingerprint=self.task.fingerprint, n_actions=self._a,
-                                q_bound=self.q_bound)
+        ``bounds``: what ``Delta.validate`` returned for this delta with this
+        table's task fingerprint, action count and ``q_bound`` (a node's wire
+        decoder validates with exactly those: ``DeltaMsg.bounds``); only the
+        clock-based evidence guard is then left to check. Returns
+        ``Delta.validate``'s bounds (largest ``lw`` and ``version``)."""
+        if bounds is None:
+            bounds = delta.validate(fingerprint=self.task.fingerprint, n_actions=self._a,
+                                    q_bound=self.q_bound)
         if len(delta):
             limit = math.log2(self.visit_cap) + (self.clock() + self.clock_skew) / self.half_life
             if bounds.lw_max > limit:
@@ -460,7 +465,8 @@ class QTable:
                     "or evidence from the future")
         return bounds
 
-    def apply(self, delta: Delta, *, guard: bool = True, checked: bool = False) -> MergeStats:
+    def apply(self, delta: Delta, *, guard: bool = True, checked: bool = False,
+              bounds: Bounds | None = None) -> MergeStats:
         """Merge a peer's delta: each cell replaces the stored one iff its version is greater.
 
         Validates everything first; a rejected delta raises and changes nothing
@@ -470,14 +476,16 @@ class QTable:
         only the clock-based evidence guard: for cells restored from this
         node's own store. ``checked=True``: the caller has just run ``check``
         on this delta (the node's evidence budget does), so it is not run twice.
+        ``bounds``: ``Delta.validate``'s result for this table's task and
+        ``q_bound``, if the caller has it (``check`` returned it, or the wire
+        decoder did: ``DeltaMsg.bounds``); the cells are then not checked again.
         Costs O(cells in the delta), whatever the number of origins.
         """
-        bounds: Bounds | None = None  # from the validation, if it ran here
         if checked:
             pass
         elif guard:
-            bounds = self.check(delta)
-        else:
+            bounds = self.check(delta, bounds)
+        elif bounds is None:
             bounds = delta.validate(fingerprint=self.task.fingerprint, n_actions=self._a,
                                     q_bound=self.q_bound)
         m = len(delta)
@@ -636,18 +644,18 @@ class QTable:
         stats.new += n_new
         stats.updated += k - n_new
         stats.total_visits = int(total)
-        cells = scratch[0][:k]
+        cells = scratch.cells[:k]
         if outcomes is None:
             outcomes = bool(src["succ"].any() or src["fail"].any())
         if outcomes or st.has_outcomes:
             self._outcomes_after(cells, scratch, k, m, n_new, src, floor, outcomes)
         if nbad and not self._robust:  # the cancelled sums, exactly, in one compiled call
             f8, f4, _, base = view.kernel_rows
-            conf += kern.recompute_exact(f8, f4, base, cells, scratch[9][:nbad], st.head, st.next,
+            conf += kern.recompute_exact(f8, f4, base, cells, scratch.bad[:nbad], st.head, st.next,
                                          st.slot, *st.kernel_cols[3:6], self._eff_trusts(),
                                          max(self.min_visits, 1), now)
         elif nbad or self._robust:
-            bad = cells[scratch[9][:nbad]]
+            bad = cells[scratch.bad[:nbad]]
             self._refresh(cells, bad)
             if nbad:  # recomputed exactly: their evidence (``conf`` left them out) read back
                 eff = view.evidence(bad, now)
@@ -655,7 +663,7 @@ class QTable:
         stats.confidence = conf / k
         return k
 
-    def _outcomes_after(self, cells: np.ndarray, scratch: tuple[np.ndarray, ...], k: int, m: int,
+    def _outcomes_after(self, cells: np.ndarray, scratch: ScratchArrays, k: int, m: int,
                         n_new: int, src: dict[str, np.ndarray], floor: int, outcomes: bool) -> None:
         """The compiled merge's succ/fail: stored for the changed entries, the view's counts moved
         by (new − old) where each counts; outcome columns switched on the first time."""
@@ -663,14 +671,14 @@ class QTable:
         if outcomes:
             st.enable_outcomes()
             view.enable_outcomes()
-        e, at = scratch[1][:k], scratch[8][:k]
+        e, at = scratch.e[:k], scratch.at[:k]
         for o in ("succ", "fail"):
             before = f[o][e].astype(np.int64)  # the stored counts before; 0 for a new entry
-            before[scratch[6][:n_new]] = 0
+            before[scratch.absent[:n_new]] = 0
             src_o = src[o] if k == m else src[o][at]
             f[o][e] = src_o
             if view.succ is not None:
-                n_in, n_old = src["n"] if k == m else src["n"][at], scratch[5][:k]
+                n_in, n_old = src["n"] if k == m else src["n"][at], scratch.n_old[:k]
                 view.add_counts(o, cells, np.where(n_in >= floor, src_o.astype(np.int64), 0)
                                 - np.where(n_old >= floor, before, 0))
 

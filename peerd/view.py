@@ -34,6 +34,13 @@ from ``base``, and ``base`` a whole number too, so ``base + r`` is exact in
 float64), and every term is still ``2^(lw − ref)`` in float64. ``mass`` is
 only the threshold of the cancellation test (``den < mass·2^-8``): a
 relative rounding of 2^-24 moves that threshold, not any sum.
+Past 2^24 half-lives from ``base`` the float32 ``r`` rounds ``floor(lw − base)``
+to its spacing (8 at 2^26, 64 at 2^29, 128 at 2^30), so a term weighs up to
+2^(REBASE + spacing/2) relative: below 2^30, far below float32's 2^128. Beyond,
+``mass`` can overflow to inf (numpy warns about the cast): the cell is then reported
+for an exact recompute on every change, slower but never wrong. No honest
+log-weight gets there (a wall clock with H = 600 s is ~3e6 half-lives from
+any ``base``); a peer's delta claiming a huge negative ``lw`` can.
 
 Replacing an origin's stored cell subtracts its old term and adds its new one
 (``replace``): O(cells changed). Absolute log-weights are huge (wall-clock

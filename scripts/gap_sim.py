@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peerd.qtable import QTable
-from peerd.sim.runner import SimSettings, Simulation, VirtualClock, _task
+from peerd.sim.runner import SimSettings, Simulation, VirtualClock, task_of
 
 
 def run_arm(nodes: int, seed: int, publish_every: int, lag: int, hold: int, trust: float,
@@ -35,7 +35,7 @@ def run_arm(nodes: int, seed: int, publish_every: int, lag: int, hold: int, trus
     spec = sim.spec
     clock = VirtualClock()
     opts = {"start": spec.eps_start, "end": spec.eps_end, "decay_steps": spec.eps_decay_steps}
-    tables = [QTable(_task(spec), f"node{i:02d}", secret="peerd-sim", half_life=sim.half_life,
+    tables = [QTable(task_of(spec), f"node{i:02d}", secret="peerd-sim", half_life=sim.half_life,
                      clock=clock, seed=seed * 1000 + i, policy_options=opts,
                      quarantine_below=0.2 if hold else 0.0)
               for i in range(nodes)]

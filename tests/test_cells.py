@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import mmap
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peerd.cells import FREE, REC, CellStore
+import peerd
+from peerd.cells import FREE, REC, CellStore, MergeScratch, ScratchArrays
 
 BATCH = st.lists(st.integers(0, 5000), min_size=0, max_size=400, unique=True)
 
@@ -112,3 +115,19 @@ def test_bulk_batches_get_huge_page_advice_and_a_small_batch_fresh_page_does_not
     assert "nh" in _vm_flags(base + 4 * huge)
     st.insert(1, np.arange(c, c + per_page, dtype=np.int64))  # completes page 4
     assert "hg" in _vm_flags(base + 4 * huge)
+
+
+def test_merge_scratch_names_the_compiled_merges_scratch_arguments_in_order() -> None:
+    """``ScratchArrays`` is splatted into ``kernels_numba.merge_delta``: its fields must be that
+    function's last parameters, in order (read from the source: importing it loads numba)."""
+    src = (Path(peerd.__file__).parent / "kernels_numba.py").read_text()
+    fn = next(n for n in ast.walk(ast.parse(src))
+              if isinstance(n, ast.FunctionDef) and n.name == "merge_delta")
+    params = [a.arg for a in fn.args.args]
+    assert params[-len(ScratchArrays._fields):] == list(ScratchArrays._fields)
+    scratch = MergeScratch()
+    got = scratch.get(100)
+    assert isinstance(got, ScratchArrays) and scratch.get(50) is got  # kept across deltas
+    assert all(a.shape[0] >= 100 for a in got)
+    assert got.n_old.dtype == np.uint32 and got.vc.dtype == np.uint64
+    assert scratch.get(MergeScratch.KEEP + 1) is not scratch.arrays  # a bulk load's own

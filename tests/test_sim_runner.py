@@ -8,7 +8,15 @@ from typing import Any
 
 import pytest
 
-from peerd.sim.runner import SimSettings, Simulation, _FleetTrace, _wait_delivered, owed_version
+from peerd.sim.runner import (
+    SimSettings,
+    Simulation,
+    _FleetTrace,
+    _node_config,
+    _wait_delivered,
+    owed_version,
+    task_of,
+)
 
 
 class _Sender:
@@ -111,3 +119,14 @@ def test_summarize_reports_the_median_curve_per_seed() -> None:
     (curve,) = out["curve_per_seed"]
     assert [t for t, _ in curve] == [50, 100]
     assert [m for _, m in curve] == pytest.approx([-150.0, 7.0])
+
+
+@pytest.mark.parametrize("env", ["taxi", "frozenlake"])
+def test_task_of_is_the_task_every_simulated_node_runs(env: str) -> None:
+    """Tables built outside a ``Node`` (``scripts/gap_sim.py``) take ``task_of(spec)``: the same
+    actions, discount and fingerprint as the simulation's nodes, so their deltas interoperate."""
+    sim = Simulation(SimSettings(env=env, nodes=2, modes=["federated"]))
+    cfg = _node_config(sim.spec, sim.s, 0, 1, None, sim.half_life, "fed")
+    task = task_of(sim.spec)
+    assert task.fingerprint == cfg.task.fingerprint
+    assert task.actions == cfg.task.actions and task.n_actions == len(sim.spec.action_names)

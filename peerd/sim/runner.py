@@ -267,7 +267,9 @@ class _FleetTrace:
         return out
 
 
-def _task(spec: EnvSpec) -> Task:
+def task_of(spec: EnvSpec) -> Task:
+    """The learning task of an environment: its actions, discount and name (so its fingerprint)
+    — what every simulated node and table of ``spec`` is built with."""
     return Task(spec.action_names, gamma=spec.gamma, name=spec.name)
 
 
@@ -559,7 +561,7 @@ class Simulation:
     async def run_centralized(self, seed: int) -> RunResult:
         spec = self.spec
         clock = VirtualClock()
-        table = QTable(_task(spec), "central", secret="peerd-sim", half_life=self.half_life,
+        table = QTable(task_of(spec), "central", secret="peerd-sim", half_life=self.half_life,
                        clock=clock, seed=seed, strategy=self.s.strategy,
                        policy_options={"start": spec.eps_start, "end": spec.eps_end,
                                        "decay_steps": spec.eps_decay_steps})

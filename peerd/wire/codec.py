@@ -322,9 +322,11 @@ def _parse_delta(h: Header, f: Mapping[str, Any], lim: Limits) -> DeltaMsg:
     hi = _as_uint(required_field(f, "to", int), "to")
     cells = _decode_arrays(f.get("cells"), "cells", CELL_DTYPES, lim.max_entries)
     delta = Delta(origin, h.fp, lo, hi, **cells)
-    delta.validate(fingerprint=h.fp, n_actions=lim.n_actions, q_bound=lim.q_bound,
-                   max_entries=lim.max_entries)
-    return DeltaMsg(h, delta, _parse_signatures(f.get("sigs"), lim))
+    # Every cell is checked here, once: a node hands these bounds to ``QTable.check``,
+    # which then adds only the clock-based evidence guard (the count limit is
+    # ``_decode_arrays``'s, checked before inflating).
+    bounds = delta.validate(fingerprint=h.fp, n_actions=lim.n_actions, q_bound=lim.q_bound)
+    return DeltaMsg(h, delta, _parse_signatures(f.get("sigs"), lim), bounds)
 
 
 def _parse_birth(h: Header, f: Mapping[str, Any], lim: Limits) -> Birth:

@@ -9,11 +9,11 @@ SQLite's INTEGER, non-finite timestamps, a delta of another task).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Integral, Real
 from typing import ClassVar
 
-from peerd.delta import Delta, PatternSignature
+from peerd.delta import Bounds, Delta, PatternSignature
 from peerd.errors import FingerprintMismatch, MalformedMessage, NonFiniteValue, ValueOutOfBounds
 from peerd.wire.topics import MAX_ID_LEN, _show, check_id
 
@@ -75,12 +75,19 @@ class Header:
 
 @dataclass(frozen=True)
 class DeltaMsg:
-    """Cells of one origin's contribution (``delta.origin`` may differ from the sender when relayed)."""
+    """Cells of one origin's contribution (``delta.origin`` may differ from the sender when relayed).
+
+    ``bounds``: what ``Delta.validate`` returned when the decoder checked the
+    delta (task fingerprint, action count and ``q_bound`` of the decoder), so
+    that a node whose table has the same task and bound does not check every
+    cell a second time; None for a message not decoded (one built to send).
+    """
 
     type: ClassVar[str] = "delta"
     header: Header
     delta: Delta
     signatures: tuple[PatternSignature, ...] = ()
+    bounds: Bounds | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.delta, Delta):
