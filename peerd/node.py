@@ -828,15 +828,21 @@ class Node:
         decoder and the table share task and ``q_bound``, see ``__init__``).
         """
         self._pending_gain = 0
-        if (self.probation.enabled and origin != self.id and len(self._registry) >= MIN_PEERS
-                and self.table.max_version(origin) == 0 and self.probation.admit(origin)):
-            self.table.set_trusts(self.probation.weigh({origin: self.trust_of(origin)}))
-        checked = bool(self.config.evidence_budget)
-        if checked:
+        # validates everything first (the cells themselves only unless the decoder did);
+        # raises InvalidDelta, and nothing has changed
+        if self.config.evidence_budget:
             bounds = self.check_evidence(delta, bounds)  # runs QTable.check first
-        # validates everything first (unless check_evidence or the decoder just did);
-        # raises InvalidDelta
-        stats = self.table.apply(delta, checked=checked, bounds=bounds)
+        else:
+            bounds = self.table.check(delta, bounds)
+        # A newcomer goes on probation with its first cells that pass the checks, not with its
+        # first attempt: an origin whose every delta is rejected (``inflate``) was admitted by
+        # the first, released after ``max_rounds`` unjudged, and admitted again by the next,
+        # for ever (it counted nowhere meanwhile: its rejections had cost it its trust)
+        if (self.probation.enabled and len(delta) and origin != self.id
+                and len(self._registry) >= MIN_PEERS and self.table.max_version(origin) == 0
+                and self.probation.admit(origin)):
+            self.table.set_trusts(self.probation.weigh({origin: self.trust_of(origin)}))
+        stats = self.table.apply(delta, checked=True, bounds=bounds)
         if origin in self._visits_held:
             self._visits_held[origin] += self._pending_gain
         self.version_rate.observe(origin, delta.to_version, self.clock(), anchor=not relayed)

@@ -143,3 +143,28 @@ async def test_a_lying_newcomer_never_counts(fleet: Fleet) -> None:
     await h0.deviation_round()
     assert "sybil" in h0.quarantine and "sybil" not in h0.probation
     assert h0.table.values("s0").argmax() == 2
+
+
+async def test_an_origin_whose_every_delta_is_rejected_never_goes_on_probation(fleet: Fleet) -> None:
+    """Probation starts with an origin's first *accepted* cells.
+
+    It used to start with the first attempt: an ``inflate`` liar, every delta
+    rejected by the evidence budget, was admitted, released unjudged after
+    ``max_rounds`` trust rounds, and admitted again by its next delta.
+    """
+    honest = [await fleet.add(f"h{i}") for i in range(4)]
+    liar = await fleet.add("liar")
+    liar.table = LyingTable(liar.table, "inflate", liar, np.random.default_rng(9))  # type: ignore[assignment]
+    await _until(lambda: all(n.peer_count() == len(fleet.nodes) - 1 for n in fleet.nodes))
+    rng = np.random.default_rng(1)
+    for nd in fleet.nodes:
+        await _learn(nd, rng)
+        await nd.flush()
+    await _until(lambda: all(a.known_version(b.id) == b.table.version
+                             for a in honest for b in honest if a is not b))
+    await _until(lambda: all(sum(h.counters.rejected.values()) >= 1 for h in honest))
+    for h in honest:
+        assert h.known_version("liar") == 0 and h.table.max_version("liar") == 0
+        assert "liar" not in h.probation  # nothing of it was accepted: nothing to judge
+        assert h.trust_of("liar") < 1.0  # its rejections cost it trust
+        assert h.probation.admitted == len(honest) - 1  # the honest peers' first cells did
