@@ -39,10 +39,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--broker-kind", default="amqtt", choices=["amqtt", "mosquitto", "auto"],
                    help="which broker to start when --broker is not given")
     p.add_argument("--publish-every", type=int, default=10, help="interactions between deltas")
-    p.add_argument("--max-lag", type=int, default=None,
+    p.add_argument("--max-lag", type=int, default=0,
                    help="ticks a delta may arrive late, counted from when its publish was due, "
                    "before the simulation waits for the network: peers' cells are then at most "
-                   "publish-every + max-lag ticks old (default: publish-every)")
+                   "publish-every + max-lag ticks old (default: 0, a network faster than the "
+                   "interactions; publish-every was the default before 2026-11-30)")
     p.add_argument("--half-life", type=float, default=None, help="evidence half-life in ticks "
                    "(default: the task's)")
     p.add_argument("--strategy", default="weighted_average", help="merge strategy")

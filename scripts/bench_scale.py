@@ -52,7 +52,7 @@ def run_n(env: str, nodes: int, seeds: int, broker_kind: str, seed: int,
           node_options: dict[str, Any] | None = None,
           eval_every: int | None = None, progress: bool = False,
           modes: tuple[str, ...] = MODES, defences: bool = True,
-          curves: bool = False, max_lag: int | None = None) -> dict[str, Any]:
+          curves: bool = False, max_lag: int | None = 0) -> dict[str, Any]:
     """One ``peerd sim`` run at ``nodes``: per mode, wall seconds and steps to the target."""
     row: dict[str, Any] = {"wall_s": {}, "steps_to_target": {}, "steps_per_seed": {}}
     t_all = time.perf_counter()
@@ -104,9 +104,10 @@ def main() -> int:
     p.add_argument("--modes", default=",".join(MODES),
                    help="comma-separated, of federated,centralized (centralized is deterministic "
                         "per seed and build: one run of it serves every federated arm)")
-    p.add_argument("--max-lag", type=int, default=None,
-                   help="ticks a delta may arrive late (default: --publish-every; the simulation "
-                        "steps on while the broker delivers, so deltas land about this late)")
+    p.add_argument("--max-lag", type=int, default=0,
+                   help="ticks a delta may arrive late (default: 0, the simulation's; give "
+                        "--publish-every for the earlier default: the simulation steps on while "
+                        "the broker delivers, so deltas land about this late)")
     p.add_argument("--no-defences", action="store_true",
                    help="evidence budget and deviation quarantine off (what the defences cost)")
     p.add_argument("--curves", action="store_true",

@@ -62,11 +62,16 @@ QUICK = {"env": "routing", "nodes": 8, "trust_every": 20, "seeds": 1, "counts": 
          "attacks": ("invert", "inflate"), "frozenlake": False}
 
 
+#: the poisoner matrix's delivery lag, in ticks: every figure of docs/prove.md §5 was measured
+#: with it (the simulation's default until 2026-11-30; now 0, ``peerd.sim.runner``)
+MAX_LAG = 10
+
+
 async def _one(broker_url: str, env: str, nodes: int, attacks: list[AttackSpec], trust_every: int,
                step_cap: int | None, seed: int, defences: bool = True) -> dict[str, Any]:
     s = SimSettings(env=env, nodes=nodes, modes=["federated"], broker_url=broker_url,
                     attacks=tuple(attacks), trust_every=trust_every, step_cap=step_cap, seed=seed,
-                    defences=defences)
+                    defences=defences, max_lag=MAX_LAG)
     t0 = time.perf_counter()
     c0 = time.process_time()
     try:
