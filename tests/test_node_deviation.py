@@ -147,10 +147,14 @@ async def test_verdicts_off_the_loop_equal_the_inline_ones() -> None:
     await threaded.close()
 
 
-async def test_the_loop_runs_while_a_round_is_scored(monkeypatch: pytest.MonkeyPatch) -> None:
+async def _gated_node(monkeypatch: pytest.MonkeyPatch) -> tuple[Node, Gate]:
+    """A node whose every deviation round goes off the loop, scoring behind a ``Gate``."""
     node = await _node()
     node.off_loop_cells = 0
-    gate = Gate(monkeypatch)
+    return node, Gate(monkeypatch)
+
+async def test_the_loop_runs_while_a_round_is_scored(monkeypatch: pytest.MonkeyPatch) -> None:
+    node, gate = await _gated_node(monkeypatch)
 
     async def other() -> None:  # runs only if the loop is free while the scoring waits for it
         await gate.wait_entered()
@@ -176,9 +180,7 @@ async def test_small_rounds_stay_inline(monkeypatch: pytest.MonkeyPatch) -> None
 
 async def test_a_peer_forgotten_during_a_round_is_not_brought_back(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    node = await _node()
-    node.off_loop_cells = 0
-    gate = Gate(monkeypatch)
+    node, gate = await _gated_node(monkeypatch)
     async with asyncio.timeout(60):
         task = asyncio.create_task(node.deviation_round())
         await gate.wait_entered()
@@ -194,9 +196,7 @@ async def test_a_peer_forgotten_during_a_round_is_not_brought_back(
 
 
 async def test_overlapping_rounds_do_not_both_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    node = await _node()
-    node.off_loop_cells = 0
-    gate = Gate(monkeypatch)
+    node, gate = await _gated_node(monkeypatch)
     async with asyncio.timeout(60):
         first = asyncio.create_task(node.deviation_round())
         await gate.wait_entered()
@@ -217,9 +217,7 @@ async def test_overlapping_rounds_do_not_both_run(monkeypatch: pytest.MonkeyPatc
 async def test_an_extra_round_on_receipt_does_not_hold_the_receiver(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """``wait=False`` (``Node._merge``): the caller goes on, the verdicts land when scored."""
-    node = await _node()
-    node.off_loop_cells = 0
-    gate = Gate(monkeypatch)
+    node, gate = await _gated_node(monkeypatch)
     async with asyncio.timeout(60):
         assert await node.deviation_round(periodic=False, wait=False) == {}
         await gate.wait_entered()
@@ -233,9 +231,7 @@ async def test_an_extra_round_on_receipt_does_not_hold_the_receiver(
 
 
 async def test_closing_cancels_a_round_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
-    node = await _node()
-    node.off_loop_cells = 0
-    gate = Gate(monkeypatch)
+    node, gate = await _gated_node(monkeypatch)
     async with asyncio.timeout(60):
         await node.deviation_round(wait=False)
         await gate.wait_entered()
